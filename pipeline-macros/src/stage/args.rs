@@ -1,0 +1,189 @@
+//! Parsing the options of `#[stage(...)]` into typed slots.
+//!
+//! Each option has one slot that remembers the span of its tokens, so a later error (or the
+//! expansion) can point at exactly what the user wrote. A repeated option or a bad value is
+//! rejected right where it is written; the parser goes on, so every such mistake is reported
+//! in one build. Adding an option is a slot in [`Args`], a keyword, and a match arm in
+//! [`Args::parse`].
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::{Ident, LitInt, LitStr, Token};
+
+use crate::errors::Errors;
+
+mod kw {
+    syn::custom_keyword!(subprocess);
+    syn::custom_keyword!(workers);
+    syn::custom_keyword!(unordered);
+    syn::custom_keyword!(queue);
+    syn::custom_keyword!(name);
+    syn::custom_keyword!(source);
+}
+
+/// The options, as listed in the error for an unknown one.
+const VALID: &str =
+    "`subprocess`, `workers = N`, `unordered`, `queue = N`, `name = \"...\"`, `source`";
+
+/// Options that the design names but this version does not implement yet.
+const LATER: &[&str] = &["stream", "init", "when", "timeout_ms", "pipe_next"];
+
+/// The options of `#[stage(...)]`, each parsed once.
+///
+/// ```text
+/// args   := ( option ( ',' option )* ','? )?
+/// option := 'subprocess'
+///         | 'workers' '=' INTEGER       (at least 1)
+///         | 'unordered'
+///         | 'queue' '=' INTEGER         (at least 1)
+///         | 'name' '=' STRING
+///         | 'source'
+/// ```
+#[derive(Default)]
+pub struct Args {
+    /// `subprocess`: the span of the keyword.
+    pub subprocess: Option<Span>,
+    /// `workers = N`.
+    pub workers: Option<Count>,
+    /// `unordered`: the span of the keyword.
+    pub unordered: Option<Span>,
+    /// `queue = N`.
+    pub queue: Option<Count>,
+    /// `name = "..."`.
+    pub name: Option<LitStr>,
+    /// `source`: the span of the keyword.
+    pub source: Option<Span>,
+}
+
+/// The value of a `key = N` option, already checked to be at least 1.
+pub struct Count {
+    /// The span of the key (`workers`).
+    pub key: Span,
+    /// The literal as written, for its span.
+    pub lit: LitInt,
+    /// Its value.
+    pub value: usize,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut args = Args::default();
+        let mut errors = Errors::default();
+        while !input.is_empty() {
+            let lookahead = input.lookahead1();
+            if lookahead.peek(kw::subprocess) {
+                let key = input.parse::<kw::subprocess>()?;
+                set(
+                    &mut args.subprocess,
+                    key.span,
+                    key.span,
+                    "subprocess",
+                    &mut errors,
+                );
+            } else if lookahead.peek(kw::workers) {
+                let key = input.parse::<kw::workers>()?;
+                let count = parse_count(input, key.span, "workers", &mut errors)?;
+                if let Some(count) = count {
+                    set(&mut args.workers, count, key.span, "workers", &mut errors);
+                }
+            } else if lookahead.peek(kw::unordered) {
+                let key = input.parse::<kw::unordered>()?;
+                set(
+                    &mut args.unordered,
+                    key.span,
+                    key.span,
+                    "unordered",
+                    &mut errors,
+                );
+            } else if lookahead.peek(kw::queue) {
+                let key = input.parse::<kw::queue>()?;
+                let count = parse_count(input, key.span, "queue", &mut errors)?;
+                if let Some(count) = count {
+                    set(&mut args.queue, count, key.span, "queue", &mut errors);
+                }
+            } else if lookahead.peek(kw::name) {
+                let key = input.parse::<kw::name>()?;
+                input.parse::<Token![=]>()?;
+                let name: LitStr = input.parse()?;
+                if name.value().is_empty() {
+                    let message = "a stage name cannot be empty; write `name = \"parse\"` or leave \
+                                   `name` out to use the function's name";
+                    errors.push(syn::Error::new(name.span(), message));
+                }
+                set(&mut args.name, name, key.span, "name", &mut errors);
+            } else if lookahead.peek(kw::source) {
+                let key = input.parse::<kw::source>()?;
+                set(&mut args.source, key.span, key.span, "source", &mut errors);
+            } else if input.peek(Ident::peek_any) {
+                let unknown = input.call(Ident::parse_any)?;
+                errors.push(unknown_option(&unknown));
+                skip_option_value(input)?;
+            } else {
+                return Err(lookahead.error());
+            }
+            if input.is_empty() {
+                break;
+            }
+            if !input.peek(Token![,]) {
+                return Err(input.error("expected `,` between the options of `#[stage]`"));
+            }
+            input.parse::<Token![,]>()?;
+        }
+        errors.finish(args)
+    }
+}
+
+/// Fills `slot`, or records that the option `key` is given twice (at the repeated key).
+fn set<T>(slot: &mut Option<T>, value: T, key: Span, name: &str, errors: &mut Errors) {
+    if slot.is_some() {
+        let message = format!("`{name}` is given twice; keep one of them");
+        errors.push(syn::Error::new(key, message));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Parses `= N` after `workers` or `queue`; a value of 0 is recorded as an error at the
+/// literal and gives `None`.
+fn parse_count(
+    input: ParseStream<'_>,
+    key: Span,
+    name: &str,
+    errors: &mut Errors,
+) -> syn::Result<Option<Count>> {
+    input.parse::<Token![=]>()?;
+    let lit: LitInt = input.parse()?;
+    let value: usize = lit.base10_parse()?;
+    if value == 0 {
+        let message = format!("`{name}` must be at least 1; write `{name} = 1` or more");
+        errors.push(syn::Error::new(lit.span(), message));
+        return Ok(None);
+    }
+    Ok(Some(Count { key, lit, value }))
+}
+
+/// The error for an option that `#[stage]` does not know (or does not support yet).
+fn unknown_option(option: &Ident) -> syn::Error {
+    let name = option.unraw().to_string();
+    let message = if LATER.contains(&name.as_str()) {
+        format!("the `{name}` option of `#[stage]` is not supported yet")
+    } else {
+        format!("unknown option `{name}`; the options of `#[stage]` are {VALID}")
+    };
+    syn::Error::new(option.span(), message)
+}
+
+/// Skips the rest of an unknown option (`= value`), up to the next `,`.
+fn skip_option_value(input: ParseStream<'_>) -> syn::Result<()> {
+    input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if matches!(&tree, proc_macro2::TokenTree::Punct(p) if p.as_char() == ',') {
+                break;
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    })
+}

@@ -1,0 +1,61 @@
+//! The codec: the one place that knows items travel as `bincode` 2 (serde) bytes.
+//!
+//! Decoding always runs with a byte limit, so a hostile or corrupt payload that claims a
+//! huge `String` or `Vec` fails with an error instead of allocating (bincode without a
+//! limit aborts the process on such input).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Largest encoded item (and largest decode allocation) accepted: 1 GiB.
+pub const FRAME_LIMIT: usize = 1 << 30;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<FRAME_LIMIT>,
+>;
+
+const fn config() -> Config {
+    bincode::config::standard().with_limit::<FRAME_LIMIT>()
+}
+
+/// Items that can cross a process boundary.
+pub trait Wire: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
+
+/// Appends the encoding of `value` to `out`.
+pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Decodes one value that must fill `bytes` exactly.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
+        Ok((v, n)) if n == bytes.len() => Ok(v),
+        Ok((_, n)) => Err(format!("{} trailing bytes after the value", bytes.len() - n)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut b = Vec::new();
+        encode_into(&(7u64, "x".to_string()), &mut b).unwrap();
+        assert_eq!(decode::<(u64, String)>(&b).unwrap(), (7, "x".to_string()));
+    }
+
+    #[test]
+    fn hostile_length_inside_payload_is_an_error_not_an_abort() {
+        // A varint length prefix claiming 2^40 bytes for a String, then nothing.
+        let mut b = vec![253u8];
+        b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<String>(&b).is_err());
+    }
+}

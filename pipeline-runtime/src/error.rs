@@ -1,0 +1,180 @@
+//! The one error type.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Which worker ran (or held) an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Worker {
+    /// A forked worker process.
+    Process(u32),
+    /// A thread of the caller's process (index within its stage).
+    Thread(usize),
+}
+
+impl Worker {
+    /// The worker's process id, if it is a process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Worker::Process(p) => Some(*p),
+            Worker::Thread(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Worker::Process(pid) => write!(f, "worker pid {pid}"),
+            Worker::Thread(i) => write!(f, "thread worker {i}"),
+        }
+    }
+}
+
+/// Everything that can go wrong, for an item or for a whole pipeline.
+///
+/// Every variant about an item names the stage, the item's sequence number (its position
+/// in the input, from 0) and the worker, and reads as a sentence:
+/// `stage 'enrich' (worker pid 4242) died on item 17: killed by SIGSEGV`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stage function returned `Err`; `message` is that error's `Display` text.
+    #[error("stage '{stage}' ({worker}) failed on item {item}: {message}")]
+    Failed {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// The worker that ran it.
+        worker: Worker,
+        /// The error's text.
+        message: String,
+    },
+    /// The stage function panicked.
+    #[error("stage '{stage}' ({worker}) panicked on item {item}: {message}")]
+    Panicked {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// The worker that ran it.
+        worker: Worker,
+        /// The panic message.
+        message: String,
+    },
+    /// The worker process died while it held the item.
+    #[error("stage '{stage}' ({worker}) died on item {item}: {cause}")]
+    Died {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// The worker that died.
+        worker: Worker,
+        /// How it died: `killed by SIGSEGV`, `exited with code 3 before answering`, …
+        cause: String,
+    },
+    /// The item or its output could not be encoded or decoded.
+    #[error("stage '{stage}' ({worker}) could not {what} item {item}: {message}")]
+    Codec {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// The worker involved.
+        worker: Worker,
+        /// `encode the input of`, `decode`, `encode the output of`, `decode the output of`.
+        what: String,
+        /// The codec's message.
+        message: String,
+    },
+    /// The pipeline was stopped before the item finished.
+    #[error("item {item}: shut down before the item ran")]
+    ShutDown {
+        /// The item's sequence number, when known.
+        item: u64,
+    },
+    /// `Ticket::wait` on an item that a stage dropped (returned `None` or emitted nothing).
+    #[error("item {item} has no output: stage '{stage}' dropped it")]
+    NoOutput {
+        /// The stage that dropped it.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+    },
+    /// `Ticket::wait` on an item with several outputs (use `Ticket::wait_all`).
+    #[error("item {item} has {count} outputs; use `Ticket::wait_all` to get them all")]
+    ManyOutputs {
+        /// The item's sequence number.
+        item: u64,
+        /// How many outputs it had.
+        count: usize,
+    },
+    /// The input iterator panicked; the items before it were delivered.
+    #[error("input iterator panicked after item {item}: {message}")]
+    Input {
+        /// Items pulled before the panic.
+        item: u64,
+        /// The panic message.
+        message: String,
+    },
+    /// The pipeline could not start (nothing was left behind).
+    #[error("could not start the pipeline: {0}")]
+    Start(String),
+    /// The pipeline is not running any more (submit after shutdown, wait after drop).
+    #[error("the pipeline has shut down")]
+    Closed,
+}
+
+impl Error {
+    /// The stage this error is about, if any.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Error::Failed { stage, .. }
+            | Error::Panicked { stage, .. }
+            | Error::Died { stage, .. }
+            | Error::Codec { stage, .. }
+            | Error::NoOutput { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// The item's sequence number, if this error is about one item.
+    pub fn item(&self) -> Option<u64> {
+        match self {
+            Error::Failed { item, .. }
+            | Error::Panicked { item, .. }
+            | Error::Died { item, .. }
+            | Error::Codec { item, .. }
+            | Error::ShutDown { item }
+            | Error::NoOutput { item, .. }
+            | Error::ManyOutputs { item, .. } => Some(*item),
+            _ => None,
+        }
+    }
+
+    /// The worker involved, if any.
+    pub fn worker(&self) -> Option<Worker> {
+        match self {
+            Error::Failed { worker, .. }
+            | Error::Panicked { worker, .. }
+            | Error::Died { worker, .. }
+            | Error::Codec { worker, .. } => Some(*worker),
+            _ => None,
+        }
+    }
+}
+
+/// Text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

@@ -1,0 +1,23 @@
+//! The runtime of [forkpipe](https://docs.rs/forkpipe): stages, pipelines, the supervisor
+//! and worker processes, and the socket transport between them.
+//!
+//! Users depend on the `forkpipe` facade, which re-exports what is public here; the module
+//! essays (`link`, `supervisor`, `exec`, `fds`) explain how the runtime works.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod codec;
+mod error;
+mod exec;
+mod fds;
+mod link;
+mod pipeline;
+mod record;
+mod stage;
+mod supervisor;
+mod sys;
+mod worker;
+
+pub use codec::{FRAME_LIMIT, Wire};
+pub use error::{Error, Worker};
+pub use pipeline::{FirstStage, Pipeline, Report, Results, Running, StageStats, Stats, Ticket};
+pub use stage::{DEFAULT_QUEUE, Emit, Source, Stage};

@@ -1,0 +1,568 @@
+//! Links: the sockets between a sender (the feeder, a bridge thread, or a worker of stage
+//! *k*) and the workers of the next process stage.
+//!
+//! # The problem
+//! Items must move between processes at close to the kernel's speed, a slow stage must
+//! slow its senders (bounded memory), and — for crash accounting — a sender must always
+//! know which of its items the receiver has not finished yet.
+//!
+//! # The approach
+//! Every link is one `SOCK_SEQPACKET` socketpair. The sender packs many small records into
+//! one message of up to [`MAX_MSG`] bytes (one syscall for hundreds of items); a record
+//! larger than that travels as a chain of chunk messages. The receiver answers with
+//! cumulative **acks** ("n more records done") once it has *flushed* the outputs of those
+//! records downstream. The sender keeps the sequence numbers it sent and has not seen acked
+//! (`unacked`); that list is both its credit (at most `credit_items` per link) and the
+//! record of what the receiver holds.
+//!
+//! # Invariants
+//! - Data sends may block (the receiver always drains eventually: data flows one way, to the
+//!   collector); acks never block — they are coalesced and retried, so no cycle of blocked
+//!   writers can form.
+//! - End of stream is the socket's own (`shutdown(SHUT_WR)`), never a value.
+//! - A record is `seq u64 | tag u8 | len u32 | payload`: the sequence number sits outside the
+//!   payload, so a payload that cannot be decoded is still attributed to its item.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::codec::FRAME_LIMIT;
+use crate::sys;
+
+/// Largest message on a link (a batch, or one chunk of a large record).
+pub(crate) const MAX_MSG: usize = 64 * 1024;
+
+const MSG_BATCH: u8 = 1;
+const MSG_BIG_FIRST: u8 = 2;
+const MSG_BIG_MORE: u8 = 3;
+const MSG_ACK: u8 = 4;
+
+const BATCH_HEADER: usize = 5; // kind u8 + count u32
+const BIG_HEADER: usize = 9; // kind u8 + total u64
+pub(crate) const REC_HEADER: usize = 13; // seq u64 + tag u8 + len u32
+
+/// Record tags.
+pub(crate) const TAG_ONE: u8 = 0;
+pub(crate) const TAG_MANY: u8 = 1;
+pub(crate) const TAG_DROPPED: u8 = 2;
+pub(crate) const TAG_FAILED: u8 = 3;
+
+/// Starts a record in `out`: header with a length placeholder. Finish with [`end_record`].
+pub(crate) fn begin_record(out: &mut Vec<u8>, seq: u64, tag: u8) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(tag);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    at
+}
+
+/// Patches the record length; errors if the payload is over the frame limit.
+pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
+    let len = out.len() - at - REC_HEADER;
+    if len > FRAME_LIMIT || len > u32::MAX as usize {
+        return Err(format!("the item is {len} bytes, over the frame limit of {FRAME_LIMIT} bytes"));
+    }
+    out[at + 9..at + 13].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// One record as read from a link.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecRef {
+    pub link: usize,
+    pub seq: u64,
+    pub tag: u8,
+    start: usize,
+    end: usize,
+}
+
+/// The sending side of the links to every worker of one stage.
+#[derive(Debug)]
+pub(crate) struct LinkSender<F> {
+    links: Vec<OutLink<F>>,
+    credit_items: usize,
+    credit_bytes: usize,
+    rr: usize,
+    /// The record being built by the caller (see [`LinkSender::scratch`]).
+    scratch: Vec<u8>,
+    ackbuf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct OutLink<F> {
+    fd: F,
+    batch: Vec<u8>,
+    count: u32,
+    unacked: VecDeque<(u64, u32)>,
+    unacked_bytes: usize,
+    broken: bool,
+}
+
+/// What [`LinkSender::commit`] needs before it can go on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Commit {
+    Sent,
+    NeedCredit,
+}
+
+impl<F: AsFd> LinkSender<F> {
+    pub(crate) fn new(fds: Vec<F>, credit_items: usize) -> Self {
+        let links = fds
+            .into_iter()
+            .map(|fd| OutLink {
+                fd,
+                batch: Vec::with_capacity(MAX_MSG),
+                count: 0,
+                unacked: VecDeque::new(),
+                unacked_bytes: 0,
+                broken: false,
+            })
+            .collect();
+        LinkSender {
+            links,
+            credit_items: credit_items.max(1),
+            credit_bytes: 8 << 20,
+            rr: 0,
+            scratch: Vec::with_capacity(4096),
+            ackbuf: Vec::with_capacity(64),
+        }
+    }
+
+    /// The buffer the next record is encoded into (cleared).
+    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
+        self.scratch.clear();
+        &mut self.scratch
+    }
+
+    fn has_credit(&self, l: &OutLink<F>) -> bool {
+        !l.broken
+            && (l.unacked.is_empty()
+                || (l.unacked.len() < self.credit_items && l.unacked_bytes < self.credit_bytes))
+    }
+
+    /// Routes the record in the scratch buffer (for item `seq`) to the least-loaded link
+    /// with credit. `NeedCredit`: nothing was sent; flush, wait ([`LinkSender::wait_credit`])
+    /// and commit again.
+    pub(crate) fn commit(&mut self, seq: u64) -> io::Result<Commit> {
+        self.read_acks()?;
+        let n = self.links.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let l = &self.links[i];
+            if self.has_credit(l) && best.is_none_or(|b| l.unacked.len() < self.links[b].unacked.len()) {
+                best = Some(i);
+            }
+        }
+        let Some(i) = best else {
+            if self.links.iter().all(|l| l.broken) {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "every link to the stage is closed"));
+            }
+            return Ok(Commit::NeedCredit);
+        };
+        self.rr = (i + 1) % n;
+        let size = self.scratch.len();
+        let link = &mut self.links[i];
+        if link.batch.len() + size > MAX_MSG {
+            Self::flush_link(link)?;
+        }
+        if BATCH_HEADER + size <= MAX_MSG {
+            if link.batch.is_empty() {
+                link.batch.push(MSG_BATCH);
+                link.batch.extend_from_slice(&0u32.to_le_bytes());
+            }
+            link.batch.extend_from_slice(&self.scratch);
+            link.count += 1;
+        } else {
+            Self::send_big(link, &self.scratch)?;
+        }
+        link.unacked.push_back((seq, size as u32));
+        link.unacked_bytes += size;
+        Ok(Commit::Sent)
+    }
+
+    fn send_big(link: &mut OutLink<F>, rec: &[u8]) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(MAX_MSG);
+        let mut off = 0;
+        while off < rec.len() {
+            msg.clear();
+            if off == 0 {
+                msg.push(MSG_BIG_FIRST);
+                msg.extend_from_slice(&(rec.len() as u64).to_le_bytes());
+            } else {
+                msg.push(MSG_BIG_MORE);
+            }
+            let take = (MAX_MSG - msg.len()).min(rec.len() - off);
+            msg.extend_from_slice(&rec[off..off + take]);
+            off += take;
+            Self::send_all(link, &msg)?;
+        }
+        Ok(())
+    }
+
+    fn send_all(link: &mut OutLink<F>, msg: &[u8]) -> io::Result<()> {
+        match sys::send(link.fd.as_fd(), msg, false) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                link.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush_link(link: &mut OutLink<F>) -> io::Result<()> {
+        if link.count == 0 {
+            return Ok(());
+        }
+        let c = link.count.to_le_bytes();
+        link.batch[1..5].copy_from_slice(&c);
+        let batch = std::mem::take(&mut link.batch);
+        let r = Self::send_all(link, &batch);
+        link.batch = batch;
+        link.batch.clear();
+        link.count = 0;
+        r
+    }
+
+    /// Sends every partly filled batch.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        let mut res = Ok(());
+        for l in &mut self.links {
+            if let Err(e) = Self::flush_link(l) {
+                res = Err(e);
+            }
+        }
+        res
+    }
+
+    /// True if batches are waiting to be flushed.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.links.iter().any(|l| l.count > 0)
+    }
+
+    /// Reads every ack that has arrived, without blocking.
+    pub(crate) fn read_acks(&mut self) -> io::Result<()> {
+        for l in &mut self.links {
+            if l.broken || l.unacked.is_empty() {
+                continue;
+            }
+            loop {
+                self.ackbuf.clear();
+                self.ackbuf.reserve(64);
+                match sys::recv(l.fd.as_fd(), &mut self.ackbuf, true) {
+                    Ok(None) => break,
+                    Ok(Some(0)) | Err(_) => {
+                        l.broken = true;
+                        break;
+                    }
+                    Ok(Some(_)) => {
+                        if self.ackbuf.len() == 9 && self.ackbuf[0] == MSG_ACK {
+                            let n = u64::from_le_bytes(self.ackbuf[1..9].try_into().expect("8 bytes"));
+                            for _ in 0..n {
+                                match l.unacked.pop_front() {
+                                    Some((_, size)) => l.unacked_bytes -= size as usize,
+                                    None => break,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until some link has credit again (or every link is broken).
+    pub(crate) fn wait_credit(&mut self, extra: &mut Vec<libc::pollfd>) -> io::Result<()> {
+        loop {
+            self.read_acks()?;
+            if self.links.iter().any(|l| self.has_credit(l)) || self.links.iter().all(|l| l.broken) {
+                return Ok(());
+            }
+            let base = extra.len();
+            for l in &self.links {
+                extra.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+            let r = sys::poll(extra, None);
+            extra.truncate(base);
+            r?;
+        }
+    }
+
+    /// End of input: flushes, half-closes every link (the receivers read end of stream), and
+    /// waits until every record sent has been acked (or its link broke).
+    pub(crate) fn finish(&mut self) -> io::Result<()> {
+        let r = self.flush();
+        for l in &self.links {
+            sys::shutdown_write(l.fd.as_fd());
+        }
+        loop {
+            self.read_acks()?;
+            let waiting: Vec<libc::pollfd> = self
+                .links
+                .iter()
+                .filter(|l| !l.broken && !l.unacked.is_empty())
+                .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            if waiting.is_empty() {
+                return r;
+            }
+            let mut w = waiting;
+            sys::poll(&mut w, None)?;
+        }
+    }
+
+    /// Items sent and not yet acked, over all links.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.links.iter().map(|l| l.unacked.len()).sum()
+    }
+
+    pub(crate) fn link_count(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// The receiving side: the links from every sender of the previous stage.
+#[derive(Debug)]
+pub(crate) struct LinkReceiver<F> {
+    links: Vec<InLink<F>>,
+    queue: VecDeque<Msg>,
+    pool: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct InLink<F> {
+    fd: F,
+    eof: bool,
+    pending_acks: u64,
+    big: Option<(usize, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+struct Msg {
+    link: usize,
+    data: Vec<u8>,
+    pos: usize,
+    left: u32,
+}
+
+/// Why a link's stream could not be read.
+#[derive(Debug)]
+pub(crate) struct Corrupt(pub String);
+
+impl<F: AsFd> LinkReceiver<F> {
+    pub(crate) fn new(fds: Vec<F>) -> Self {
+        LinkReceiver {
+            links: fds
+                .into_iter()
+                .map(|fd| InLink { fd, eof: false, pending_acks: 0, big: None })
+                .collect(),
+            queue: VecDeque::new(),
+            pool: Vec::new(),
+        }
+    }
+
+    /// True when every link reached end of stream and every record was taken.
+    pub(crate) fn finished(&self) -> bool {
+        self.queue.is_empty() && self.links.iter().all(|l| l.eof)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Reads every message available now; with `block`, first waits until at least one
+    /// arrives or every link ended. `extra` descriptors are polled too (their revents are
+    /// left for the caller); returns whether any `extra` became ready.
+    pub(crate) fn fill(&mut self, block: bool, extra: &mut Vec<libc::pollfd>) -> Result<bool, Corrupt> {
+        loop {
+            let got = self.read_available()?;
+            if got || !block || self.links.iter().all(|l| l.eof) {
+                return Ok(false);
+            }
+            let base = extra.len();
+            for l in self.links.iter().filter(|l| !l.eof) {
+                let mut events = libc::POLLIN;
+                if l.pending_acks > 0 {
+                    events |= libc::POLLOUT;
+                }
+                extra.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events, revents: 0 });
+            }
+            let r = sys::poll(extra, None);
+            let extra_ready = extra[..base].iter().any(|p| p.revents != 0);
+            extra.truncate(base);
+            if r.is_err() {
+                return Ok(false);
+            }
+            self.send_acks();
+            if extra_ready {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn read_available(&mut self) -> Result<bool, Corrupt> {
+        let mut got = false;
+        for i in 0..self.links.len() {
+            while !self.links[i].eof {
+                let mut buf = self.pool.pop().unwrap_or_default();
+                buf.reserve(MAX_MSG);
+                match sys::recv(self.links[i].fd.as_fd(), &mut buf, true) {
+                    Ok(None) => {
+                        self.pool.push(buf);
+                        break;
+                    }
+                    Ok(Some(0)) | Err(_) => {
+                        self.links[i].eof = true;
+                        self.pool.push(buf);
+                    }
+                    Ok(Some(n)) => {
+                        if n > MAX_MSG {
+                            return Err(Corrupt(format!("message of {n} bytes exceeds the limit of {MAX_MSG}")));
+                        }
+                        if self.accept(i, buf)? {
+                            got = true;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn accept(&mut self, link: usize, buf: Vec<u8>) -> Result<bool, Corrupt> {
+        match buf.first() {
+            Some(&MSG_BATCH) if buf.len() >= BATCH_HEADER => {
+                let left = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
+                self.queue.push_back(Msg { link, data: buf, pos: BATCH_HEADER, left });
+                Ok(true)
+            }
+            Some(&MSG_BIG_FIRST) if buf.len() >= BIG_HEADER => {
+                let total = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as usize;
+                if total > FRAME_LIMIT + REC_HEADER {
+                    return Err(Corrupt(format!(
+                        "corrupt frame (length {total} exceeds the limit {FRAME_LIMIT})"
+                    )));
+                }
+                let mut data = Vec::with_capacity(BATCH_HEADER + total);
+                data.push(MSG_BATCH);
+                data.extend_from_slice(&1u32.to_le_bytes());
+                data.extend_from_slice(&buf[BIG_HEADER..]);
+                self.pool.push(buf);
+                self.links[link].big = Some((total, data));
+                self.complete_big(link)
+            }
+            Some(&MSG_BIG_MORE) => {
+                let Some((_, data)) = self.links[link].big.as_mut() else {
+                    return Err(Corrupt("chunk without a start".into()));
+                };
+                data.extend_from_slice(&buf[1..]);
+                self.pool.push(buf);
+                self.complete_big(link)
+            }
+            _ => Err(Corrupt(format!("unknown message kind {:?}", buf.first()))),
+        }
+    }
+
+    fn complete_big(&mut self, link: usize) -> Result<bool, Corrupt> {
+        let (total, data) = self.links[link].big.as_ref().expect("big in progress");
+        let have = data.len() - BATCH_HEADER;
+        if have > *total {
+            return Err(Corrupt("chunks longer than announced".into()));
+        }
+        if have == *total {
+            let (_, data) = self.links[link].big.take().expect("big in progress");
+            self.queue.push_back(Msg { link, data, pos: BATCH_HEADER, left: 1 });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The next record, if one was received. Call [`LinkReceiver::done`] when finished with it.
+    pub(crate) fn next(&mut self) -> Result<Option<RecRef>, Corrupt> {
+        loop {
+            let Some(m) = self.queue.front_mut() else { return Ok(None) };
+            if m.left == 0 {
+                let m = self.queue.pop_front().expect("front");
+                self.pool.push(m.data);
+                continue;
+            }
+            let d = &m.data;
+            if d.len() < m.pos + REC_HEADER {
+                return Err(Corrupt("truncated record header".into()));
+            }
+            let seq = u64::from_le_bytes(d[m.pos..m.pos + 8].try_into().expect("8 bytes"));
+            let tag = d[m.pos + 8];
+            let len = u32::from_le_bytes(d[m.pos + 9..m.pos + 13].try_into().expect("4 bytes")) as usize;
+            let start = m.pos + REC_HEADER;
+            let end = start + len;
+            if end > d.len() {
+                return Err(Corrupt(format!("corrupt frame (record length {len} exceeds its message)")));
+            }
+            m.pos = end;
+            m.left -= 1;
+            return Ok(Some(RecRef { link: m.link, seq, tag, start, end }));
+        }
+    }
+
+    /// The payload of a record returned by [`LinkReceiver::next`] (valid until `done`).
+    pub(crate) fn payload(&self, r: &RecRef) -> &[u8] {
+        &self.queue.front().expect("record's message").data[r.start..r.end]
+    }
+
+    /// The whole record (header and payload), to pass it on unchanged.
+    pub(crate) fn raw(&self, r: &RecRef) -> &[u8] {
+        &self.queue.front().expect("record's message").data[r.start - REC_HEADER..r.end]
+    }
+
+    /// Marks a record finished: it is acked at the next [`LinkReceiver::send_acks`]. Only
+    /// call `send_acks` once the record's outputs were flushed downstream.
+    pub(crate) fn done(&mut self, r: RecRef) {
+        self.links[r.link].pending_acks += 1;
+        if let Some(m) = self.queue.front() {
+            if m.left == 0 {
+                let m = self.queue.pop_front().expect("front");
+                self.pool.push(m.data);
+            }
+        }
+    }
+
+    /// Sends the pending acks that can go without blocking; the rest stay pending.
+    pub(crate) fn send_acks(&mut self) {
+        for l in &mut self.links {
+            if l.pending_acks == 0 {
+                continue;
+            }
+            let mut msg = [0u8; 9];
+            msg[0] = MSG_ACK;
+            msg[1..9].copy_from_slice(&l.pending_acks.to_le_bytes());
+            match sys::send(l.fd.as_fd(), &msg, true) {
+                Ok(Some(_)) | Err(_) => l.pending_acks = 0,
+                Ok(None) => {}
+            }
+        }
+    }
+
+    /// True if acks could not be sent yet.
+    pub(crate) fn acks_pending(&self) -> bool {
+        self.links.iter().any(|l| l.pending_acks > 0)
+    }
+
+    /// Waits (bounded) until every pending ack has been sent or its link has gone.
+    pub(crate) fn drain_acks(&mut self) {
+        for _ in 0..1000 {
+            self.send_acks();
+            if !self.acks_pending() {
+                return;
+            }
+            let mut p: Vec<libc::pollfd> = self
+                .links
+                .iter()
+                .filter(|l| l.pending_acks > 0)
+                .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLOUT, revents: 0 })
+                .collect();
+            let _ = sys::poll(&mut p, Some(std::time::Duration::from_millis(100)));
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! Pipelines: composition, start, and the handles of a running pipeline.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::error::Error;
+use crate::exec::{self, AnyStage, Batch, Feed, Output, Rt, Shared, Threads};
+use crate::fds::{self, RtFd};
+use crate::stage::{Body, DEFAULT_QUEUE, Source, Stage};
+use crate::supervisor::{self, ProcStage, SupMsg};
+use crate::sys;
+
+type FeederFn = Box<dyn FnOnce(Option<Box<dyn Any + Send>>, Box<dyn Any + Send>, &Rt) -> std::io::Result<()> + Send>;
+
+/// A typed chain of stages taking `In` items and producing `Out` items.
+///
+/// Built with [`Pipeline::new`] and [`Pipeline::then`] (what `pipeline![a | b]` expands to),
+/// then run with [`Pipeline::run`], [`Pipeline::results`] or [`Pipeline::start`]:
+///
+/// ```
+/// use forkpipe::prelude::*;
+/// let mut p = Pipeline::new(Stage::map("inc", |x: u64| x + 1).subprocess());
+/// for _ in 0..9 {
+///     p = p.then(Stage::map("inc", |x: u64| x + 1).subprocess());
+/// }
+/// let out: Vec<u64> = p.run([0u64, 10])?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [10, 20]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+pub struct Pipeline<In, Out> {
+    stages: Vec<Arc<dyn AnyStage>>,
+    source: Option<String>,
+    feeder: FeederFn,
+    _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> fmt::Debug for Pipeline<In, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("source", &self.source)
+            .field("stages", &self.stages.iter().map(|s| s.name().to_string()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What can start a pipeline: a [`Stage`] (the pipeline takes its input) or a [`Source`]
+/// (the pipeline makes its own items; its input type is `()`).
+pub trait FirstStage {
+    /// The pipeline's input type.
+    type In;
+    /// The first stage's output type.
+    type Out;
+    #[doc(hidden)]
+    fn into_pipeline(self) -> Pipeline<Self::In, Self::Out>;
+}
+
+impl<In: Send + 'static, Out: Send + 'static> FirstStage for Stage<In, Out> {
+    type In = In;
+    type Out = Out;
+    fn into_pipeline(self) -> Pipeline<In, Out> {
+        Pipeline {
+            stages: vec![Arc::new(self)],
+            source: None,
+            feeder: Box::new(|feed, out, rt| {
+                let feed = *feed.expect("an input feed").downcast::<Feed<In>>().expect("feed of the input type");
+                let out = *out.downcast::<Output<In>>().expect("output of the input type");
+                exec::spawn_feeder(feed, out, rt)
+            }),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Out: Send + 'static> FirstStage for Source<Out> {
+    type In = ();
+    type Out = Out;
+    fn into_pipeline(self) -> Pipeline<(), Out> {
+        let name = self.name.to_string();
+        let make = self.make;
+        Pipeline {
+            stages: Vec::new(),
+            source: Some(name),
+            feeder: Box::new(move |_, out, rt| {
+                let out = *out.downcast::<Output<Out>>().expect("output of the source type");
+                exec::spawn_feeder(Feed::Lazy(make), out, rt)
+            }),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
+    /// A pipeline of one stage (or one source).
+    pub fn new(first: impl FirstStage<In = In, Out = Out>) -> Self {
+        first.into_pipeline()
+    }
+
+    /// Appends a stage; its input type must be this pipeline's output type.
+    pub fn then<N: Send + 'static>(self, next: Stage<Out, N>) -> Pipeline<In, N> {
+        let mut stages = self.stages;
+        stages.push(Arc::new(next));
+        Pipeline { stages, source: self.source, feeder: self.feeder, _types: PhantomData }
+    }
+
+    /// Number of stages (a source is not counted).
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// True for a pipeline that is only a source.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Runs the pipeline over `input`, streaming: items are pulled from `input` on a
+    /// background thread only as the pipeline's queues free up, and results come out of
+    /// the returned iterator — in input order unless a stage is `unordered`.
+    ///
+    /// Returns `Err` only if the pipeline cannot start. After that every input item has
+    /// exactly one outcome in the results: its outputs (zero or more) or one [`Error`].
+    /// Dropping the iterator stops the pipeline (see [`Results`]).
+    pub fn run<I>(self, input: I) -> Result<Results<Out>, Error>
+    where
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input.into_iter())));
+        let ordered = self.ordered();
+        let (engine, rx) = self.launch(Some(feed))?;
+        Ok(Results::new(engine, rx, ordered))
+    }
+
+    /// Starts the pipeline for work items: [`Running::submit`] from any thread, then
+    /// [`Ticket::wait`].
+    pub fn start(self) -> Result<Running<In, Out>, Error> {
+        let (tx, rx) = crossbeam_channel::unbounded::<(u64, In)>();
+        let feed: Box<dyn Any + Send> = Box::new(Feed::Chan(rx));
+        let (engine, final_rx) = self.launch(Some(feed))?;
+        Running::new(engine, tx, final_rx)
+    }
+
+    fn ordered(&self) -> bool {
+        !self.stages.iter().any(|s| s.opts().unordered)
+    }
+
+    fn launch(self, feed: Option<Box<dyn Any + Send>>) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
+        let stages = self.stages;
+        let n = stages.len();
+        let names: Vec<Arc<str>> = stages.iter().map(|s| Arc::from(s.name())).collect();
+        let window = stages.iter().map(|s| s.opts().queue * s.opts().workers).sum::<usize>() + DEFAULT_QUEUE;
+        let shared = Arc::new(Shared::new(names, window));
+        let is_proc = |i: usize| i < n && stages[i].opts().process;
+        let start_err = |what: &str, e: std::io::Error| Error::Start(format!("{what}: {e}"));
+
+        // Every socket of the pipeline, made before the supervisor is forked.
+        let mut caller_in: Vec<Vec<RtFd>> = (0..n).map(|_| Vec::new()).collect();
+        let mut caller_out: Vec<Vec<RtFd>> = (0..n).map(|_| Vec::new()).collect();
+        let mut w_in: Vec<Vec<Vec<RtFd>>> = stages.iter().map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect()).collect();
+        let mut w_out: Vec<Vec<Vec<RtFd>>> = stages.iter().map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect()).collect();
+        for i in (0..n).filter(|&i| is_proc(i)) {
+            let w = stages[i].opts().workers;
+            if i == 0 || !is_proc(i - 1) {
+                for wk in w_in[i].iter_mut() {
+                    let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    caller_in[i].push(a);
+                    wk.push(b);
+                }
+            }
+            if is_proc(i + 1) {
+                for j in 0..w {
+                    for k in 0..stages[i + 1].opts().workers {
+                        let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                        w_out[i][j].push(a);
+                        w_in[i + 1][k].push(b);
+                    }
+                }
+            } else {
+                for wk in w_out[i].iter_mut() {
+                    let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    wk.push(a);
+                    caller_out[i].push(b);
+                }
+            }
+        }
+
+        let mut supervisor = None;
+        if (0..n).any(is_proc) {
+            if sys::thread_count() > 1 {
+                tracing::debug!(
+                    "forkpipe: starting a pipeline in a multi-threaded process; a stage that takes a lock \
+                     another thread held at start (stdout, env) can block — give such stages a timeout"
+                );
+            }
+            let (c_caller, c_sup) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+            let plan: Vec<ProcStage> = (0..n)
+                .filter(|&i| is_proc(i))
+                .map(|i| ProcStage {
+                    idx: i as u32,
+                    stage: Arc::clone(&stages[i]),
+                    credit: stages[i].opts().queue,
+                    workers: (0..stages[i].opts().workers)
+                        .map(|j| {
+                            (
+                                w_in[i][j].iter().map(|f| f.as_raw_fd()).collect(),
+                                w_out[i][j].iter().map(|f| f.as_raw_fd()).collect(),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect();
+            // SAFETY: the child is the supervisor: it only uses its own data, raw syscalls and
+            // allocation (glibc resets its malloc locks at fork), and leaves with `_exit`.
+            match unsafe { fds::fork() }.map_err(|e| start_err("fork failed", e))? {
+                fds::Fork::Child(inherited) => supervisor::run(inherited, c_sup.as_raw_fd(), plan),
+                fds::Fork::Parent(pid) => {
+                    drop(plan);
+                    drop(c_sup);
+                    drop(w_in);
+                    drop(w_out);
+                    match supervisor::recv_msg(&c_caller) {
+                        Some(SupMsg::Ready) => supervisor = Some((pid, Arc::new(c_caller))),
+                        other => {
+                            drop(c_caller);
+                            let _ = sys::wait_pid(pid, false);
+                            return Err(match other {
+                                Some(SupMsg::StartFailed(m)) => Error::Start(m),
+                                _ => Error::Start("the supervisor process died at start".into()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let threads = Arc::new(Threads::default());
+        let rt = Rt { stop: stop_rx, threads: Arc::clone(&threads), shared: Arc::clone(&shared) };
+        let mut engine = Engine {
+            stop: Some(stop_tx),
+            stop_rx: rt.stop.clone(),
+            threads,
+            shared: Arc::clone(&shared),
+            control: supervisor.as_ref().map(|(_, c)| Arc::clone(c)),
+            done: false,
+        };
+        let (final_tx, final_rx) = crossbeam_channel::bounded::<Batch<Out>>(64);
+        let spawned = (|| -> std::io::Result<()> {
+            if let Some((pid, ctl)) = supervisor {
+                let shared = Arc::clone(&shared);
+                rt.threads.spawn("control", move || control_loop(pid, ctl, shared))?;
+            }
+            let mut next: Box<dyn Any + Send> = Box::new(Output::<Out>::Chan { tx: final_tx, split: 1 });
+            for i in (0..n).rev() {
+                let s = &stages[i];
+                let idx = i as u32;
+                if !is_proc(i) {
+                    let (o, rx) = s.input_channel(16);
+                    Arc::clone(s).spawn_threads(idx, rx, next, &rt)?;
+                    next = o;
+                    continue;
+                }
+                if !is_proc(i + 1) {
+                    s.spawn_merger(idx, std::mem::take(&mut caller_out[i]), next, &rt)?;
+                }
+                next = Box::new(());
+                if i == 0 || !is_proc(i - 1) {
+                    let links = std::mem::take(&mut caller_in[i]);
+                    if i == 0 {
+                        next = s.link_output(idx, links, DEFAULT_QUEUE);
+                    } else {
+                        let (o, rx) = s.input_channel(16);
+                        s.spawn_dispatcher(idx, rx, links, stages[i - 1].opts().queue, &rt)?;
+                        next = o;
+                    }
+                }
+            }
+            (self.feeder)(feed, next, &rt)
+        })();
+        if let Err(e) = spawned {
+            engine.kill();
+            return Err(start_err("could not spawn a thread", e));
+        }
+        Ok((engine, final_rx))
+    }
+}
+
+impl<Out: Send + 'static> Pipeline<(), Out> {
+    /// Runs a pipeline that starts with a `source` stage; see [`Pipeline::run`].
+    pub fn results(self) -> Result<Results<Out>, Error> {
+        if self.source.is_none() {
+            return Err(Error::Start("`results()` needs a pipeline that starts with a `source` stage; use `run(input)`".into()));
+        }
+        let ordered = self.ordered();
+        let (engine, rx) = self.launch(None)?;
+        Ok(Results::new(engine, rx, ordered))
+    }
+}
+
+fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
+    while let Some(msg) = supervisor::recv_msg(&*ctl) {
+        match msg {
+            SupMsg::WorkerDied { stage, pid, cause } => {
+                let name = shared.names.get(stage as usize).map_or("?".to_string(), |s| s.to_string());
+                tracing::warn!(stage = %name, pid, %cause, "forkpipe: worker died");
+                shared.set_abort(Error::Died {
+                    stage: name,
+                    item: 0,
+                    worker: crate::error::Worker::Process(pid),
+                    cause,
+                });
+                // Until workers are replaced, a death stops the pipeline: every unfinished
+                // item fails with this cause (never a hang).
+                shared.window.close();
+                sys::shutdown_both(ctl.as_fd_ref());
+            }
+            SupMsg::Done | SupMsg::Ready | SupMsg::StartFailed(_) => {}
+        }
+    }
+    let _ = sys::wait_pid(pid, false);
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+impl AsFdRef for Arc<RtFd> {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&**self)
+    }
+}
+
+/// The machinery of one running pipeline; dropping it stops everything.
+struct Engine {
+    stop: Option<Sender<()>>,
+    stop_rx: Receiver<()>,
+    threads: Arc<Threads>,
+    shared: Arc<Shared>,
+    control: Option<Arc<RtFd>>,
+    done: bool,
+}
+
+impl Engine {
+    /// Stops now: wakes every thread, makes the supervisor kill and reap its workers, and
+    /// joins (the control thread reaps the supervisor).
+    fn kill(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.stop = None;
+        self.shared.window.close();
+        if let Some(c) = self.control.take() {
+            sys::shutdown_both(c.as_fd_ref());
+        }
+        self.threads.join(Instant::now() + Duration::from_secs(2));
+    }
+
+    /// Waits for a graceful end until `deadline`; true if everything ended by then.
+    fn wait(&mut self, deadline: Instant) -> bool {
+        let ok = self.threads.join(deadline);
+        if ok {
+            self.done = true;
+            self.stop = None;
+            self.control = None;
+        }
+        ok
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Per-seq bookkeeping at the end of the pipeline: restores input order (ordered
+/// pipelines) and knows which items are still unfinished.
+struct Ring<T> {
+    base: u64,
+    slots: VecDeque<Slot<T>>,
+}
+
+enum Slot<T> {
+    Pending,
+    Ready(Body<T>),
+    Taken,
+}
+
+impl<T> Ring<T> {
+    fn put(&mut self, seq: u64, slot: Slot<T>) {
+        let Some(i) = seq.checked_sub(self.base) else { return };
+        let i = i as usize;
+        while self.slots.len() <= i {
+            self.slots.push_back(Slot::Pending);
+        }
+        self.slots[i] = slot;
+    }
+}
+
+/// The results of [`Pipeline::run`], in input order unless a stage is `unordered`.
+///
+/// Dropping it stops the pipeline at once: the feeding thread stops, every worker process
+/// is killed, every process is reaped and every descriptor closed before `drop` returns
+/// (a thread stuck inside a stage function or a blocking input iterator is detached).
+pub struct Results<Out> {
+    engine: Engine,
+    rx: Receiver<Batch<Out>>,
+    ordered: bool,
+    ring: Ring<Out>,
+    ready: VecDeque<Result<Out, Error>>,
+    release: usize,
+    ended: bool,
+}
+
+impl<Out> fmt::Debug for Results<Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Results").field("ordered", &self.ordered).field("ended", &self.ended).finish()
+    }
+}
+
+impl<Out: Send + 'static> Results<Out> {
+    fn new(engine: Engine, rx: Receiver<Batch<Out>>, ordered: bool) -> Self {
+        Results {
+            engine,
+            rx,
+            ordered,
+            ring: Ring { base: 0, slots: VecDeque::new() },
+            ready: VecDeque::new(),
+            release: 0,
+            ended: false,
+        }
+    }
+
+    fn deliver(&mut self, body: Body<Out>) {
+        self.engine.shared.count(&body);
+        self.release += 1;
+        match body {
+            Body::One(v) => self.ready.push_back(Ok(v)),
+            Body::Many(vs) => self.ready.extend(vs.into_iter().map(Ok)),
+            Body::Dropped(_) => {}
+            Body::Failed(_, e) => self.ready.push_back(Err(*e)),
+        }
+    }
+
+    fn advance(&mut self) {
+        loop {
+            match self.ring.slots.front() {
+                Some(Slot::Taken) => {}
+                Some(Slot::Ready(_)) if self.ordered => {}
+                _ => return,
+            }
+            self.ring.base += 1;
+            if let Some(Slot::Ready(b)) = self.ring.slots.pop_front() {
+                self.deliver(b);
+            }
+        }
+    }
+
+    /// Statistics so far (counts of finished items).
+    pub fn stats(&self) -> Stats {
+        stats_of(&self.engine.shared)
+    }
+}
+
+impl<Out: Send + 'static> Iterator for Results<Out> {
+    type Item = Result<Out, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            if self.ended {
+                return None;
+            }
+            if self.release > 0 {
+                self.engine.shared.window.give_back(std::mem::take(&mut self.release));
+            }
+            match self.rx.recv() {
+                Ok(batch) => {
+                    for rec in batch {
+                        if self.ordered {
+                            self.ring.put(rec.seq, Slot::Ready(rec.body));
+                        } else {
+                            self.ring.put(rec.seq, Slot::Taken);
+                            self.deliver(rec.body);
+                        }
+                    }
+                    self.advance();
+                }
+                Err(_) => {
+                    // Every producer is gone: what is still unfinished gets its cause.
+                    self.ended = true;
+                    let issued = self.engine.shared.issued.load(Ordering::Acquire);
+                    let end = issued.max(self.ring.base + self.ring.slots.len() as u64);
+                    let mut seq = self.ring.base;
+                    while seq < end {
+                        let slot = self.ring.slots.pop_front().unwrap_or(Slot::Pending);
+                        match slot {
+                            Slot::Ready(b) => self.deliver(b),
+                            Slot::Pending => {
+                                let e = self.engine.shared.unfinished(seq);
+                                self.deliver(Body::Failed(u32::MAX, Box::new(e)));
+                            }
+                            Slot::Taken => {}
+                        }
+                        seq += 1;
+                    }
+                    self.ring.base = end;
+                    let _ = self.engine.wait(Instant::now() + Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Per-stage counts. Counts are of items (input sequence numbers), not of outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StageStats {
+    /// The stage's name.
+    pub name: String,
+    /// Finished items that reached this stage.
+    pub items_in: u64,
+    /// Finished items that left this stage with outputs.
+    pub items_out: u64,
+    /// Items that failed at this stage.
+    pub failed: u64,
+    /// Items this stage dropped (no output).
+    pub dropped: u64,
+    /// Worker processes of this stage replaced after a death.
+    pub restarts: u64,
+}
+
+/// Statistics of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Items that entered the pipeline.
+    pub submitted: u64,
+    /// Items with a final outcome.
+    pub completed: u64,
+    /// One entry per stage, in order.
+    pub stages: Vec<StageStats>,
+}
+
+fn stats_of(shared: &Shared) -> Stats {
+    let completed = shared.completed.load(Ordering::Relaxed);
+    let mut items_in = completed;
+    let stages = shared
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let failed = shared.failed[i].load(Ordering::Relaxed);
+            let dropped = shared.dropped[i].load(Ordering::Relaxed);
+            let out = items_in.saturating_sub(failed + dropped);
+            let s = StageStats {
+                name: name.to_string(),
+                items_in,
+                items_out: out,
+                failed,
+                dropped,
+                restarts: shared.restarts[i].load(Ordering::Relaxed),
+            };
+            items_in = out;
+            s
+        })
+        .collect();
+    Stats { submitted: shared.issued.load(Ordering::Relaxed), completed, stages }
+}
+
+/// What [`Running::shutdown`] reports.
+#[derive(Debug, Clone)]
+pub struct Report {
+    graceful: bool,
+    stats: Stats,
+}
+
+impl Report {
+    /// True if every submitted item finished and every worker exited on its own before the
+    /// shutdown deadline.
+    pub fn is_graceful(&self) -> bool {
+        self.graceful
+    }
+
+    /// Final statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+type TicketMap<Out> = Mutex<(bool, HashMap<u64, Sender<Body<Out>>>)>;
+
+/// A pipeline started for work items ([`Pipeline::start`]). `Send + Sync`: submit from
+/// any number of threads.
+///
+/// Dropping it stops the pipeline at once, like dropping [`Results`]; unfinished tickets
+/// then resolve to [`Error::ShutDown`]. [`Running::shutdown`] instead finishes the items in
+/// flight first.
+pub struct Running<In, Out> {
+    submit: Mutex<Option<Sender<(u64, In)>>>,
+    next_seq: AtomicU64,
+    tickets: Arc<TicketMap<Out>>,
+    engine: Mutex<Engine>,
+    shared: Arc<Shared>,
+}
+
+impl<In, Out> fmt::Debug for Running<In, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running").field("next_seq", &self.next_seq).finish()
+    }
+}
+
+/// The outcome of one submitted item; see [`Ticket::wait`].
+pub struct Ticket<Out> {
+    seq: u64,
+    rx: Receiver<Body<Out>>,
+    shared: Arc<Shared>,
+}
+
+impl<Out> fmt::Debug for Ticket<Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").field("item", &self.seq).finish()
+    }
+}
+
+impl<Out> Ticket<Out> {
+    /// The item's sequence number (the order of submission, from 0).
+    pub fn item(&self) -> u64 {
+        self.seq
+    }
+
+    /// Blocks until the item is done; its one output, or its error. An item with no output
+    /// gives [`Error::NoOutput`], one with several [`Error::ManyOutputs`] (use
+    /// [`Ticket::wait_all`] for those stages).
+    pub fn wait(self) -> Result<Out, Error> {
+        let seq = self.seq;
+        let mut all = self.wait_all_inner()?;
+        match all.len() {
+            1 => Ok(all.pop().expect("one output")),
+            count => Err(Error::ManyOutputs { item: seq, count }),
+        }
+    }
+
+    /// Blocks until the item is done; all its outputs (none if a stage dropped it).
+    pub fn wait_all(self) -> Result<Vec<Out>, Error> {
+        match self.rx.recv() {
+            Ok(Body::Dropped(_)) => Ok(Vec::new()),
+            other => Self::convert(self.seq, &self.shared, other),
+        }
+    }
+
+    fn wait_all_inner(self) -> Result<Vec<Out>, Error> {
+        let r = self.rx.recv();
+        Self::convert(self.seq, &self.shared, r)
+    }
+
+    fn convert(seq: u64, shared: &Shared, r: Result<Body<Out>, crossbeam_channel::RecvError>) -> Result<Vec<Out>, Error> {
+        match r {
+            Ok(Body::One(v)) => Ok(vec![v]),
+            Ok(Body::Many(vs)) => Ok(vs),
+            Ok(Body::Dropped(i)) => Err(Error::NoOutput {
+                stage: shared.names.get(i as usize).map_or("?".into(), |s| s.to_string()),
+                item: seq,
+            }),
+            Ok(Body::Failed(_, e)) => Err(*e),
+            Err(_) => Err(Error::ShutDown { item: seq }),
+        }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
+    fn new(engine: Engine, tx: Sender<(u64, In)>, final_rx: Receiver<Batch<Out>>) -> Result<Self, Error> {
+        let shared = Arc::clone(&engine.shared);
+        let tickets: Arc<TicketMap<Out>> = Arc::new(Mutex::new((false, HashMap::new())));
+        let t = Arc::clone(&tickets);
+        let sh = Arc::clone(&shared);
+        let stop = engine.stop_rx.clone();
+        engine
+            .threads
+            .spawn("resolver", move || resolve(final_rx, t, sh, stop))
+            .map_err(|e| Error::Start(format!("could not spawn a thread: {e}")))?;
+        Ok(Running {
+            submit: Mutex::new(Some(tx)),
+            next_seq: AtomicU64::new(0),
+            tickets,
+            engine: Mutex::new(engine),
+            shared,
+        })
+    }
+
+    /// Submits one item. Blocks while the pipeline is full (backpressure). `Err` only if
+    /// the pipeline has shut down; otherwise the ticket will get exactly one outcome.
+    pub fn submit(&self, item: In) -> Result<Ticket<Out>, Error> {
+        let tx = self.submit.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Closed)?;
+        if self.shared.window.take(1) == 0 {
+            return Err(Error::Closed);
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (ttx, trx) = crossbeam_channel::bounded(1);
+        {
+            let mut t = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+            if t.0 {
+                self.shared.window.give_back(1);
+                return Err(Error::Closed);
+            }
+            t.1.insert(seq, ttx);
+        }
+        if tx.send((seq, item)).is_err() {
+            self.tickets.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&seq);
+            self.shared.window.give_back(1);
+            return Err(Error::Closed);
+        }
+        self.shared.issued.fetch_max(seq + 1, Ordering::Relaxed);
+        Ok(Ticket { seq, rx: trx, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> Stats {
+        stats_of(&self.shared)
+    }
+
+    /// Graceful shutdown: no more submits; the items in flight finish (within 5 s, after
+    /// which the rest is killed and the report says so).
+    pub fn shutdown(self) -> Result<Report, Error> {
+        self.shutdown_within(Duration::from_secs(5))
+    }
+
+    /// [`Running::shutdown`] with another deadline.
+    pub fn shutdown_within(self, deadline: Duration) -> Result<Report, Error> {
+        self.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let graceful = engine.wait(Instant::now() + deadline);
+        engine.kill();
+        let aborted = self.shared.abort.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        Ok(Report { graceful: graceful && !aborted, stats: stats_of(&self.shared) })
+    }
+}
+
+
+fn resolve<Out>(rx: Receiver<Batch<Out>>, tickets: Arc<TicketMap<Out>>, shared: Arc<Shared>, stop: Receiver<()>) {
+    loop {
+        let batch = select! {
+            recv(rx) -> r => match r { Ok(b) => b, Err(_) => break },
+            recv(stop) -> _ => break,
+        };
+        let n = batch.len();
+        for rec in batch {
+            shared.count(&rec.body);
+            let t = tickets.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&rec.seq);
+            if let Some(t) = t {
+                let _ = t.send(rec.body);
+            }
+        }
+        shared.window.give_back(n);
+    }
+    let rest: Vec<_> = {
+        let mut t = tickets.lock().unwrap_or_else(|p| p.into_inner());
+        t.0 = true;
+        t.1.drain().collect()
+    };
+    for (seq, t) in rest {
+        let e = shared.unfinished(seq);
+        let _ = t.send(Body::Failed(u32::MAX, Box::new(e)));
+    }
+}

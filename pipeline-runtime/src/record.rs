@@ -1,0 +1,135 @@
+//! Records on the wire: how a [`Body`] becomes the payload of a link record and back.
+//!
+//! | tag | payload |
+//! | --- | --- |
+//! | `ONE` | the value's bincode bytes |
+//! | `MANY` | `n u32`, then `n` times `len u32` + bincode bytes |
+//! | `DROPPED` | index `u32` of the stage that dropped the item |
+//! | `FAILED` | index `u32` of the failing stage, then the [`Error`]'s bincode bytes |
+
+use crate::codec;
+use crate::error::Error;
+use crate::link::{self, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
+use crate::stage::Body;
+
+/// An encoder of one item type.
+pub(crate) type Enc<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
+/// A decoder of one item type.
+pub(crate) type Dec<T> = fn(&[u8]) -> Result<T, String>;
+
+/// Encodes `body` of item `seq` as one record appended to `out`. On an encoding failure
+/// `out` is restored and the codec's message returned.
+pub(crate) fn encode<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> Result<(), String> {
+    let mark = out.len();
+    let r = encode_inner(seq, body, enc, out);
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r
+}
+
+fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> Result<(), String> {
+    match body {
+        Body::One(v) => {
+            let at = link::begin_record(out, seq, TAG_ONE);
+            enc(v, out)?;
+            link::end_record(out, at)
+        }
+        Body::Many(vs) => {
+            let at = link::begin_record(out, seq, TAG_MANY);
+            out.extend_from_slice(&(vs.len() as u32).to_le_bytes());
+            for v in vs {
+                let lat = out.len();
+                out.extend_from_slice(&0u32.to_le_bytes());
+                enc(v, out)?;
+                let len = (out.len() - lat - 4) as u32;
+                out[lat..lat + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            link::end_record(out, at)
+        }
+        Body::Dropped(stage) => {
+            let at = link::begin_record(out, seq, TAG_DROPPED);
+            out.extend_from_slice(&stage.to_le_bytes());
+            link::end_record(out, at)
+        }
+        Body::Failed(stage, e) => encode_failed(seq, *stage, e, out),
+    }
+}
+
+/// Encodes a failure record (cannot fail: errors are plain strings and numbers).
+pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) -> Result<(), String> {
+    let at = link::begin_record(out, seq, TAG_FAILED);
+    out.extend_from_slice(&stage.to_le_bytes());
+    codec::encode_into(e, out)?;
+    link::end_record(out, at)
+}
+
+/// Decodes a record's payload. `Err` carries the codec's message (the item is then failed
+/// by the caller, with its sequence number, which sits outside the payload).
+pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>, String> {
+    match tag {
+        TAG_ONE => dec(payload).map(Body::One),
+        TAG_MANY => {
+            let mut p = payload;
+            let n = take_u32(&mut p)? as usize;
+            let mut vs = Vec::with_capacity(n.min(p.len() / 4 + 1));
+            for _ in 0..n {
+                let len = take_u32(&mut p)? as usize;
+                if len > p.len() {
+                    return Err("truncated multi-output record".into());
+                }
+                vs.push(dec(&p[..len])?);
+                p = &p[len..];
+            }
+            Ok(Body::Many(vs))
+        }
+        TAG_DROPPED => {
+            let mut p = payload;
+            Ok(Body::Dropped(take_u32(&mut p)?))
+        }
+        TAG_FAILED => {
+            let mut p = payload;
+            let stage = take_u32(&mut p)?;
+            let e: Error = codec::decode(p)?;
+            Ok(Body::Failed(stage, Box::new(e)))
+        }
+        t => Err(format!("unknown record tag {t}")),
+    }
+}
+
+fn take_u32(p: &mut &[u8]) -> Result<u32, String> {
+    if p.len() < 4 {
+        return Err("truncated record".into());
+    }
+    let v = u32::from_le_bytes(p[..4].try_into().expect("4 bytes"));
+    *p = &p[4..];
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Worker;
+
+    fn round<T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(b: Body<T>) -> Body<T> {
+        let mut out = Vec::new();
+        encode(9, &b, codec::encode_into::<T>, &mut out).unwrap();
+        assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), 9);
+        decode(out[8], &out[link::REC_HEADER..], codec::decode::<T>).unwrap()
+    }
+
+    #[test]
+    fn bodies_round_trip() {
+        assert!(matches!(round(Body::One(5u64)), Body::One(5)));
+        assert!(matches!(round(Body::Many(vec![1u8, 2, 3])), Body::Many(v) if v == [1, 2, 3]));
+        assert!(matches!(round::<u8>(Body::Dropped(4)), Body::Dropped(4)));
+        let e = Error::Failed { stage: "s".into(), item: 9, worker: Worker::Process(3), message: "m".into() };
+        assert!(matches!(round::<u8>(Body::Failed(2, Box::new(e.clone()))), Body::Failed(2, x) if *x == e));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode::<u64>(TAG_MANY, &[255, 255, 255, 255], codec::decode::<u64>).is_err());
+        assert!(decode::<u64>(77, &[], codec::decode::<u64>).is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! Stages: what a step of a pipeline does and where it runs.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use crate::codec::{self, Wire};
+use crate::error::{Error, Worker, panic_message};
+
+/// Where a stage sends its zero or more outputs for one item, in order.
+///
+/// A stage function with a `&mut Emit<T>` parameter may call [`Emit::emit`] any number of
+/// times per item; the outputs keep their order and stay together as the item's outputs.
+#[derive(Debug)]
+pub struct Emit<T> {
+    items: Vec<T>,
+}
+
+impl<T> Emit<T> {
+    pub(crate) fn new() -> Self {
+        Emit { items: Vec::new() }
+    }
+
+    /// Sends one output.
+    pub fn emit(&mut self, value: T) {
+        self.items.push(value);
+    }
+
+    /// Outputs emitted so far for the current item.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True if nothing was emitted yet for the current item.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The body of a record: what one item is at one point of the pipeline.
+#[derive(Debug)]
+pub(crate) enum Body<T> {
+    One(T),
+    Many(Vec<T>),
+    /// Dropped by the stage with this index (a filter returned `None`, or nothing emitted).
+    Dropped(u32),
+    /// Failed at the stage with this index.
+    Failed(u32, Box<Error>),
+}
+
+/// One item (by its sequence number) between two stages.
+#[derive(Debug)]
+pub(crate) struct Rec<T> {
+    pub seq: u64,
+    pub body: Body<T>,
+}
+
+pub(crate) type StageFn<In, Out> = dyn Fn(In, &mut Emit<Out>) -> Result<(), String> + Send + Sync;
+
+/// Options of a stage (what `#[stage(...)]` sets).
+#[derive(Debug, Clone)]
+pub(crate) struct Opts {
+    pub workers: usize,
+    pub unordered: bool,
+    pub queue: usize,
+    pub process: bool,
+}
+
+/// Default number of items that may wait between a stage and the next.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+/// A step of a pipeline taking `In` items and producing `Out` items.
+///
+/// Made with [`Stage::map`], [`Stage::try_map`], [`Stage::filter_map`], [`Stage::emit`] or
+/// [`Stage::try_emit`] (what `#[stage]` expands to), then configured:
+///
+/// ```
+/// use forkpipe::prelude::*;
+/// let inc = Stage::map("inc", |x: u64| x + 1).subprocess().workers(2).queue(64);
+/// let out: Vec<u64> = Pipeline::new(inc).run(0..5u64)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [1, 2, 3, 4, 5]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+pub struct Stage<In, Out> {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) f: Arc<StageFn<In, Out>>,
+    pub(crate) opts: Opts,
+    pub(crate) wire: Option<WireOps<In, Out>>,
+}
+
+impl<In, Out> fmt::Debug for Stage<In, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stage").field("name", &self.name).field("opts", &self.opts).finish()
+    }
+}
+
+/// Functions that exist only when the stage's items can cross a process boundary.
+pub(crate) struct WireOps<In, Out> {
+    pub encode_in: fn(&In, &mut Vec<u8>) -> Result<(), String>,
+    pub decode_in: fn(&[u8]) -> Result<In, String>,
+    pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
+    pub decode_out: fn(&[u8]) -> Result<Out, String>,
+}
+
+impl<In, Out> Clone for WireOps<In, Out> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<In, Out> Copy for WireOps<In, Out> {}
+
+impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
+    fn from_fn(name: impl Into<Cow<'static, str>>, f: Arc<StageFn<In, Out>>) -> Self {
+        Stage {
+            name: name.into(),
+            f,
+            opts: Opts { workers: 1, unordered: false, queue: DEFAULT_QUEUE, process: false },
+            wire: None,
+        }
+    }
+
+    /// One output per item.
+    pub fn map<F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: Fn(In) -> Out + Send + Sync + 'static,
+    {
+        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
+            e.emit(f(x));
+            Ok(())
+        }))
+    }
+
+    /// One output per item, or an error that fails this item only.
+    pub fn try_map<E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: fmt::Display,
+        F: Fn(In) -> Result<Out, E> + Send + Sync + 'static,
+    {
+        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
+            Ok(v) => {
+                e.emit(v);
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        }))
+    }
+
+    /// Zero or one output per item: `None` drops the item (a filter).
+    pub fn filter_map<F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: Fn(In) -> Option<Out> + Send + Sync + 'static,
+    {
+        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
+            if let Some(v) = f(x) {
+                e.emit(v);
+            }
+            Ok(())
+        }))
+    }
+
+    /// Zero or more outputs per item, sent through [`Emit`].
+    pub fn emit<F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: Fn(In, &mut Emit<Out>) + Send + Sync + 'static,
+    {
+        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
+            f(x, e);
+            Ok(())
+        }))
+    }
+
+    /// Zero or more outputs per item, or an error that fails this item.
+    pub fn try_emit<E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: fmt::Display,
+        F: Fn(In, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
+    {
+        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())))
+    }
+
+    /// Runs this stage on `n` parallel workers (threads, or processes with
+    /// [`Stage::subprocess`]).
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn workers(mut self, n: usize) -> Self {
+        assert!(n >= 1, "stage '{}': workers must be at least 1", self.name);
+        self.opts.workers = n;
+        self
+    }
+
+    /// Lets this stage's outputs overtake each other: from this stage on, results come in
+    /// completion order instead of input order.
+    pub fn unordered(mut self) -> Self {
+        self.opts.unordered = true;
+        self
+    }
+
+    /// At most `n` items wait between this stage and the next (per worker link).
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn queue(mut self, n: usize) -> Self {
+        assert!(n >= 1, "stage '{}': queue must be at least 1", self.name);
+        self.opts.queue = n;
+        self
+    }
+
+    /// Renames the stage (the name shows in errors and stats).
+    pub fn named(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<In: Wire, Out: Wire> Stage<In, Out> {
+    /// Runs this stage in forked worker processes. Items cross the process boundary as
+    /// `bincode` bytes, so both types must be `Serialize + DeserializeOwned`.
+    pub fn subprocess(mut self) -> Self {
+        self.opts.process = true;
+        self.wire = Some(WireOps {
+            encode_in: codec::encode_into::<In>,
+            decode_in: codec::decode::<In>,
+            encode_out: codec::encode_into::<Out>,
+            decode_out: codec::decode::<Out>,
+        });
+        self
+    }
+}
+
+/// A first stage that makes the items itself: `#[stage(source)]`.
+///
+/// The source's iterator runs on the pipeline's feeding thread in the caller's process;
+/// the pipeline pulls from it only as its queues free up.
+pub struct Source<Out> {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) make: Box<dyn FnOnce() -> Box<dyn Iterator<Item = Out> + Send> + Send>,
+}
+
+impl<Out> fmt::Debug for Source<Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source").field("name", &self.name).finish()
+    }
+}
+
+impl<Out: Send + 'static> Source<Out> {
+    /// A source whose items are those of the iterator `f` returns.
+    pub fn new<I, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: FnOnce() -> I + Send + 'static,
+        I: IntoIterator<Item = Out>,
+        I::IntoIter: Send + 'static,
+    {
+        Source {
+            name: name.into(),
+            make: Box::new(move || Box::new(f().into_iter()) as Box<dyn Iterator<Item = Out> + Send>),
+        }
+    }
+}
+
+/// Runs the stage function on one record, catching panics: the heart of every worker.
+pub(crate) fn apply<In, Out>(
+    f: &StageFn<In, Out>,
+    stage_idx: u32,
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    body: Body<In>,
+    emit: &mut Emit<Out>,
+) -> Body<Out> {
+    let inputs = match body {
+        Body::One(x) => {
+            return match run_one(f, stage, worker, seq, x, emit) {
+                Ok(()) => take_outputs(emit, stage_idx),
+                Err(e) => {
+                    emit.items.clear();
+                    Body::Failed(stage_idx, e)
+                }
+            };
+        }
+        Body::Many(xs) => xs,
+        Body::Dropped(s) => return Body::Dropped(s),
+        Body::Failed(i, e) => return Body::Failed(i, e),
+    };
+    for x in inputs {
+        if let Err(e) = run_one(f, stage, worker, seq, x, emit) {
+            emit.items.clear();
+            return Body::Failed(stage_idx, e);
+        }
+    }
+    take_outputs(emit, stage_idx)
+}
+
+fn take_outputs<Out>(emit: &mut Emit<Out>, stage_idx: u32) -> Body<Out> {
+    match emit.items.len() {
+        0 => Body::Dropped(stage_idx),
+        1 => Body::One(emit.items.pop().expect("one item")),
+        _ => Body::Many(std::mem::take(&mut emit.items)),
+    }
+}
+
+fn run_one<In, Out>(
+    f: &StageFn<In, Out>,
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    x: In,
+    emit: &mut Emit<Out>,
+) -> Result<(), Box<Error>> {
+    match catch_unwind(AssertUnwindSafe(|| f(x, emit))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(Box::new(Error::Failed { stage: stage.to_string(), item: seq, worker, message })),
+        Err(payload) => Err(Box::new(Error::Panicked {
+            stage: stage.to_string(),
+            item: seq,
+            worker,
+            message: panic_message(payload.as_ref() as &(dyn Any + Send)),
+        })),
+    }
+}

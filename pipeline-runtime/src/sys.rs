@@ -1,0 +1,219 @@
+//! The syscall boundary: every `unsafe` of the runtime lives here, behind safe functions.
+//!
+//! Conventions (nix's): errors come back as `io::Error`; descriptors become `OwnedFd` at
+//! once; `EINTR` is retried in one place ([`retry`]); sockets are created `SOCK_CLOEXEC`;
+//! sends use `MSG_NOSIGNAL` so a dead peer yields `EPIPE`, never a signal.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, Shutdown, SockFlag, SockType};
+use nix::unistd::Pid;
+
+/// Retries `f` while it fails with `EINTR`.
+pub(crate) fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+            Ok(v) => return Ok(v),
+        }
+    }
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec.
+///
+/// Message boundaries are kept and a message is queued whole or not at all, which is what
+/// lets a replacement worker take over a dead worker's socket without desynchronising it.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// A connected pair of `SOCK_STREAM` Unix sockets, close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Sends one message. `Ok(None)` means it would block (only with `nonblocking`).
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Result<Option<usize>> {
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    match retry(|| socket::send(fd.as_raw_fd(), buf, flags)) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Receives one message into `buf` (its capacity bounds the size). `Ok(None)`: would block.
+/// `Ok(Some(0))` is end of stream.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, nonblocking: bool) -> io::Result<Option<usize>> {
+    buf.clear();
+    let cap = buf.capacity();
+    let mut flags = MsgFlags::empty();
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is `cap` bytes of the vector's own allocation; recv writes at most
+    // `cap` bytes into it and we only mark the bytes it reports as initialised.
+    let r = retry(|| {
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                cap,
+                flags.bits(),
+            )
+        };
+        Errno::result(n).map(|n| n as usize)
+    });
+    match r {
+        Ok(n) => {
+            // SAFETY: the kernel initialised the first `n <= cap` bytes.
+            unsafe { buf.set_len(n.min(cap)) };
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Half-closes the write direction: the peer reads end of stream after what was sent.
+pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
+    let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Write);
+}
+
+/// Shuts both directions, waking any thread blocked on this socket.
+pub(crate) fn shutdown_both(fd: BorrowedFd<'_>) {
+    let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
+}
+
+/// Sets the socket's send buffer size (best effort).
+pub(crate) fn set_sndbuf(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = socket::setsockopt(&fd, socket::sockopt::SndBuf, &bytes);
+}
+
+/// `poll(2)` over raw descriptors; returns the number ready (0 on timeout).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
+    retry(|| Errno::result(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }))
+        .map(|n| n as usize)
+}
+
+/// Result of [`fork`].
+pub(crate) enum Forked {
+    Child,
+    Parent(Pid),
+}
+
+/// Forks the calling process.
+///
+/// # Safety
+/// In the child only the calling thread exists; any lock another thread held stays
+/// locked. The caller must ensure the child only runs code that does not need such locks
+/// (the runtime's child paths use raw syscalls, allocation and their own data) and leaves
+/// with [`exit_now`].
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller's contract above.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Leaves the process at once with `code`: no destructors, no atexit handlers, no stdio
+/// flush — the only correct way out of a forked child.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and takes no pointers.
+    unsafe { libc::_exit(code) }
+}
+
+/// The first steps of every forked child: die with the parent (then re-check that the
+/// parent is still `expected_parent`, since the signal is not sent if it died already),
+/// put signals in a known state (mask cleared, SIGINT ignored: the caller decides about
+/// Ctrl-C, and workers follow through end of stream), and close every runtime descriptor
+/// this child must not hold.
+pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd], close: &[RawFd]) {
+    if pdeathsig {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+        if nix::unistd::getppid() != expected_parent {
+            exit_now(EXIT_ORPHANED);
+        }
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: installing SIG_IGN/SIG_DFL runs no handler code.
+    unsafe {
+        let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+    for &fd in close {
+        if !keep.contains(&fd) {
+            // SAFETY: `fd` is a runtime descriptor inherited through fork that this child
+            // does not own; no object in the child refers to it any more.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Exit code a child uses when it finds its parent already gone.
+pub(crate) const EXIT_ORPHANED: i32 = 121;
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
+pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: the syscall takes two integers and returns a new descriptor or -1.
+    let fd = retry(|| Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) }))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    Ok(fd)
+}
+
+/// Sends `sig` to `pid`. Only ever called on a pid this process forked and has not reaped.
+pub(crate) fn kill(pid: Pid, sig: Signal) {
+    let _ = signal::kill(pid, sig);
+}
+
+/// Waits for `pid` (a child of ours). `nohang`: `Ok(None)` if it still runs.
+pub(crate) fn wait_pid(pid: Pid, nohang: bool) -> io::Result<Option<nix::sys::wait::WaitStatus>> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let flags = if nohang { Some(WaitPidFlag::WNOHANG) } else { None };
+    match retry(|| waitpid(pid, flags))? {
+        WaitStatus::StillAlive => Ok(None),
+        s => Ok(Some(s)),
+    }
+}
+
+/// Number of threads of this process (from `/proc/self/task`).
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
+}
+
+/// Does this descriptor's peer have data or hang-up pending? (poll with zero timeout)
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    matches!(poll(&mut p, Some(Duration::ZERO)), Ok(n) if n > 0)
+}

@@ -1,0 +1,65 @@
+//! # forkpipe
+//!
+//! Typed, multi-process pipelines from ordinary functions.
+//!
+//! `#[stage]` turns a function into a pipeline stage; `pipeline![a | b | c]` composes
+//! stages, and the compiler checks that each stage's output is the next one's input.
+//! Stages marked `subprocess` run in forked worker processes connected by Unix sockets;
+//! the others run on threads of your process.
+//!
+//! ```
+//! use forkpipe::prelude::*;
+//!
+//! #[stage(source)]
+//! fn numbers(n: u64) -> impl Iterator<Item = u64> {
+//!     0..n
+//! }
+//!
+//! #[stage(subprocess, workers = 2)]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[stage]
+//! fn odd_only(x: u64) -> Option<u64> {
+//!     (x % 2 == 1).then_some(x)
+//! }
+//!
+//! let out: Vec<u64> = pipeline![numbers(6) | square | odd_only]
+//!     .results()?
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(out, [1, 9, 25]);
+//! assert_eq!(square(3), 9); // still an ordinary function
+//! # Ok::<(), forkpipe::Error>(())
+//! ```
+//!
+//! ## The rules, once each
+//!
+//! - **Order**: results come in input order unless a stage is `unordered`.
+//! - **Exactly one outcome per item**: after `run`/`start` succeed, every input item ends as
+//!   its outputs (zero or more) or one [`Error`] naming the stage, the item's number, the
+//!   worker (pid for a process) and the cause. `Err` and panics fail only their item.
+//! - **Backpressure**: input is pulled only as queues free up; memory stays bounded.
+//! - **Drop stops everything**: dropping [`Results`] or [`Running`] kills the workers and
+//!   returns only after every process is reaped and every descriptor closed.
+//! - **Process boundary**: items of `subprocess` stages travel as `bincode` bytes, so they
+//!   must be `Serialize + DeserializeOwned + Send + 'static`.
+//!
+//! The builder API ([`Stage`], [`Pipeline`]) is what the macros expand to; use it to build
+//! pipelines in loops or from configuration.
+
+pub use pipeline_macros::{pipeline, stage};
+pub use pipeline_runtime::{
+    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Pipeline, Report, Results, Running, Source, Stage,
+    StageStats, Stats, Ticket, Wire, Worker,
+};
+
+/// Everything a pipeline author needs: `use forkpipe::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Emit, Error, Pipeline, Source, Stage, pipeline, stage};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use pipeline_runtime::{Emit, Pipeline, Source, Stage};
+}

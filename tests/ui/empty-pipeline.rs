@@ -1,0 +1,5 @@
+use forkpipe::prelude::*;
+
+fn main() {
+    let _ = pipeline![];
+}

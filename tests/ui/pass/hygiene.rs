@@ -1,0 +1,54 @@
+// The expansion names nothing bare: it compiles in a crate that shadows the prelude and the
+// standard crates' names.
+#![deny(warnings, unused_qualifications)]
+#![allow(dead_code, non_camel_case_types)]
+
+mod core {}
+mod std {}
+struct Result;
+struct Ok;
+struct Option;
+struct Vec;
+struct Some;
+struct Clone;
+struct Iterator;
+struct Stage;
+struct Pipeline;
+struct Source;
+struct Emit;
+struct item;
+struct emit;
+
+use forkpipe::{pipeline, stage};
+
+#[stage]
+fn add_n(x: u64, n: u64) -> u64 {
+    x + n
+}
+
+#[stage]
+fn halve(x: u64) -> ::core::option::Option<u64> {
+    ::core::option::Option::Some(x / 2)
+}
+
+#[stage]
+fn checked(x: u64) -> ::core::result::Result<u64, ::std::string::String> {
+    ::core::result::Result::Ok(x)
+}
+
+#[stage]
+fn spread(x: u64, out: &mut forkpipe::prelude::Emit<u64>, times: u64) {
+    for i in 0..times {
+        out.emit(x + i);
+    }
+}
+
+#[stage(source)]
+fn numbers(n: u64) -> impl ::core::iter::Iterator<Item = u64> {
+    0..n
+}
+
+fn main() {
+    let _ = pipeline![numbers(3) | add_n(1) | halve | checked | spread(2)];
+    let _ = pipeline![add_n(1) | { forkpipe::prelude::Stage::map("id", |x: u64| x) }];
+}
