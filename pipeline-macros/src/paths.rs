@@ -12,7 +12,7 @@ pub fn private() -> TokenStream {
     quote!(::forkpipe::__private)
 }
 
-/// The function each `#[stage]` puts in its hidden module, and `pipeline!` calls.
+/// The associated function each `#[stage]` puts on its hidden struct, and `pipeline!` calls.
 pub const STAGE_FN: &str = "__forkpipe_stage";
 
 /// A name for a local of generated code. `Span::mixed_site()` keeps user code from seeing it,

@@ -554,7 +554,7 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                     }
                     let slow = t0.elapsed() > Duration::from_millis(1);
                     chunk = if slow { (chunk / 2).max(1) } else { (chunk * 2).min(512) };
-                    if slow && out.flush().is_err() {
+                    if out.flush().is_err() {
                         break false;
                     }
                 }

@@ -38,6 +38,9 @@ const MSG_BIG_FIRST: u8 = 2;
 const MSG_BIG_MORE: u8 = 3;
 const MSG_ACK: u8 = 4;
 
+/// With several links, acks are read every this many records to keep load figures fresh.
+const ACK_POLL_EVERY: u64 = 64;
+
 const BATCH_HEADER: usize = 5; // kind u8 + count u32
 const BIG_HEADER: usize = 9; // kind u8 + total u64
 pub(crate) const REC_HEADER: usize = 13; // seq u64 + tag u8 + len u32
@@ -87,6 +90,7 @@ pub(crate) struct LinkSender<F> {
     /// The record being built by the caller (see [`LinkSender::scratch`]).
     scratch: Vec<u8>,
     ackbuf: Vec<u8>,
+    commits: u64,
 }
 
 #[derive(Debug)]
@@ -122,10 +126,11 @@ impl<F: AsFd> LinkSender<F> {
         LinkSender {
             links,
             credit_items: credit_items.max(1),
-            credit_bytes: 8 << 20,
+            credit_bytes: 1 << 20,
             rr: 0,
             scratch: Vec::with_capacity(4096),
             ackbuf: Vec::with_capacity(64),
+            commits: 0,
         }
     }
 
@@ -145,16 +150,17 @@ impl<F: AsFd> LinkSender<F> {
     /// with credit. `NeedCredit`: nothing was sent; flush, wait ([`LinkSender::wait_credit`])
     /// and commit again.
     pub(crate) fn commit(&mut self, seq: u64) -> io::Result<Commit> {
-        self.read_acks()?;
-        let n = self.links.len();
-        let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (self.rr + k) % n;
-            let l = &self.links[i];
-            if self.has_credit(l) && best.is_none_or(|b| l.unacked.len() < self.links[b].unacked.len()) {
-                best = Some(i);
-            }
+        self.commits += 1;
+        if self.links.len() > 1 && self.commits % ACK_POLL_EVERY == 0 {
+            // Fresh load figures for choosing between workers (one syscall per link).
+            self.read_acks()?;
         }
+        let mut best = self.pick();
+        if best.is_none() {
+            self.read_acks()?;
+            best = self.pick();
+        }
+        let n = self.links.len();
         let Some(i) = best else {
             if self.links.iter().all(|l| l.broken) {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "every link to the stage is closed"));
@@ -180,6 +186,19 @@ impl<F: AsFd> LinkSender<F> {
         link.unacked.push_back((seq, size as u32));
         link.unacked_bytes += size;
         Ok(Commit::Sent)
+    }
+
+    fn pick(&self) -> Option<usize> {
+        let n = self.links.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let l = &self.links[i];
+            if self.has_credit(l) && best.is_none_or(|b| l.unacked.len() < self.links[b].unacked.len()) {
+                best = Some(i);
+            }
+        }
+        best
     }
 
     fn send_big(link: &mut OutLink<F>, rec: &[u8]) -> io::Result<()> {

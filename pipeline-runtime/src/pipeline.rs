@@ -26,14 +26,14 @@ type FeederFn = Box<dyn FnOnce(Option<Box<dyn Any + Send>>, Box<dyn Any + Send>,
 /// then run with [`Pipeline::run`], [`Pipeline::results`] or [`Pipeline::start`]:
 ///
 /// ```
-/// use forkpipe::prelude::*;
+/// use pipeline_runtime::{Pipeline, Stage};
 /// let mut p = Pipeline::new(Stage::map("inc", |x: u64| x + 1).subprocess());
 /// for _ in 0..9 {
 ///     p = p.then(Stage::map("inc", |x: u64| x + 1).subprocess());
 /// }
 /// let out: Vec<u64> = p.run([0u64, 10])?.collect::<Result<_, _>>()?;
 /// assert_eq!(out, [10, 20]);
-/// # Ok::<(), forkpipe::Error>(())
+/// # Ok::<(), pipeline_runtime::Error>(())
 /// ```
 pub struct Pipeline<In, Out> {
     stages: Vec<Arc<dyn AnyStage>>,

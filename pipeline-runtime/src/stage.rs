@@ -69,7 +69,7 @@ pub(crate) struct Opts {
 }
 
 /// Default number of items that may wait between a stage and the next.
-pub const DEFAULT_QUEUE: usize = 1024;
+pub const DEFAULT_QUEUE: usize = 4096;
 
 /// A step of a pipeline taking `In` items and producing `Out` items.
 ///
@@ -77,11 +77,11 @@ pub const DEFAULT_QUEUE: usize = 1024;
 /// [`Stage::try_emit`] (what `#[stage]` expands to), then configured:
 ///
 /// ```
-/// use forkpipe::prelude::*;
+/// use pipeline_runtime::{Pipeline, Stage};
 /// let inc = Stage::map("inc", |x: u64| x + 1).subprocess().workers(2).queue(64);
 /// let out: Vec<u64> = Pipeline::new(inc).run(0..5u64)?.collect::<Result<_, _>>()?;
 /// assert_eq!(out, [1, 2, 3, 4, 5]);
-/// # Ok::<(), forkpipe::Error>(())
+/// # Ok::<(), pipeline_runtime::Error>(())
 /// ```
 pub struct Stage<In, Out> {
     pub(crate) name: Cow<'static, str>,

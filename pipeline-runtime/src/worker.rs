@@ -15,6 +15,9 @@ use crate::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
 use crate::record;
 use crate::stage::{Body, Emit, Stage, apply};
 
+/// Records processed between two flush-and-ack points when the local queue is long.
+const ACK_EVERY: usize = 512;
+
 pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
     stage: &Stage<In, Out>,
     idx: u32,
@@ -28,6 +31,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
     let mut tx = LinkSender::new(outs, credit);
     let mut emit = Emit::new();
     let mut extra = Vec::new();
+    let mut since_ack = 0usize;
     let corrupt = |c: crate::link::Corrupt| io::Error::new(io::ErrorKind::InvalidData, c.0);
     loop {
         if rx.is_empty() {
@@ -80,6 +84,13 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
             }
         }
         rx.done(r);
+        since_ack += 1;
+        if since_ack >= ACK_EVERY {
+            // Keep the sender's credit flowing while a long local queue is processed.
+            since_ack = 0;
+            tx.flush()?;
+            rx.send_acks();
+        }
     }
     tx.finish()?;
     rx.drain_acks();

@@ -1,17 +1,21 @@
-//! The expansion of `#[stage]`: the user's function unchanged, and beside it a hidden module
-//! of the same name and visibility holding the constructor that `pipeline!` calls.
+//! The expansion of `#[stage]`: the user's function unchanged, and beside it a hidden
+//! braced struct of the same name and visibility whose associated function is the
+//! constructor that `pipeline!` calls.
 //!
-//! Functions and modules live in different namespaces, so `use stages::add_n;` imports both,
-//! and `pipeline![add_n(7)]` finds `add_n::__forkpipe_stage(7)` wherever `add_n()` is callable.
+//! A braced struct lives only in the type namespace and a function only in the value
+//! namespace, so both can be called `add_n`: `use stages::add_n;` imports both, and
+//! `pipeline![add_n(7)]` finds `add_n::__forkpipe_stage(7)` wherever `add_n()` is callable —
+//! also inside a function body (a doctest, a test), where a module could not see the
+//! function's sibling items.
 //!
 //! ```text
 //! fn add_n(x: u64, n: u64) -> u64 { x + n }
 //!
 //! #[doc(hidden)]
-//! mod add_n {
-//!     use super::*;
+//! struct add_n {}
+//! impl add_n {
 //!     pub fn __forkpipe_stage(n: u64) -> Stage<u64, u64> {
-//!         Stage::map("add_n", move |item: u64| super::add_n(item, Clone::clone(&n)))
+//!         Stage::map("add_n", move |item: u64| add_n(item, Clone::clone(&n)))
 //!     }
 //! }
 //! ```
@@ -22,7 +26,7 @@ use quote::{quote, quote_spanned};
 use super::valid::{Form, Plan, Role};
 use crate::paths;
 
-/// The function and its hidden module.
+/// The function and its hidden constructor.
 pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
     let private = paths::private();
     let sig = &plan.sig;
@@ -50,12 +54,14 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
         #(#cfgs)*
         /// The `#[stage]` constructor of the function of the same name.
         #[doc(hidden)]
-        #[allow(non_snake_case, unused_qualifications)]
-        #vis mod #ident {
-            #[allow(unused_imports)]
-            use super::*;
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #ident {}
 
+        #(#cfgs)*
+        #[allow(unused_qualifications, dead_code)]
+        impl #ident {
             /// The stage made of the function of the same name, for `pipeline!`.
+            #[doc(hidden)]
             pub fn #stage_fn(#(#bound),*) -> #returns {
                 #body #options
             }
@@ -63,7 +69,7 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
     }
 }
 
-/// `Stage::map("add_n", move |item: u64| super::add_n(item, Clone::clone(&n)))`, or the
+/// `Stage::map("add_n", move |item: u64| add_n(item, Clone::clone(&n)))`, or the
 /// matching builder for the stage's form.
 fn constructor(plan: &Plan) -> TokenStream {
     let private = paths::private();
@@ -87,7 +93,7 @@ fn constructor(plan: &Plan) -> TokenStream {
                 quote!(::core::clone::Clone::clone(&#name))
             }
         });
-    let call = quote!(super::#ident(#(#args),*));
+    let call = quote!(#ident(#(#args),*));
     let input = &plan.input;
     let output = &plan.output;
     let builder = match plan.form {

@@ -34,7 +34,7 @@ pub fn parse(args: TokenStream, item: &TokenStream) -> syn::Result<Plan> {
     }
 }
 
-/// The function, unchanged, and its hidden module.
+/// The function, unchanged, and its hidden constructor.
 pub fn expand(item: &TokenStream, plan: &Plan) -> TokenStream {
     expand::stage(item, plan)
 }

@@ -23,9 +23,9 @@ use crate::errors::Errors;
 pub struct Sig {
     /// The function's name.
     pub ident: Ident,
-    /// Its visibility, given to the hidden module too.
+    /// Its visibility, given to the hidden constructor too.
     pub vis: Visibility,
-    /// Its `#[cfg(...)]` attributes, given to the hidden module too.
+    /// Its `#[cfg(...)]` attributes, given to the hidden constructor too.
     pub cfgs: Vec<Attribute>,
     /// The span of the parameter list's parentheses.
     pub parens: Span,
