@@ -24,14 +24,25 @@ const fn config() -> Config {
 pub trait Wire: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
 
+/// A bincode writer appending to a `Vec` (no `std::io` adaptor in between).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Appends the encoding of `value` to `out`.
+#[inline]
 pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    bincode::serde::encode_into_std_write(value, out, config())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| e.to_string())
 }
 
 /// Decodes one value that must fill `bytes` exactly.
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((v, n)) if n == bytes.len() => Ok(v),

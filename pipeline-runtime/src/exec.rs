@@ -70,26 +70,28 @@ impl<T> Output<T> {
             }
             Output::Links { tx, enc, stage_idx, stage } => {
                 for rec in batch {
-                    let scratch = tx.scratch();
-                    if let Err(message) = record::encode(rec.seq, &rec.body, *enc, scratch) {
-                        let e = Error::Codec {
-                            stage: stage.to_string(),
-                            item: rec.seq,
-                            worker: Worker::Process(std::process::id()),
-                            what: "encode the input of".into(),
-                            message,
-                        };
-                        record::encode_failed(rec.seq, *stage_idx, &e, scratch).map_err(|_| Stopped)?;
-                    }
                     loop {
-                        match tx.commit(rec.seq).map_err(|_| Stopped)? {
-                            Commit::Sent => break,
+                        match tx.reserve().map_err(|_| Stopped)? {
+                            Commit::Ready => break,
                             Commit::NeedCredit => {
                                 tx.flush().map_err(|_| Stopped)?;
                                 tx.wait_credit(&mut Vec::new()).map_err(|_| Stopped)?;
                             }
                         }
                     }
+                    tx.push(rec.seq, |out| {
+                        if let Err(message) = record::encode(rec.seq, &rec.body, *enc, out) {
+                            let e = Error::Codec {
+                                stage: stage.to_string(),
+                                item: rec.seq,
+                                worker: Worker::Process(std::process::id()),
+                                what: "encode the input of".into(),
+                                message,
+                            };
+                            record::encode_failed(rec.seq, *stage_idx, &e, out);
+                        }
+                    })
+                    .map_err(|_| Stopped)?;
                 }
                 Ok(())
             }

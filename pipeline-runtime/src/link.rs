@@ -52,15 +52,18 @@ pub(crate) const TAG_DROPPED: u8 = 2;
 pub(crate) const TAG_FAILED: u8 = 3;
 
 /// Starts a record in `out`: header with a length placeholder. Finish with [`end_record`].
+#[inline]
 pub(crate) fn begin_record(out: &mut Vec<u8>, seq: u64, tag: u8) -> usize {
     let at = out.len();
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.push(tag);
-    out.extend_from_slice(&0u32.to_le_bytes());
+    let mut h = [0u8; REC_HEADER];
+    h[..8].copy_from_slice(&seq.to_le_bytes());
+    h[8] = tag;
+    out.extend_from_slice(&h);
     at
 }
 
 /// Patches the record length; errors if the payload is over the frame limit.
+#[inline]
 pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
     let len = out.len() - at - REC_HEADER;
     if len > FRAME_LIMIT || len > u32::MAX as usize {
@@ -81,16 +84,20 @@ pub(crate) struct RecRef {
 }
 
 /// The sending side of the links to every worker of one stage.
+///
+/// Records are encoded straight into the chosen link's batch buffer. A sent message is kept
+/// until every record in it is acked: that is the sender's exact record of what the
+/// receiver holds (to fail or requeue it if the receiver dies), at no per-item cost.
 #[derive(Debug)]
 pub(crate) struct LinkSender<F> {
     links: Vec<OutLink<F>>,
     credit_items: usize,
     credit_bytes: usize,
     rr: usize,
-    /// The record being built by the caller (see [`LinkSender::scratch`]).
-    scratch: Vec<u8>,
-    ackbuf: Vec<u8>,
+    chosen: Option<usize>,
     commits: u64,
+    pool: Vec<Vec<u8>>,
+    ackbuf: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -98,15 +105,26 @@ struct OutLink<F> {
     fd: F,
     batch: Vec<u8>,
     count: u32,
-    unacked: VecDeque<(u64, u32)>,
+    /// Messages sent and not fully acked (`records`, `acked` so far, bytes).
+    sent: VecDeque<Sent>,
+    unacked: usize,
     unacked_bytes: usize,
     broken: bool,
 }
 
-/// What [`LinkSender::commit`] needs before it can go on.
+#[derive(Debug)]
+struct Sent {
+    data: Vec<u8>,
+    records: u32,
+    acked: u32,
+}
+
+/// Whether [`LinkSender::reserve`] found room.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Commit {
-    Sent,
+    /// A link was chosen: call [`LinkSender::push`].
+    Ready,
+    /// Every link is at its credit: flush, wait ([`LinkSender::wait_credit`]), retry.
     NeedCredit,
 }
 
@@ -118,7 +136,8 @@ impl<F: AsFd> LinkSender<F> {
                 fd,
                 batch: Vec::with_capacity(MAX_MSG),
                 count: 0,
-                unacked: VecDeque::new(),
+                sent: VecDeque::new(),
+                unacked: 0,
                 unacked_bytes: 0,
                 broken: false,
             })
@@ -128,28 +147,36 @@ impl<F: AsFd> LinkSender<F> {
             credit_items: credit_items.max(1),
             credit_bytes: 1 << 20,
             rr: 0,
-            scratch: Vec::with_capacity(4096),
-            ackbuf: Vec::with_capacity(64),
+            chosen: None,
             commits: 0,
+            pool: Vec::new(),
+            ackbuf: Vec::with_capacity(64),
         }
-    }
-
-    /// The buffer the next record is encoded into (cleared).
-    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
-        self.scratch.clear();
-        &mut self.scratch
     }
 
     fn has_credit(&self, l: &OutLink<F>) -> bool {
         !l.broken
-            && (l.unacked.is_empty()
-                || (l.unacked.len() < self.credit_items && l.unacked_bytes < self.credit_bytes))
+            && (l.unacked == 0 || (l.unacked < self.credit_items && l.unacked_bytes + l.batch.len() < self.credit_bytes))
     }
 
-    /// Routes the record in the scratch buffer (for item `seq`) to the least-loaded link
-    /// with credit. `NeedCredit`: nothing was sent; flush, wait ([`LinkSender::wait_credit`])
-    /// and commit again.
-    pub(crate) fn commit(&mut self, seq: u64) -> io::Result<Commit> {
+    fn pick(&self) -> Option<usize> {
+        let n = self.links.len();
+        if n == 1 {
+            return self.has_credit(&self.links[0]).then_some(0);
+        }
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let l = &self.links[i];
+            if self.has_credit(l) && best.is_none_or(|b| l.unacked < self.links[b].unacked) {
+                best = Some(i);
+            }
+        }
+        best
+    }
+
+    /// Chooses the least-loaded link with credit for the next record.
+    pub(crate) fn reserve(&mut self) -> io::Result<Commit> {
         self.commits += 1;
         if self.links.len() > 1 && self.commits % ACK_POLL_EVERY == 0 {
             // Fresh load figures for choosing between workers (one syscall per link).
@@ -160,48 +187,53 @@ impl<F: AsFd> LinkSender<F> {
             self.read_acks()?;
             best = self.pick();
         }
-        let n = self.links.len();
-        let Some(i) = best else {
-            if self.links.iter().all(|l| l.broken) {
-                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "every link to the stage is closed"));
+        match best {
+            Some(i) => {
+                self.rr = (i + 1) % self.links.len();
+                self.chosen = Some(i);
+                Ok(Commit::Ready)
             }
-            return Ok(Commit::NeedCredit);
-        };
-        self.rr = (i + 1) % n;
-        let size = self.scratch.len();
+            None if self.links.iter().all(|l| l.broken) => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "every link to the stage is closed"))
+            }
+            None => Ok(Commit::NeedCredit),
+        }
+    }
+
+    /// Appends one record for item `seq`, written by `write` (header and payload, see
+    /// [`begin_record`]), to the link chosen by the last [`LinkSender::reserve`].
+    pub(crate) fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let _ = seq;
+        let i = self.chosen.take().expect("reserve() before push()");
+        let pool = &mut self.pool;
         let link = &mut self.links[i];
-        if link.batch.len() + size > MAX_MSG {
-            Self::flush_link(link)?;
+        if link.batch.is_empty() {
+            link.batch.push(MSG_BATCH);
+            link.batch.extend_from_slice(&0u32.to_le_bytes());
         }
-        if BATCH_HEADER + size <= MAX_MSG {
-            if link.batch.is_empty() {
-                link.batch.push(MSG_BATCH);
-                link.batch.extend_from_slice(&0u32.to_le_bytes());
-            }
-            link.batch.extend_from_slice(&self.scratch);
+        let mark = link.batch.len();
+        write(&mut link.batch);
+        let size = link.batch.len() - mark;
+        link.unacked += 1;
+        if link.batch.len() <= MAX_MSG {
             link.count += 1;
+            return Ok(());
+        }
+        // The record does not fit: send what came before it, then the record on its own.
+        let rec = link.batch.split_off(mark);
+        Self::flush_link(link, pool)?;
+        if BATCH_HEADER + size <= MAX_MSG {
+            link.batch.push(MSG_BATCH);
+            link.batch.extend_from_slice(&0u32.to_le_bytes());
+            link.batch.extend_from_slice(&rec);
+            link.count = 1;
+            Ok(())
         } else {
-            Self::send_big(link, &self.scratch)?;
+            Self::send_big(link, rec)
         }
-        link.unacked.push_back((seq, size as u32));
-        link.unacked_bytes += size;
-        Ok(Commit::Sent)
     }
 
-    fn pick(&self) -> Option<usize> {
-        let n = self.links.len();
-        let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (self.rr + k) % n;
-            let l = &self.links[i];
-            if self.has_credit(l) && best.is_none_or(|b| l.unacked.len() < self.links[b].unacked.len()) {
-                best = Some(i);
-            }
-        }
-        best
-    }
-
-    fn send_big(link: &mut OutLink<F>, rec: &[u8]) -> io::Result<()> {
+    fn send_big(link: &mut OutLink<F>, rec: Vec<u8>) -> io::Result<()> {
         let mut msg = Vec::with_capacity(MAX_MSG);
         let mut off = 0;
         while off < rec.len() {
@@ -217,6 +249,8 @@ impl<F: AsFd> LinkSender<F> {
             off += take;
             Self::send_all(link, &msg)?;
         }
+        link.unacked_bytes += rec.len();
+        link.sent.push_back(Sent { data: rec, records: 1, acked: 0 });
         Ok(())
     }
 
@@ -230,16 +264,19 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
-    fn flush_link(link: &mut OutLink<F>) -> io::Result<()> {
+    fn flush_link(link: &mut OutLink<F>, pool: &mut Vec<Vec<u8>>) -> io::Result<()> {
         if link.count == 0 {
+            link.batch.clear();
             return Ok(());
         }
         let c = link.count.to_le_bytes();
         link.batch[1..5].copy_from_slice(&c);
-        let batch = std::mem::take(&mut link.batch);
+        let mut next = pool.pop().unwrap_or_else(|| Vec::with_capacity(MAX_MSG));
+        next.clear();
+        let batch = std::mem::replace(&mut link.batch, next);
         let r = Self::send_all(link, &batch);
-        link.batch = batch;
-        link.batch.clear();
+        link.unacked_bytes += batch.len();
+        link.sent.push_back(Sent { data: batch, records: link.count, acked: 0 });
         link.count = 0;
         r
     }
@@ -248,22 +285,17 @@ impl<F: AsFd> LinkSender<F> {
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         let mut res = Ok(());
         for l in &mut self.links {
-            if let Err(e) = Self::flush_link(l) {
+            if let Err(e) = Self::flush_link(l, &mut self.pool) {
                 res = Err(e);
             }
         }
         res
     }
 
-    /// True if batches are waiting to be flushed.
-    pub(crate) fn has_pending(&self) -> bool {
-        self.links.iter().any(|l| l.count > 0)
-    }
-
     /// Reads every ack that has arrived, without blocking.
     pub(crate) fn read_acks(&mut self) -> io::Result<()> {
         for l in &mut self.links {
-            if l.broken || l.unacked.is_empty() {
+            if l.broken || l.unacked == 0 {
                 continue;
             }
             loop {
@@ -278,18 +310,30 @@ impl<F: AsFd> LinkSender<F> {
                     Ok(Some(_)) => {
                         if self.ackbuf.len() == 9 && self.ackbuf[0] == MSG_ACK {
                             let n = u64::from_le_bytes(self.ackbuf[1..9].try_into().expect("8 bytes"));
-                            for _ in 0..n {
-                                match l.unacked.pop_front() {
-                                    Some((_, size)) => l.unacked_bytes -= size as usize,
-                                    None => break,
-                                }
-                            }
+                            Self::apply_ack(l, n, &mut self.pool);
                         }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) {
+        while n > 0 {
+            let Some(front) = l.sent.front_mut() else { break };
+            let take = (front.records - front.acked).min(n.min(u32::MAX as u64) as u32);
+            front.acked += take;
+            n -= take as u64;
+            l.unacked -= take as usize;
+            if front.acked == front.records {
+                let done = l.sent.pop_front().expect("front");
+                l.unacked_bytes -= done.data.len();
+                if done.data.capacity() == MAX_MSG && pool.len() < 8 {
+                    pool.push(done.data);
+                }
+            }
+        }
     }
 
     /// Blocks until some link has credit again (or every link is broken).
@@ -318,27 +362,17 @@ impl<F: AsFd> LinkSender<F> {
         }
         loop {
             self.read_acks()?;
-            let waiting: Vec<libc::pollfd> = self
+            let mut waiting: Vec<libc::pollfd> = self
                 .links
                 .iter()
-                .filter(|l| !l.broken && !l.unacked.is_empty())
+                .filter(|l| !l.broken && l.unacked > 0)
                 .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 })
                 .collect();
             if waiting.is_empty() {
                 return r;
             }
-            let mut w = waiting;
-            sys::poll(&mut w, None)?;
+            sys::poll(&mut waiting, None)?;
         }
-    }
-
-    /// Items sent and not yet acked, over all links.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.links.iter().map(|l| l.unacked.len()).sum()
-    }
-
-    pub(crate) fn link_count(&self) -> usize {
-        self.links.len()
     }
 }
 

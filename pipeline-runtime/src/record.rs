@@ -52,16 +52,26 @@ fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> 
             out.extend_from_slice(&stage.to_le_bytes());
             link::end_record(out, at)
         }
-        Body::Failed(stage, e) => encode_failed(seq, *stage, e, out),
+        Body::Failed(stage, e) => {
+            encode_failed(seq, *stage, e, out);
+            Ok(())
+        }
     }
 }
 
-/// Encodes a failure record (cannot fail: errors are plain strings and numbers).
-pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) -> Result<(), String> {
+/// Encodes a failure record. Errors are plain strings and numbers; a message too long for
+/// a frame is cut.
+pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) {
     let at = link::begin_record(out, seq, TAG_FAILED);
     out.extend_from_slice(&stage.to_le_bytes());
-    codec::encode_into(e, out)?;
-    link::end_record(out, at)
+    if codec::encode_into(e, out).is_err() || link::end_record(out, at).is_err() {
+        out.truncate(at);
+        let short = Error::Failed { stage: String::new(), item: seq, worker: crate::error::Worker::Thread(0), message: "error too large to send".into() };
+        let at = link::begin_record(out, seq, TAG_FAILED);
+        out.extend_from_slice(&stage.to_le_bytes());
+        let _ = codec::encode_into(&short, out);
+        let _ = link::end_record(out, at);
+    }
 }
 
 /// Decodes a record's payload. `Err` carries the codec's message (the item is then failed

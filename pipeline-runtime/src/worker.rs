@@ -44,7 +44,16 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
             continue;
         }
         let Some(r) = rx.next().map_err(corrupt)? else { continue };
-        let scratch = tx.scratch();
+        loop {
+            match tx.reserve()? {
+                Commit::Ready => break,
+                Commit::NeedCredit => {
+                    tx.flush()?;
+                    rx.send_acks();
+                    tx.wait_credit(&mut extra)?;
+                }
+            }
+        }
         if r.tag == TAG_ONE || r.tag == TAG_MANY {
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
                 Ok(body) => apply(&*stage.f, idx, &stage.name, me, r.seq, body, &mut emit),
@@ -59,29 +68,20 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
                     }),
                 ),
             };
-            if let Err(message) = record::encode(r.seq, &body, wire.encode_out, scratch) {
-                let e = Error::Codec {
-                    stage: stage.name.to_string(),
-                    item: r.seq,
-                    worker: me,
-                    what: "encode the output of".into(),
-                    message,
-                };
-                record::encode_failed(r.seq, idx, &e, scratch)
-                    .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
-            }
-        } else {
-            scratch.extend_from_slice(rx.raw(&r));
-        }
-        loop {
-            match tx.commit(r.seq)? {
-                Commit::Sent => break,
-                Commit::NeedCredit => {
-                    tx.flush()?;
-                    rx.send_acks();
-                    tx.wait_credit(&mut extra)?;
+            tx.push(r.seq, |out| {
+                if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
+                    let e = Error::Codec {
+                        stage: stage.name.to_string(),
+                        item: r.seq,
+                        worker: me,
+                        what: "encode the output of".into(),
+                        message,
+                    };
+                    record::encode_failed(r.seq, idx, &e, out);
                 }
-            }
+            })?;
+        } else {
+            tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
         }
         rx.done(r);
         since_ack += 1;

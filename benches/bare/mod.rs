@@ -1,0 +1,184 @@
+//! The bare mechanism forkpipe is measured against: forked processes joined by
+//! socketpairs, items as bincode bytes, batched into length-prefixed frames — what a
+//! careful programmer writes by hand, with no supervision, accounting or type erasure.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+pub const FRAME: usize = 64 * 1024;
+
+fn cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Forks a child running `body`, which must not return (it `_exit`s).
+pub fn fork_child(body: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: the bench runs this before starting any thread of its own; the child only
+    // uses its own sockets and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        body();
+        // SAFETY: `_exit` takes no pointers.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+pub fn reap(pid: libc::pid_t) {
+    let mut st = 0;
+    // SAFETY: `pid` is our child; `st` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+}
+
+fn read_frame(r: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
+    let mut len = [0u8; 4];
+    if r.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    buf.resize(n, 0);
+    r.read_exact(buf).is_ok()
+}
+
+fn write_frame(w: &mut UnixStream, payload: &[u8]) {
+    w.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
+    w.write_all(payload).unwrap();
+}
+
+/// One stage of the bare chain: decode each u64 of each frame, add one, re-encode.
+fn stage(mut input: UnixStream, mut output: UnixStream) {
+    let mut inb = Vec::new();
+    let mut outb = Vec::with_capacity(FRAME);
+    while read_frame(&mut input, &mut inb) {
+        let mut p = &inb[..];
+        outb.clear();
+        while !p.is_empty() {
+            let (x, n): (u64, usize) = bincode::serde::decode_from_slice(p, cfg()).unwrap();
+            p = &p[n..];
+            bincode::serde::encode_into_std_write(x + 1, &mut outb, cfg()).unwrap();
+        }
+        write_frame(&mut output, &outb);
+    }
+}
+
+/// Items per second through `hops` bare process stages (`x + 1`), batched.
+pub fn chain_throughput(items: u64, hops: usize) -> f64 {
+    let mut pairs: Vec<(UnixStream, UnixStream)> = (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
+    let mut pids = Vec::new();
+    for h in 0..hops {
+        let input = pairs[h].1.try_clone().unwrap();
+        let output = pairs[h + 1].0.try_clone().unwrap();
+        let all: Vec<i32> = pairs.iter().flat_map(|(a, b)| [fd(a), fd(b)]).collect();
+        let keep = [fd(&input), fd(&output)];
+        pids.push(fork_child(move || {
+            for f in all {
+                if !keep.contains(&f) {
+                    // SAFETY: closing inherited descriptors this child does not use.
+                    unsafe { libc::close(f) };
+                }
+            }
+            stage(input, output);
+        }));
+        drop(pairs[h].1.try_clone()); // keep the ends alive in the parent until the loop ends
+    }
+    let mut first = pairs[0].0.try_clone().unwrap();
+    let mut last = pairs[hops].1.try_clone().unwrap();
+    for (a, b) in pairs.drain(..) {
+        drop((a, b));
+    }
+    let t = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::with_capacity(FRAME);
+        for x in 0..items {
+            bincode::serde::encode_into_std_write(x, &mut buf, cfg()).unwrap();
+            if buf.len() >= FRAME - 16 {
+                write_frame(&mut first, &buf);
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            write_frame(&mut first, &buf);
+        }
+    });
+    let mut got = 0u64;
+    let mut sum = 0u64;
+    let mut inb = Vec::new();
+    while got < items && read_frame(&mut last, &mut inb) {
+        let mut p = &inb[..];
+        while !p.is_empty() {
+            let (x, n): (u64, usize) = bincode::serde::decode_from_slice(p, cfg()).unwrap();
+            p = &p[n..];
+            sum = sum.wrapping_add(x);
+            got += 1;
+        }
+    }
+    let dt = t.elapsed();
+    writer.join().unwrap();
+    drop(last);
+    for p in pids {
+        reap(p);
+    }
+    assert_eq!(got, items);
+    std::hint::black_box(sum);
+    items as f64 / dt.as_secs_f64()
+}
+
+fn fd(s: &UnixStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    s.as_raw_fd()
+}
+
+/// Round-trip latencies (ns) of one u64 through `hops` bare process stages, one item at a time.
+pub fn chain_latencies(rounds: usize, hops: usize) -> Vec<u64> {
+    let pairs: Vec<(UnixStream, UnixStream)> = (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
+    let mut pids = Vec::new();
+    for h in 0..hops {
+        let input = pairs[h].1.try_clone().unwrap();
+        let output = pairs[h + 1].0.try_clone().unwrap();
+        let all: Vec<i32> = pairs.iter().flat_map(|(a, b)| [fd(a), fd(b)]).collect();
+        let keep = [fd(&input), fd(&output)];
+        pids.push(fork_child(move || {
+            for f in all {
+                if !keep.contains(&f) {
+                    // SAFETY: closing inherited descriptors this child does not use.
+                    unsafe { libc::close(f) };
+                }
+            }
+            stage(input, output);
+        }));
+    }
+    let mut first = pairs[0].0.try_clone().unwrap();
+    let mut last = pairs[hops].1.try_clone().unwrap();
+    drop(pairs);
+    let mut lat = Vec::with_capacity(rounds);
+    let mut buf = Vec::new();
+    let mut inb = Vec::new();
+    for x in 0..rounds as u64 {
+        let t = Instant::now();
+        buf.clear();
+        bincode::serde::encode_into_std_write(x, &mut buf, cfg()).unwrap();
+        write_frame(&mut first, &buf);
+        assert!(read_frame(&mut last, &mut inb));
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    drop(first);
+    drop(last);
+    for p in pids {
+        reap(p);
+    }
+    lat
+}
+
+/// True when run as `cargo bench -- --test` (smoke mode: tiny sizes, figures meaningless).
+pub fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+pub fn percentile(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p) as usize]
+}
