@@ -38,7 +38,7 @@ impl fmt::Display for Worker {
 /// Every variant about an item names the stage, the item's sequence number (its position
 /// in the input, from 0) and the worker, and reads as a sentence:
 /// `stage 'enrich' (worker pid 4242) died on item 17: killed by SIGSEGV`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The stage function returned `Err`; `message` is that error's `Display` text.
@@ -75,6 +75,21 @@ pub enum Error {
         /// The worker that died.
         worker: Worker,
         /// How it died: `killed by SIGSEGV`, `exited with code 3 before answering`, …
+        cause: String,
+    },
+    /// The stage's workers kept dying: past the restart budget, its remaining items fail
+    /// fast instead of forking workers in a loop.
+    #[error("stage '{stage}' gave up on item {item} after {restarts} restarts in {secs:.1} s; last cause: {cause}")]
+    GaveUp {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// Restarts counted in the budget window.
+        restarts: u32,
+        /// Length of that window, in seconds.
+        secs: f64,
+        /// How the last worker died.
         cause: String,
     },
     /// The item or its output could not be encoded or decoded.
@@ -137,6 +152,7 @@ impl Error {
             | Error::Panicked { stage, .. }
             | Error::Died { stage, .. }
             | Error::Codec { stage, .. }
+            | Error::GaveUp { stage, .. }
             | Error::NoOutput { stage, .. } => Some(stage),
             _ => None,
         }
@@ -149,6 +165,7 @@ impl Error {
             | Error::Panicked { item, .. }
             | Error::Died { item, .. }
             | Error::Codec { item, .. }
+            | Error::GaveUp { item, .. }
             | Error::ShutDown { item }
             | Error::NoOutput { item, .. }
             | Error::ManyOutputs { item, .. } => Some(*item),

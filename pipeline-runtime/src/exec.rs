@@ -33,6 +33,9 @@ use crate::link::{Commit, LinkReceiver, LinkSender};
 use crate::record::{self, Enc};
 use crate::stage::{Body, Emit, Opts, Rec, Stage, apply};
 
+/// How often an idle sender reads death notices (see [`Output::service`]).
+const IDLE_SERVICE: Duration = Duration::from_millis(20);
+
 /// A batch of records between two pieces in the caller.
 pub(crate) type Batch<T> = Vec<Rec<T>>;
 
@@ -98,6 +101,22 @@ impl<T> Output<T> {
         }
     }
 
+    /// Reads acks and death notices and resends requeued records, without blocking: what an
+    /// idle sender must do now and then, or the items a dead worker held would wait for it.
+    pub(crate) fn service(&mut self) -> Result<(), Stopped> {
+        match self {
+            Output::Chan { .. } => Ok(()),
+            Output::Links { tx, .. } => {
+                tx.read_acks().map_err(|_| Stopped)?;
+                if tx.has_requeued() {
+                    tx.pump().map_err(|_| Stopped)?;
+                    tx.flush().map_err(|_| Stopped)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) fn flush(&mut self) -> Result<(), Stopped> {
         match self {
             Output::Chan { .. } => Ok(()),
@@ -154,6 +173,27 @@ impl Window {
                 return n;
             }
             g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Like [`Window::take`], but gives up after `wait`: `None` on timeout.
+    pub(crate) fn take_timeout(&self, want: usize, wait: Duration) -> Option<usize> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + wait;
+        loop {
+            if g.1 {
+                return Some(0);
+            }
+            if g.0 < self.cap {
+                let n = want.min(self.cap - g.0).max(1);
+                g.0 += n;
+                return Some(n);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            g = self.cv.wait_timeout(g, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -322,8 +362,7 @@ pub(crate) trait AnyStage: Send + Sync {
     fn spawn_merger(&self, idx: u32, links: Vec<RtFd>, out: Box<dyn Any + Send>, rt: &Rt) -> io::Result<()>;
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
-    fn worker_main(&self, idx: u32, ins: Vec<std::os::fd::OwnedFd>, outs: Vec<std::os::fd::OwnedFd>, credit: usize)
-    -> io::Result<()>;
+    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<()>;
 }
 
 impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
@@ -403,7 +442,18 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
                         if out.flush().is_err() {
                             return;
                         }
-                        match recv_chan(&rx, &stop) {
+                        let got = loop {
+                            select! {
+                                recv(rx) -> r => break r.ok(),
+                                recv(stop) -> _ => break None,
+                                default(IDLE_SERVICE) => {
+                                    if out.service().is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        match got {
                             Some(b) => b,
                             None => break,
                         }
@@ -472,14 +522,8 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         })
     }
 
-    fn worker_main(
-        &self,
-        idx: u32,
-        ins: Vec<std::os::fd::OwnedFd>,
-        outs: Vec<std::os::fd::OwnedFd>,
-        credit: usize,
-    ) -> io::Result<()> {
-        crate::worker::run(self, idx, ins, outs, credit)
+    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<()> {
+        crate::worker::run(self, ctx)
     }
 }
 
@@ -517,7 +561,16 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                         if out.flush().is_err() {
                             break false;
                         }
-                        n = window.take(chunk);
+                        n = loop {
+                            match window.take_timeout(chunk, IDLE_SERVICE) {
+                                Some(n) => break n,
+                                None => {
+                                    if out.service().is_err() {
+                                        break 0;
+                                    }
+                                }
+                            }
+                        };
                         if n == 0 {
                             break false;
                         }
@@ -568,9 +621,20 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                         if out.flush().is_err() {
                             break false;
                         }
-                        select! {
-                            recv(rx) -> r => match r { Ok(x) => x, Err(_) => break true },
-                            recv(stop) -> _ => break false,
+                        let got = loop {
+                            select! {
+                                recv(rx) -> r => break r.ok(),
+                                recv(stop) -> _ => break None,
+                                default(IDLE_SERVICE) => {
+                                    if out.service().is_err() {
+                                        break None;
+                                    }
+                                }
+                            }
+                        };
+                        match got {
+                            Some(x) => x,
+                            None => break stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected),
                         }
                     }
                 };

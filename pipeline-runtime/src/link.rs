@@ -15,6 +15,20 @@
 //! (`unacked`); that list is both its credit (at most `credit_items` per link) and the
 //! record of what the receiver holds.
 //!
+//! # When a worker dies
+//! The supervisor keeps a copy of every worker-side socket, so a replacement worker takes
+//! over the dead one's links as they are; `SOCK_SEQPACKET` keeps whole messages, so nothing
+//! is desynchronised. Each worker incarnation of a slot has an **epoch** (0, 1, 2, …):
+//! - upstream, the supervisor writes `DEAD(epoch, failure record)` on the dead worker's end
+//!   of each input link. The sender reads it after every ack the dead worker sent, fails the
+//!   item that was running (the failure record names it) and requeues every other record
+//!   it still held (they never produced visible output, or if they did the collector keeps
+//!   one outcome per item), then writes `RESYNC(epoch + 1)`. The replacement discards what
+//!   it reads on a link until that link's `RESYNC`: everything before it was requeued.
+//! - downstream, the replacement first writes `HELLO(epoch)`: the receiver drops a partial
+//!   chunk chain of the dead sender and from then on acks with the new epoch; the sender
+//!   ignores acks of other epochs.
+//!
 //! # Invariants
 //! - Data sends may block (the receiver always drains eventually: data flows one way, to the
 //!   collector); acks never block — they are coalesced and retried, so no cycle of blocked
@@ -37,6 +51,9 @@ const MSG_BATCH: u8 = 1;
 const MSG_BIG_FIRST: u8 = 2;
 const MSG_BIG_MORE: u8 = 3;
 const MSG_ACK: u8 = 4;
+const MSG_HELLO: u8 = 5;
+const MSG_RESYNC: u8 = 6;
+const MSG_DEAD: u8 = 7;
 
 /// With several links, acks are read every this many records to keep load figures fresh.
 const ACK_POLL_EVERY: u64 = 64;
@@ -77,6 +94,7 @@ pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RecRef {
     pub link: usize,
+    epoch: u32,
     pub seq: u64,
     pub tag: u8,
     start: usize,
@@ -98,6 +116,10 @@ pub(crate) struct LinkSender<F> {
     commits: u64,
     pool: Vec<Vec<u8>>,
     ackbuf: Vec<u8>,
+    /// This sender's epoch (its worker's incarnation); acks of other epochs are stale.
+    epoch: u32,
+    /// Records to send again (their receiver died before finishing them).
+    requeue: VecDeque<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -114,7 +136,9 @@ struct OutLink<F> {
 
 #[derive(Debug)]
 struct Sent {
+    /// A batch message, or (when `big`) one bare record sent as chunks.
     data: Vec<u8>,
+    big: bool,
     records: u32,
     acked: u32,
 }
@@ -150,8 +174,28 @@ impl<F: AsFd> LinkSender<F> {
             chosen: None,
             commits: 0,
             pool: Vec::new(),
-            ackbuf: Vec::with_capacity(64),
+            ackbuf: Vec::with_capacity(MAX_MSG),
+            epoch: 0,
+            requeue: VecDeque::new(),
         }
+    }
+
+    /// A sender that replaces a dead worker of epoch `epoch - 1`: says `HELLO` downstream.
+    pub(crate) fn replacement(fds: Vec<F>, credit_items: usize, epoch: u32) -> io::Result<Self> {
+        let mut s = Self::new(fds, credit_items);
+        s.epoch = epoch;
+        let mut msg = [0u8; 5];
+        msg[0] = MSG_HELLO;
+        msg[1..5].copy_from_slice(&epoch.to_le_bytes());
+        for l in &mut s.links {
+            Self::send_all(l, &msg)?;
+        }
+        Ok(s)
+    }
+
+    /// Records waiting to be sent again.
+    pub(crate) fn has_requeued(&self) -> bool {
+        !self.requeue.is_empty()
     }
 
     fn has_credit(&self, l: &OutLink<F>) -> bool {
@@ -177,6 +221,9 @@ impl<F: AsFd> LinkSender<F> {
 
     /// Chooses the least-loaded link with credit for the next record.
     pub(crate) fn reserve(&mut self) -> io::Result<Commit> {
+        if !self.requeue.is_empty() {
+            self.pump()?;
+        }
         self.commits += 1;
         if self.links.len() > 1 && self.commits % ACK_POLL_EVERY == 0 {
             // Fresh load figures for choosing between workers (one syscall per link).
@@ -198,6 +245,22 @@ impl<F: AsFd> LinkSender<F> {
             }
             None => Ok(Commit::NeedCredit),
         }
+    }
+
+    /// Sends requeued records while some link has credit; true when none is left.
+    pub(crate) fn pump(&mut self) -> io::Result<bool> {
+        while let Some(rec) = self.requeue.pop_front() {
+            let Some(i) = self.pick().or_else(|| {
+                let _ = self.read_acks();
+                self.pick()
+            }) else {
+                self.requeue.push_front(rec);
+                return Ok(false);
+            };
+            self.chosen = Some(i);
+            self.push(0, |out| out.extend_from_slice(&rec))?;
+        }
+        Ok(true)
     }
 
     /// Appends one record for item `seq`, written by `write` (header and payload, see
@@ -250,7 +313,7 @@ impl<F: AsFd> LinkSender<F> {
             Self::send_all(link, &msg)?;
         }
         link.unacked_bytes += rec.len();
-        link.sent.push_back(Sent { data: rec, records: 1, acked: 0 });
+        link.sent.push_back(Sent { data: rec, big: true, records: 1, acked: 0 });
         Ok(())
     }
 
@@ -276,7 +339,7 @@ impl<F: AsFd> LinkSender<F> {
         let batch = std::mem::replace(&mut link.batch, next);
         let r = Self::send_all(link, &batch);
         link.unacked_bytes += batch.len();
-        link.sent.push_back(Sent { data: batch, records: link.count, acked: 0 });
+        link.sent.push_back(Sent { data: batch, big: false, records: link.count, acked: 0 });
         link.count = 0;
         r
     }
@@ -295,28 +358,78 @@ impl<F: AsFd> LinkSender<F> {
     /// Reads every ack that has arrived, without blocking.
     pub(crate) fn read_acks(&mut self) -> io::Result<()> {
         for l in &mut self.links {
-            if l.broken || l.unacked == 0 {
+            if l.broken {
                 continue;
             }
             loop {
                 self.ackbuf.clear();
-                self.ackbuf.reserve(64);
+                self.ackbuf.reserve(MAX_MSG);
                 match sys::recv(l.fd.as_fd(), &mut self.ackbuf, true) {
                     Ok(None) => break,
                     Ok(Some(0)) | Err(_) => {
                         l.broken = true;
                         break;
                     }
-                    Ok(Some(_)) => {
-                        if self.ackbuf.len() == 9 && self.ackbuf[0] == MSG_ACK {
+                    Ok(Some(_)) => match self.ackbuf.first() {
+                        Some(&MSG_ACK) if self.ackbuf.len() == 13 => {
                             let n = u64::from_le_bytes(self.ackbuf[1..9].try_into().expect("8 bytes"));
-                            Self::apply_ack(l, n, &mut self.pool);
+                            let ep = u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
+                            if ep == self.epoch {
+                                Self::apply_ack(l, n, &mut self.pool);
+                            }
                         }
-                    }
+                        Some(&MSG_DEAD) if self.ackbuf.len() >= 5 => {
+                            let ep = u32::from_le_bytes(self.ackbuf[1..5].try_into().expect("4 bytes"));
+                            let failure = self.ackbuf[5..].to_vec();
+                            Self::on_dead(l, ep, &failure, &mut self.requeue)?;
+                        }
+                        _ => {}
+                    },
                 }
             }
         }
         Ok(())
+    }
+
+    /// The receiver of `l` died: fail its running record, requeue the others it held, and
+    /// tell its replacement where the fresh records start.
+    fn on_dead(l: &mut OutLink<F>, dead_epoch: u32, failure: &[u8], requeue: &mut VecDeque<Vec<u8>>) -> io::Result<()> {
+        let failed_seq = (failure.len() >= REC_HEADER).then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
+        for sent in l.sent.drain(..) {
+            let mut recs: Vec<&[u8]> = Vec::new();
+            if sent.big {
+                recs.push(&sent.data);
+            } else {
+                let mut p = &sent.data[BATCH_HEADER.min(sent.data.len())..];
+                while p.len() >= REC_HEADER {
+                    let len = u32::from_le_bytes(p[9..13].try_into().expect("4 bytes")) as usize;
+                    let end = (REC_HEADER + len).min(p.len());
+                    recs.push(&p[..end]);
+                    p = &p[end..];
+                }
+            }
+            for rec in recs.into_iter().skip(sent.acked as usize) {
+                let seq = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+                if Some(seq) == failed_seq {
+                    requeue.push_back(failure.to_vec());
+                } else {
+                    requeue.push_back(rec.to_vec());
+                }
+            }
+        }
+        l.unacked = l.count as usize;
+        l.unacked_bytes = 0;
+        let mut msg = [0u8; 5];
+        msg[0] = MSG_RESYNC;
+        msg[1..5].copy_from_slice(&dead_epoch.wrapping_add(1).to_le_bytes());
+        // The unflushed batch goes after the RESYNC: send it first, then the batch.
+        match sys::send(l.fd.as_fd(), &msg, false) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                l.broken = true;
+                Err(e)
+            }
+        }
     }
 
     fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) {
@@ -340,7 +453,7 @@ impl<F: AsFd> LinkSender<F> {
     pub(crate) fn wait_credit(&mut self, extra: &mut Vec<libc::pollfd>) -> io::Result<()> {
         loop {
             self.read_acks()?;
-            if self.links.iter().any(|l| self.has_credit(l)) || self.links.iter().all(|l| l.broken) {
+            if (self.links.iter().any(|l| self.has_credit(l)) && self.pump()?) || self.links.iter().all(|l| l.broken) {
                 return Ok(());
             }
             let base = extra.len();
@@ -353,25 +466,41 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
-    /// End of input: flushes, half-closes every link (the receivers read end of stream), and
-    /// waits until every record sent has been acked (or its link broke).
+    /// End of input: sends everything, waits until every record was acked (requeueing
+    /// those of a receiver that died meanwhile), then half-closes every link so the
+    /// receivers read end of stream. Waiting first matters: a half-closed link could not
+    /// carry a requeued record any more.
     pub(crate) fn finish(&mut self) -> io::Result<()> {
-        let r = self.flush();
-        for l in &self.links {
-            sys::shutdown_write(l.fd.as_fd());
-        }
         loop {
+            self.flush()?;
             self.read_acks()?;
+            if self.requeue.is_empty() && self.links.iter().all(|l| l.broken || l.unacked == 0) {
+                break;
+            }
+            if !self.requeue.is_empty() && self.pump()? {
+                continue;
+            }
             let mut waiting: Vec<libc::pollfd> = self
                 .links
                 .iter()
-                .filter(|l| !l.broken && l.unacked > 0)
+                .filter(|l| !l.broken)
                 .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 })
                 .collect();
             if waiting.is_empty() {
-                return r;
+                break;
             }
             sys::poll(&mut waiting, None)?;
+        }
+        for l in &self.links {
+            sys::shutdown_write(l.fd.as_fd());
+        }
+        Ok(())
+    }
+
+    /// Descriptors to watch (readable) for acks and death notices while idle.
+    pub(crate) fn watch(&self, out: &mut Vec<libc::pollfd>) {
+        for l in self.links.iter().filter(|l| !l.broken) {
+            out.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
     }
 }
@@ -390,11 +519,17 @@ struct InLink<F> {
     eof: bool,
     pending_acks: u64,
     big: Option<(usize, Vec<u8>)>,
+    /// The epoch of the sender currently writing this link (from its `HELLO`).
+    epoch: u32,
+    /// A replacement discards what it reads here until `RESYNC` of at least this epoch.
+    skip_until: Option<u32>,
 }
 
 #[derive(Debug)]
 struct Msg {
     link: usize,
+    /// The link's sender epoch when the message arrived (acks go only to that sender).
+    epoch: u32,
     data: Vec<u8>,
     pos: usize,
     left: u32,
@@ -409,11 +544,21 @@ impl<F: AsFd> LinkReceiver<F> {
         LinkReceiver {
             links: fds
                 .into_iter()
-                .map(|fd| InLink { fd, eof: false, pending_acks: 0, big: None })
+                .map(|fd| InLink { fd, eof: false, pending_acks: 0, big: None, epoch: 0, skip_until: None })
                 .collect(),
             queue: VecDeque::new(),
             pool: Vec::new(),
         }
+    }
+
+    /// The receiver of a replacement worker of epoch `epoch`: it skips each link's old
+    /// records until that link's `RESYNC`.
+    pub(crate) fn replacement(fds: Vec<F>, epoch: u32) -> Self {
+        let mut r = Self::new(fds);
+        for l in &mut r.links {
+            l.skip_until = Some(epoch);
+        }
+        r
     }
 
     /// True when every link reached end of stream and every record was taken.
@@ -485,13 +630,43 @@ impl<F: AsFd> LinkReceiver<F> {
     }
 
     fn accept(&mut self, link: usize, buf: Vec<u8>) -> Result<bool, Corrupt> {
-        match buf.first() {
-            Some(&MSG_BATCH) if buf.len() >= BATCH_HEADER => {
+        let kind = buf.first().copied();
+        match kind {
+            Some(MSG_HELLO) if buf.len() == 5 => {
+                // A replacement took over this link's sending side: what the dead sender
+                // left half-sent is void, and acks from now on are for the new sender.
+                let l = &mut self.links[link];
+                l.epoch = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
+                l.big = None;
+                l.pending_acks = 0;
+                self.pool.push(buf);
+                return Ok(false);
+            }
+            Some(MSG_RESYNC) if buf.len() == 5 => {
+                let ep = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
+                let l = &mut self.links[link];
+                if l.skip_until.is_some_and(|e| ep >= e) {
+                    l.skip_until = None;
+                }
+                self.pool.push(buf);
+                return Ok(false);
+            }
+            _ => {}
+        }
+        if self.links[link].skip_until.is_some() {
+            // Sent to the worker this one replaces; the sender requeues it.
+            self.pool.push(buf);
+            return Ok(false);
+        }
+        let epoch = self.links[link].epoch;
+        match kind {
+            Some(MSG_BATCH) if buf.len() >= BATCH_HEADER => {
+                self.links[link].big = None;
                 let left = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
-                self.queue.push_back(Msg { link, data: buf, pos: BATCH_HEADER, left });
+                self.queue.push_back(Msg { link, epoch, data: buf, pos: BATCH_HEADER, left });
                 Ok(true)
             }
-            Some(&MSG_BIG_FIRST) if buf.len() >= BIG_HEADER => {
+            Some(MSG_BIG_FIRST) if buf.len() >= BIG_HEADER => {
                 let total = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as usize;
                 if total > FRAME_LIMIT + REC_HEADER {
                     return Err(Corrupt(format!(
@@ -506,7 +681,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 self.links[link].big = Some((total, data));
                 self.complete_big(link)
             }
-            Some(&MSG_BIG_MORE) => {
+            Some(MSG_BIG_MORE) => {
                 let Some((_, data)) = self.links[link].big.as_mut() else {
                     return Err(Corrupt("chunk without a start".into()));
                 };
@@ -514,7 +689,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 self.pool.push(buf);
                 self.complete_big(link)
             }
-            _ => Err(Corrupt(format!("unknown message kind {:?}", buf.first()))),
+            _ => Err(Corrupt(format!("unknown message kind {kind:?}"))),
         }
     }
 
@@ -526,7 +701,8 @@ impl<F: AsFd> LinkReceiver<F> {
         }
         if have == *total {
             let (_, data) = self.links[link].big.take().expect("big in progress");
-            self.queue.push_back(Msg { link, data, pos: BATCH_HEADER, left: 1 });
+            let epoch = self.links[link].epoch;
+            self.queue.push_back(Msg { link, epoch, data, pos: BATCH_HEADER, left: 1 });
             return Ok(true);
         }
         Ok(false)
@@ -555,7 +731,7 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             m.pos = end;
             m.left -= 1;
-            return Ok(Some(RecRef { link: m.link, seq, tag, start, end }));
+            return Ok(Some(RecRef { link: m.link, epoch: m.epoch, seq, tag, start, end }));
         }
     }
 
@@ -572,7 +748,10 @@ impl<F: AsFd> LinkReceiver<F> {
     /// Marks a record finished: it is acked at the next [`LinkReceiver::send_acks`]. Only
     /// call `send_acks` once the record's outputs were flushed downstream.
     pub(crate) fn done(&mut self, r: RecRef) {
-        self.links[r.link].pending_acks += 1;
+        let l = &mut self.links[r.link];
+        if l.epoch == r.epoch {
+            l.pending_acks += 1;
+        }
         if let Some(m) = self.queue.front() {
             if m.left == 0 {
                 let m = self.queue.pop_front().expect("front");
@@ -587,9 +766,10 @@ impl<F: AsFd> LinkReceiver<F> {
             if l.pending_acks == 0 {
                 continue;
             }
-            let mut msg = [0u8; 9];
+            let mut msg = [0u8; 13];
             msg[0] = MSG_ACK;
             msg[1..9].copy_from_slice(&l.pending_acks.to_le_bytes());
+            msg[9..13].copy_from_slice(&l.epoch.to_le_bytes());
             match sys::send(l.fd.as_fd(), &msg, true) {
                 Ok(Some(_)) | Err(_) => l.pending_acks = 0,
                 Ok(None) => {}
@@ -618,4 +798,13 @@ impl<F: AsFd> LinkReceiver<F> {
             let _ = sys::poll(&mut p, Some(std::time::Duration::from_millis(100)));
         }
     }
+}
+
+/// The death notice the supervisor writes on a dead worker's end of an input link.
+pub(crate) fn dead_notice(epoch: u32, failure: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(5 + failure.len());
+    m.push(MSG_DEAD);
+    m.extend_from_slice(&epoch.to_le_bytes());
+    m.extend_from_slice(failure);
+    m
 }

@@ -307,19 +307,12 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
 fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
     while let Some(msg) = supervisor::recv_msg(&*ctl) {
         match msg {
-            SupMsg::WorkerDied { stage, pid, cause } => {
+            SupMsg::WorkerDied { stage, pid, cause, restarted } => {
                 let name = shared.names.get(stage as usize).map_or("?".to_string(), |s| s.to_string());
-                tracing::warn!(stage = %name, pid, %cause, "forkpipe: worker died");
-                shared.set_abort(Error::Died {
-                    stage: name,
-                    item: 0,
-                    worker: crate::error::Worker::Process(pid),
-                    cause,
-                });
-                // Until workers are replaced, a death stops the pipeline: every unfinished
-                // item fails with this cause (never a hang).
-                shared.window.close();
-                sys::shutdown_both(ctl.as_fd_ref());
+                tracing::warn!(stage = %name, pid, %cause, restarted, "forkpipe: worker died");
+                if let Some(c) = shared.restarts.get(stage as usize) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
             }
             SupMsg::Done | SupMsg::Ready | SupMsg::StartFailed(_) => {}
         }
@@ -394,13 +387,19 @@ enum Slot<T> {
 }
 
 impl<T> Ring<T> {
-    fn put(&mut self, seq: u64, slot: Slot<T>) {
-        let Some(i) = seq.checked_sub(self.base) else { return };
+    /// Records the outcome of `seq` if it has none yet; false for a duplicate (an item whose
+    /// worker died just after passing its result on, and which was requeued).
+    fn put(&mut self, seq: u64, slot: Slot<T>) -> bool {
+        let Some(i) = seq.checked_sub(self.base) else { return false };
         let i = i as usize;
         while self.slots.len() <= i {
             self.slots.push_back(Slot::Pending);
         }
+        if !matches!(self.slots[i], Slot::Pending) {
+            return false;
+        }
         self.slots[i] = slot;
+        true
     }
 }
 
@@ -488,8 +487,7 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                     for rec in batch {
                         if self.ordered {
                             self.ring.put(rec.seq, Slot::Ready(rec.body));
-                        } else {
-                            self.ring.put(rec.seq, Slot::Taken);
+                        } else if self.ring.put(rec.seq, Slot::Taken) {
                             self.deliver(rec.body);
                         }
                     }
@@ -752,11 +750,13 @@ fn resolve<Out>(rx: Receiver<Batch<Out>>, tickets: Arc<TicketMap<Out>>, shared: 
             recv(rx) -> r => match r { Ok(b) => b, Err(_) => break },
             recv(stop) -> _ => break,
         };
-        let n = batch.len();
+        let mut n = 0;
         for rec in batch {
-            shared.count(&rec.body);
             let t = tickets.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&rec.seq);
             if let Some(t) = t {
+                // (No entry: a duplicate of an item already resolved, after a worker death.)
+                shared.count(&rec.body);
+                n += 1;
                 let _ = t.send(rec.body);
             }
         }

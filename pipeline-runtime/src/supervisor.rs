@@ -28,17 +28,23 @@
 //!   code 0; any other end (a signal, any exit code, 0 included) is a death.
 //! - The supervisor never signals a pid after reaping it.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Worker};
 use crate::exec::AnyStage;
 use crate::fds::{self, RtFd};
-use crate::{codec, sys};
+use crate::sys::SlotState;
+use crate::worker::{GiveUp, WorkerCtx};
+use crate::{codec, link, record, sys};
 
 /// Messages from the supervisor to the caller.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,14 +53,17 @@ pub(crate) enum SupMsg {
     Ready,
     /// The pipeline could not start; the supervisor cleaned up and exits.
     StartFailed(String),
-    /// A worker ended without finishing.
-    WorkerDied { stage: u32, pid: u32, cause: String },
+    /// A worker ended without finishing; it was replaced (`restarted`) or the stage gave up.
+    WorkerDied { stage: u32, pid: u32, cause: String, restarted: bool },
     /// Every worker finished after end of input.
     Done,
 }
 
 /// What a worker writes to its control socket just before `_exit(0)` at the end of input.
 const FINISHED: u8 = 1;
+
+/// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// A process stage as the supervisor sees it.
 pub(crate) struct ProcStage {
@@ -66,9 +75,17 @@ pub(crate) struct ProcStage {
     pub workers: Vec<(Vec<RawFd>, Vec<RawFd>)>,
 }
 
-struct Child {
+/// One worker position of a stage; its worker is replaced in place.
+struct Slot {
     stage: usize,
     slot: usize,
+    state: &'static SlotState,
+    epoch: u32,
+    give_up: Option<GiveUp>,
+    child: Option<Child>,
+}
+
+struct Child {
     pid: Pid,
     pidfd: RtFd,
     ctl: RtFd,
@@ -123,64 +140,135 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
     // else in this process (the caller-side objects that mention it are never dropped here).
     let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
 
-    let mut children: Vec<Child> = Vec::new();
+    let total: usize = stages.iter().map(|s| s.workers.len()).sum();
+    let states = match sys::shared_slots(total) {
+        Ok(s) => s,
+        Err(e) => {
+            send_msg(&ctl, &SupMsg::StartFailed(format!("mmap failed: {e}")));
+            sys::exit_now(0);
+        }
+    };
+    let mut slots: Vec<Slot> = Vec::with_capacity(total);
     for (si, s) in stages.iter().enumerate() {
-        for slot in 0..s.workers.len() {
-            match spawn(&stages, si, slot) {
-                Ok(c) => children.push(c),
-                Err(e) => {
-                    let msg = format!("fork failed for stage '{}': {e}", s.stage.name());
-                    kill_all(&mut children);
-                    send_msg(&ctl, &SupMsg::StartFailed(msg));
-                    sys::exit_now(0);
-                }
-            }
+        for j in 0..s.workers.len() {
+            slots.push(Slot { stage: si, slot: j, state: &states[slots.len()], epoch: 0, give_up: None, child: None });
+        }
+    }
+    for k in 0..slots.len() {
+        if let Err(e) = spawn(&stages, &mut slots[k]) {
+            let msg = format!("fork failed for stage '{}': {e}", stages[slots[k].stage].stage.name());
+            kill_all(&mut slots);
+            send_msg(&ctl, &SupMsg::StartFailed(msg));
+            sys::exit_now(0);
         }
     }
     send_msg(&ctl, &SupMsg::Ready);
 
+    let mut restarts: Vec<VecDeque<Instant>> = stages.iter().map(|_| VecDeque::new()).collect();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let mut who: Vec<usize> = Vec::new();
     loop {
-        if children.is_empty() {
+        if slots.iter().all(|s| s.child.is_none()) {
             send_msg(&ctl, &SupMsg::Done);
             sys::exit_now(0);
         }
         pfds.clear();
+        who.clear();
         pfds.push(libc::pollfd { fd: ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        for c in &children {
-            pfds.push(libc::pollfd { fd: c.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-            pfds.push(libc::pollfd { fd: c.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for (k, s) in slots.iter().enumerate() {
+            if let Some(c) = &s.child {
+                pfds.push(libc::pollfd { fd: c.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd { fd: c.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                who.push(k);
+            }
         }
         if sys::poll(&mut pfds, None).is_err() {
             continue;
         }
         if pfds[0].revents != 0 {
             // The caller closed the pipeline (or died): stop everything now.
-            kill_all(&mut children);
+            kill_all(&mut slots);
             sys::exit_now(0);
         }
-        let mut ended = Vec::new();
-        for (i, c) in children.iter_mut().enumerate() {
-            if pfds[2 + 2 * i].revents != 0 {
+        for (n, &k) in who.iter().enumerate() {
+            let (pid_ev, ctl_ev) = (pfds[1 + 2 * n].revents, pfds[2 + 2 * n].revents);
+            let Some(c) = slots[k].child.as_mut() else { continue };
+            if ctl_ev != 0 {
                 read_ctl(c);
             }
-            if pfds[1 + 2 * i].revents != 0 {
-                ended.push(i);
+            if pid_ev == 0 {
+                continue;
             }
-        }
-        for &i in ended.iter().rev() {
-            let mut c = children.remove(i);
+            let mut c = slots[k].child.take().expect("child");
             read_ctl(&mut c);
             let status = sys::wait_pid(c.pid, false).ok().flatten();
-            let clean = c.finished && matches!(status, Some(WaitStatus::Exited(_, 0)));
-            if !clean {
-                let why = status.as_ref().map_or_else(|| "ended; status unavailable".to_string(), cause);
-                send_msg(
-                    &ctl,
-                    &SupMsg::WorkerDied { stage: stages[c.stage].idx, pid: c.pid.as_raw() as u32, cause: why },
-                );
+            if c.finished && matches!(status, Some(WaitStatus::Exited(_, 0))) {
+                slots[k].state.running.store(0, Ordering::Relaxed);
+                continue; // finished its input: the slot is done
             }
-            let _ = c.slot;
+            let why = status.as_ref().map_or_else(|| "ended; status unavailable".to_string(), cause);
+            on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
+        }
+    }
+}
+
+/// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
+/// replacement in its place — or, past the restart budget, a stand-in that fails every
+/// item fast.
+fn on_death(
+    stages: &[ProcStage],
+    slot: &mut Slot,
+    pid: Pid,
+    why: &str,
+    restarts: &mut [VecDeque<Instant>],
+    ctl: &OwnedFd,
+) {
+    let st = &stages[slot.stage];
+    let running = slot.state.running.swap(0, Ordering::AcqRel);
+    let mut failure = Vec::new();
+    if running != 0 {
+        let seq = running - 1;
+        let e = Error::Died { stage: st.stage.name().to_string(), item: seq, worker: Worker::Process(pid.as_raw() as u32), cause: why.to_string() };
+        record::encode_failed(seq, st.idx, &e, &mut failure);
+    }
+    let notice = link::dead_notice(slot.epoch, &failure);
+    for &fd in &st.workers[slot.slot].0 {
+        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
+        // pipeline's life); the borrow does not outlive this statement.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        send_notice(b, &notice);
+    }
+    let now = Instant::now();
+    let hist = &mut restarts[slot.stage];
+    while hist.front().is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW) {
+        hist.pop_front();
+    }
+    let budget = (5 * st.workers.len()).max(10);
+    let restarted = slot.give_up.is_none() && hist.len() < budget;
+    if restarted {
+        hist.push_back(now);
+    } else if slot.give_up.is_none() {
+        let secs = hist.front().map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
+        slot.give_up = Some(GiveUp { restarts: hist.len() as u32, secs, cause: why.to_string() });
+    }
+    send_msg(ctl, &SupMsg::WorkerDied { stage: st.idx, pid: pid.as_raw() as u32, cause: why.to_string(), restarted });
+    slot.epoch += 1;
+    if let Err(e) = spawn(stages, slot) {
+        // No replacement possible (fork failed): stand in with... nothing. The senders
+        // requeue into the other workers of the stage, if any.
+        tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
+    }
+}
+
+/// Writes a death notice without ever blocking the supervisor for long.
+fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
+    for _ in 0..200 {
+        match sys::send(fd, notice, true) {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => {
+                let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+                let _ = sys::poll(&mut p, Some(Duration::from_millis(10)));
+            }
         }
     }
 }
@@ -197,25 +285,29 @@ fn read_ctl(c: &mut Child) {
     }
 }
 
-fn kill_all(children: &mut Vec<Child>) {
-    for c in children.iter() {
-        sys::kill(c.pid, Signal::SIGKILL);
+fn kill_all(slots: &mut [Slot]) {
+    for s in slots.iter() {
+        if let Some(c) = &s.child {
+            sys::kill(c.pid, Signal::SIGKILL);
+        }
     }
-    for c in children.drain(..) {
-        let _ = sys::wait_pid(c.pid, false);
+    for s in slots.iter_mut() {
+        if let Some(c) = s.child.take() {
+            let _ = sys::wait_pid(c.pid, false);
+        }
     }
 }
 
-/// Forks worker `slot` of process stage `si`.
-fn spawn(stages: &[ProcStage], si: usize, slot: usize) -> std::io::Result<Child> {
-    let s = &stages[si];
+/// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).
+fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
+    let s = &stages[slot.stage];
     let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
     let me = nix::unistd::getpid();
     // SAFETY: the supervisor is single-threaded, so the child inherits no lock held by
     // another thread; the child runs the worker loop and leaves with `exit_now`.
     match unsafe { fds::fork() }? {
         fds::Fork::Child(inherited) => {
-            let (ins, outs) = &s.workers[slot];
+            let (ins, outs) = &s.workers[slot.slot];
             let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
             keep.push(ctl_worker.as_raw_fd());
             sys::child_setup(true, me, &keep, &inherited);
@@ -224,7 +316,16 @@ fn spawn(stages: &[ProcStage], si: usize, slot: usize) -> std::io::Result<Child>
             // open by `child_setup`; nothing else in this process will close them (the
             // supervisor's records of them are never dropped in this child).
             let own = |v: &Vec<RawFd>| v.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect::<Vec<_>>();
-            let r = s.stage.worker_main(s.idx, own(ins), own(outs), s.credit);
+            let ctx = WorkerCtx {
+                idx: s.idx,
+                ins: own(ins),
+                outs: own(outs),
+                credit: s.credit,
+                epoch: slot.epoch,
+                slot: slot.state,
+                give_up: slot.give_up.clone(),
+            };
+            let r = s.stage.worker_main(ctx);
             if r.is_ok() {
                 let _ = sys::send(ctl_worker.as_fd(), &[FINISHED], false);
                 sys::exit_now(0);
@@ -233,8 +334,16 @@ fn spawn(stages: &[ProcStage], si: usize, slot: usize) -> std::io::Result<Child>
         }
         fds::Fork::Parent(pid) => {
             drop(ctl_worker);
-            let pidfd = fds::adopt(sys::pidfd_open(pid)?);
-            Ok(Child { stage: si, slot, pid, pidfd, ctl: ctl_sup, finished: false })
+            let pidfd = match sys::pidfd_open(pid) {
+                Ok(fd) => fds::adopt(fd),
+                Err(e) => {
+                    sys::kill(pid, Signal::SIGKILL);
+                    let _ = sys::wait_pid(pid, false);
+                    return Err(e);
+                }
+            };
+            slot.child = Some(Child { pid, pidfd, ctl: ctl_sup, finished: false });
+            Ok(())
         }
     }
 }

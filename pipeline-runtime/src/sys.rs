@@ -217,3 +217,33 @@ pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
     }];
     matches!(poll(&mut p, Some(Duration::ZERO)), Ok(n) if n > 0)
 }
+
+/// Per-worker-slot state shared between a worker and its supervisor (shared memory, so
+/// the worker updates it with a plain store per item, no syscall).
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct SlotState {
+    /// `seq + 1` of the item the worker is running, 0 when idle.
+    pub running: std::sync::atomic::AtomicU64,
+    /// When that item started (`CLOCK_MONOTONIC` ns), for timeouts.
+    pub since: std::sync::atomic::AtomicU64,
+}
+
+/// `n` zeroed [`SlotState`]s in anonymous shared memory, inherited by children; never
+/// unmapped (they live as long as the supervisor process).
+pub(crate) fn shared_slots(n: usize) -> io::Result<&'static [SlotState]> {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+    let len = std::num::NonZeroUsize::new((n.max(1)) * std::mem::size_of::<SlotState>()).expect("non-zero");
+    // SAFETY: a fresh anonymous mapping, shared with children, aliasing nothing.
+    let p = unsafe { mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
+        .map_err(io::Error::from)?;
+    // SAFETY: the mapping is `len` zeroed bytes, page-aligned, never unmapped; an all-zero
+    // `SlotState` is two zero atomics, a valid value; the atomics make shared access sound.
+    Ok(unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<SlotState>(), n.max(1)) })
+}
+
+/// Monotonic clock in nanoseconds.
+pub(crate) fn now_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}

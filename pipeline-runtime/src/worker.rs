@@ -9,26 +9,47 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
 use crate::record;
 use crate::stage::{Body, Emit, Stage, apply};
+use crate::sys::{self, SlotState};
 
 /// Records processed between two flush-and-ack points when the local queue is long.
 const ACK_EVERY: usize = 512;
 
-pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
-    stage: &Stage<In, Out>,
-    idx: u32,
-    ins: Vec<OwnedFd>,
-    outs: Vec<OwnedFd>,
-    credit: usize,
-) -> io::Result<()> {
+/// What a worker process gets from the supervisor.
+pub(crate) struct WorkerCtx {
+    pub idx: u32,
+    pub ins: Vec<OwnedFd>,
+    pub outs: Vec<OwnedFd>,
+    pub credit: usize,
+    /// 0 for the first worker of a slot, then one more per replacement.
+    pub epoch: u32,
+    pub slot: &'static SlotState,
+    /// Set for the stand-in of a stage past its restart budget: every item fails with it.
+    pub give_up: Option<GiveUp>,
+}
+
+/// Why a stage gave up (see [`Error::GaveUp`]).
+#[derive(Debug, Clone)]
+pub(crate) struct GiveUp {
+    pub restarts: u32,
+    pub secs: f64,
+    pub cause: String,
+}
+
+pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out>, ctx: WorkerCtx) -> io::Result<()> {
+    let WorkerCtx { idx, ins, outs, credit, epoch, slot, give_up } = ctx;
     let wire = stage.wire.expect("process stages have wire functions");
     let me = Worker::Process(std::process::id());
-    let mut rx = LinkReceiver::new(ins);
-    let mut tx = LinkSender::new(outs, credit);
+    let (mut rx, mut tx) = if epoch == 0 {
+        (LinkReceiver::new(ins), LinkSender::new(outs, credit))
+    } else {
+        (LinkReceiver::replacement(ins, epoch), LinkSender::replacement(outs, credit, epoch)?)
+    };
     let mut emit = Emit::new();
     let mut extra = Vec::new();
     let mut since_ack = 0usize;
@@ -37,10 +58,20 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
         if rx.is_empty() {
             tx.flush()?;
             rx.send_acks();
+            if tx.has_requeued() {
+                // A worker downstream died: resend what it held before anything else.
+                tx.wait_credit(&mut extra)?;
+                continue;
+            }
             if rx.finished() {
                 break;
             }
-            rx.fill(true, &mut extra).map_err(corrupt)?;
+            extra.clear();
+            tx.watch(&mut extra);
+            if rx.fill(true, &mut extra).map_err(corrupt)? {
+                tx.read_acks()?;
+            }
+            extra.clear();
             continue;
         }
         let Some(r) = rx.next().map_err(corrupt)? else { continue };
@@ -54,7 +85,18 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
                 }
             }
         }
-        if r.tag == TAG_ONE || r.tag == TAG_MANY {
+        slot.since.store(sys::now_ns(), Ordering::Relaxed);
+        slot.running.store(r.seq + 1, Ordering::Release);
+        if let (Some(g), true) = (&give_up, r.tag == TAG_ONE || r.tag == TAG_MANY) {
+            let e = Error::GaveUp {
+                stage: stage.name.to_string(),
+                item: r.seq,
+                restarts: g.restarts,
+                secs: g.secs,
+                cause: g.cause.clone(),
+            };
+            tx.push(r.seq, |out| record::encode_failed(r.seq, idx, &e, out))?;
+        } else if r.tag == TAG_ONE || r.tag == TAG_MANY {
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
                 Ok(body) => apply(&*stage.f, idx, &stage.name, me, r.seq, body, &mut emit),
                 Err(message) => Body::Failed(
@@ -83,6 +125,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
         } else {
             tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
         }
+        slot.running.store(0, Ordering::Release);
         rx.done(r);
         since_ack += 1;
         if since_ack >= ACK_EVERY {
