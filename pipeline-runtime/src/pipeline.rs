@@ -206,6 +206,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                     idx: i as u32,
                     stage: Arc::clone(&stages[i]),
                     credit: stages[i].opts().queue,
+                    timeout: stages[i].opts().timeout,
                     workers: (0..stages[i].opts().workers)
                         .map(|j| {
                             (

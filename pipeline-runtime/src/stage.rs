@@ -66,6 +66,8 @@ pub(crate) struct Opts {
     pub unordered: bool,
     pub queue: usize,
     pub process: bool,
+    /// Process stages: an item running longer fails and its worker is replaced.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Default number of items that may wait between a stage and the next.
@@ -116,7 +118,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         Stage {
             name: name.into(),
             f,
-            opts: Opts { workers: 1, unordered: false, queue: DEFAULT_QUEUE, process: false },
+            opts: Opts { workers: 1, unordered: false, queue: DEFAULT_QUEUE, process: false, timeout: None },
             wire: None,
         }
     }
@@ -205,6 +207,15 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     pub fn queue(mut self, n: usize) -> Self {
         assert!(n >= 1, "stage '{}': queue must be at least 1", self.name);
         self.opts.queue = n;
+        self
+    }
+
+    /// An item that runs longer than `limit` in this stage fails with `timed out after …;
+    /// worker killed`, and its worker is replaced (SIGTERM, a short grace, then SIGKILL).
+    /// Only process stages can be timed out (a thread cannot be killed); on a thread stage
+    /// this has no effect.
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        self.opts.timeout = Some(limit);
         self
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct ProcStage {
     pub stage: Arc<dyn AnyStage>,
     /// Credit on this stage's output links.
     pub credit: usize,
+    /// Per-item time limit.
+    pub timeout: Option<Duration>,
     /// For each worker: its input and output link descriptors.
     pub workers: Vec<(Vec<RawFd>, Vec<RawFd>)>,
 }
@@ -83,6 +85,8 @@ struct Slot {
     epoch: u32,
     give_up: Option<GiveUp>,
     child: Option<Child>,
+    /// An item over its time limit: (`running` value, when to escalate to SIGKILL).
+    overtime: Option<(u64, Instant)>,
 }
 
 struct Child {
@@ -151,7 +155,15 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
     let mut slots: Vec<Slot> = Vec::with_capacity(total);
     for (si, s) in stages.iter().enumerate() {
         for j in 0..s.workers.len() {
-            slots.push(Slot { stage: si, slot: j, state: &states[slots.len()], epoch: 0, give_up: None, child: None });
+            slots.push(Slot {
+                stage: si,
+                slot: j,
+                state: &states[slots.len()],
+                epoch: 0,
+                give_up: None,
+                child: None,
+                overtime: None,
+            });
         }
     }
     for k in 0..slots.len() {
@@ -182,7 +194,8 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
                 who.push(k);
             }
         }
-        if sys::poll(&mut pfds, None).is_err() {
+        let wait = check_timeouts(&stages, &mut slots);
+        if sys::poll(&mut pfds, wait).is_err() {
             continue;
         }
         if pfds[0].revents != 0 {
@@ -206,10 +219,58 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
                 slots[k].state.running.store(0, Ordering::Relaxed);
                 continue; // finished its input: the slot is done
             }
-            let why = status.as_ref().map_or_else(|| "ended; status unavailable".to_string(), cause);
+            let mut why = status.as_ref().map_or_else(|| "ended; status unavailable".to_string(), cause);
+            if let (Some(_), Some(limit)) = (slots[k].overtime.take(), stages[slots[k].stage].timeout) {
+                why = format!("timed out after {} ms; worker killed", limit.as_millis());
+            }
             on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
         }
     }
+}
+
+/// Grace between SIGTERM and SIGKILL for a worker whose item timed out.
+const TIMEOUT_GRACE: Duration = Duration::from_millis(200);
+
+/// Signals workers whose item ran past the stage's limit (TERM, then KILL after a grace);
+/// returns how long `poll` may sleep before the next deadline.
+fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> {
+    let now_ns = sys::now_ns();
+    let now = Instant::now();
+    let mut next: Option<Duration> = None;
+    let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
+    for s in slots.iter_mut() {
+        let (Some(limit), Some(c)) = (stages[s.stage].timeout, &s.child) else { continue };
+        let running = s.state.running.load(Ordering::Acquire);
+        if let Some((item, kill_at)) = s.overtime {
+            if item == running || running == 0 {
+                if now >= kill_at {
+                    sys::kill(c.pid, Signal::SIGKILL);
+                } else {
+                    soonest(kill_at - now);
+                }
+                continue;
+            }
+            s.overtime = None; // it finished that item after all
+        }
+        if running == 0 {
+            continue;
+        }
+        let since = s.state.since.load(Ordering::Relaxed);
+        let limit_ns = limit.as_nanos() as u64;
+        let ran = now_ns.saturating_sub(since);
+        if ran >= limit_ns {
+            sys::kill(c.pid, Signal::SIGTERM);
+            s.overtime = Some((running, now + TIMEOUT_GRACE));
+            soonest(TIMEOUT_GRACE);
+        } else {
+            soonest(Duration::from_nanos(limit_ns - ran));
+        }
+    }
+    // Items that start later are noticed at the next event or within this period.
+    if stages.iter().any(|s| s.timeout.is_some()) {
+        soonest(Duration::from_millis(50));
+    }
+    next
 }
 
 /// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
