@@ -136,6 +136,16 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// A stage's `init` failed when the pipeline started (nothing was left behind).
+    #[error("could not start the pipeline: init of stage '{stage}' ({worker}) failed: {message}")]
+    Init {
+        /// The stage's name.
+        stage: String,
+        /// The worker whose init failed.
+        worker: Worker,
+        /// The init's error text, or its panic message.
+        message: String,
+    },
     /// The pipeline could not start (nothing was left behind).
     #[error("could not start the pipeline: {0}")]
     Start(String),
@@ -153,6 +163,7 @@ impl Error {
             | Error::Died { stage, .. }
             | Error::Codec { stage, .. }
             | Error::GaveUp { stage, .. }
+            | Error::Init { stage, .. }
             | Error::NoOutput { stage, .. } => Some(stage),
             _ => None,
         }
@@ -179,6 +190,7 @@ impl Error {
             Error::Failed { worker, .. }
             | Error::Panicked { worker, .. }
             | Error::Died { worker, .. }
+            | Error::Init { worker, .. }
             | Error::Codec { worker, .. } => Some(*worker),
             _ => None,
         }

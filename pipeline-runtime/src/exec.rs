@@ -340,6 +340,8 @@ impl Threads {
 /// Context for spawning a pipeline's pieces.
 pub(crate) struct Rt {
     pub stop: Receiver<()>,
+    /// Each thread worker reports its `init` here once.
+    pub inits: Sender<Result<(), Error>>,
     pub threads: Arc<Threads>,
     pub shared: Arc<Shared>,
 }
@@ -362,7 +364,7 @@ pub(crate) trait AnyStage: Send + Sync {
     fn spawn_merger(&self, idx: u32, links: Vec<RtFd>, out: Box<dyn Any + Send>, rt: &Rt) -> io::Result<()>;
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
-    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<()>;
+    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<crate::worker::WorkerEnd>;
 }
 
 impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
@@ -394,17 +396,45 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
             let mut out = out.try_clone().expect("thread stages write to channels");
             let stop = rt.stop.clone();
             let me = Arc::clone(&self);
+            let inits = rt.inits.clone();
             rt.threads.spawn(&format!("{}-{w}", self.name), move || {
+                let worker = Worker::Thread(w);
+                let make = || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
+                    Ok(r) => r,
+                    Err(p) => Err(format!("panicked: {}", crate::error::panic_message(p.as_ref()))),
+                };
+                let mut f = match make() {
+                    Ok(f) => {
+                        let _ = inits.send(Ok(()));
+                        f
+                    }
+                    Err(message) => {
+                        let _ = inits.send(Err(Error::Init { stage: me.name.to_string(), worker, message }));
+                        return;
+                    }
+                };
+                drop(inits);
                 let mut emit = Emit::new();
                 while let Some(batch) = recv_chan(&rx, &stop) {
-                    let batch: Batch<Out> = batch
-                        .into_iter()
-                        .map(|r| Rec {
-                            seq: r.seq,
-                            body: apply(&*me.f, idx, &me.name, Worker::Thread(w), r.seq, r.body, &mut emit),
-                        })
-                        .collect();
-                    if out.send(batch, &stop).is_err() {
+                    let mut out_batch: Batch<Out> = Vec::with_capacity(batch.len());
+                    for r in batch {
+                        let body = apply(&mut f, idx, &me.name, worker, r.seq, r.body, &mut emit);
+                        let panicked = matches!(&body, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
+                        out_batch.push(Rec { seq: r.seq, body });
+                        if panicked && me.opts.stateful {
+                            // Its state may be half-updated: start afresh.
+                            f = match make() {
+                                Ok(f) => f,
+                                Err(message) => {
+                                    let stage = me.name.to_string();
+                                    Box::new(move |_: In, _: &mut Emit<Out>| {
+                                        Err(format!("init of stage '{stage}' failed after a panic: {message}"))
+                                    })
+                                }
+                            };
+                        }
+                    }
+                    if out.send(out_batch, &stop).is_err() {
                         return;
                     }
                 }
@@ -522,7 +552,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         })
     }
 
-    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<()> {
+    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<crate::worker::WorkerEnd> {
         crate::worker::run(self, ctx)
     }
 }

@@ -497,6 +497,26 @@ impl<F: AsFd> LinkSender<F> {
         Ok(())
     }
 
+    /// Records sent and not acked yet, over all links.
+    pub(crate) fn unacked(&self) -> usize {
+        self.links.iter().filter(|l| !l.broken).map(|l| l.unacked).sum()
+    }
+
+    /// Blocks until an ack or notice arrives (or a link breaks), then handles it.
+    pub(crate) fn wait_progress(&mut self, extra: &mut Vec<libc::pollfd>) -> io::Result<()> {
+        if self.has_requeued() {
+            return self.wait_credit(extra);
+        }
+        extra.clear();
+        self.watch(extra);
+        if extra.is_empty() {
+            return Ok(());
+        }
+        sys::poll(extra, None)?;
+        extra.clear();
+        self.read_acks()
+    }
+
     /// Descriptors to watch (readable) for acks and death notices while idle.
     pub(crate) fn watch(&self, out: &mut Vec<libc::pollfd>) {
         for l in self.links.iter().filter(|l| !l.broken) {

@@ -233,6 +233,11 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                             let _ = sys::wait_pid(pid, false);
                             return Err(match other {
                                 Some(SupMsg::StartFailed(m)) => Error::Start(m),
+                                Some(SupMsg::InitFailed { stage, pid, message }) => Error::Init {
+                                    stage: stages[stage as usize].name().to_string(),
+                                    worker: crate::error::Worker::Process(pid),
+                                    message,
+                                },
                                 _ => Error::Start("the supervisor process died at start".into()),
                             });
                         }
@@ -243,7 +248,8 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
 
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let threads = Arc::new(Threads::default());
-        let rt = Rt { stop: stop_rx, threads: Arc::clone(&threads), shared: Arc::clone(&shared) };
+        let (inits_tx, inits_rx) = crossbeam_channel::unbounded();
+        let rt = Rt { stop: stop_rx, inits: inits_tx, threads: Arc::clone(&threads), shared: Arc::clone(&shared) };
         let mut engine = Engine {
             stop: Some(stop_tx),
             stop_rx: rt.stop.clone(),
@@ -289,6 +295,19 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             engine.kill();
             return Err(start_err("could not spawn a thread", e));
         }
+        // Every thread worker runs its stage's `init` first; start only when all did.
+        drop(rt);
+        let thread_workers: usize = stages.iter().filter(|s| !s.opts().process).map(|s| s.opts().workers).sum();
+        for _ in 0..thread_workers {
+            match inits_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    engine.kill();
+                    return Err(e);
+                }
+                Err(_) => break,
+            }
+        }
         Ok((engine, final_rx))
     }
 }
@@ -315,7 +334,7 @@ fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            SupMsg::Done | SupMsg::Ready | SupMsg::StartFailed(_) => {}
+            SupMsg::Done | SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
         }
     }
     let _ = sys::wait_pid(pid, false);

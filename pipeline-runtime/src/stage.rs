@@ -59,6 +59,13 @@ pub(crate) struct Rec<T> {
 
 pub(crate) type StageFn<In, Out> = dyn Fn(In, &mut Emit<Out>) -> Result<(), String> + Send + Sync;
 
+/// A worker's own stage function (it may own per-worker state made by `init`).
+pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<(), String>>;
+
+/// Makes a worker's stage function, in the worker (the child process, or the thread):
+/// runs the stage's `init` if it has one. `Err` is the init's message.
+pub(crate) type MakeWorker<In, Out> = dyn Fn() -> Result<WorkerFn<In, Out>, String> + Send + Sync;
+
 /// Options of a stage (what `#[stage(...)]` sets).
 #[derive(Debug, Clone)]
 pub(crate) struct Opts {
@@ -68,6 +75,8 @@ pub(crate) struct Opts {
     pub process: bool,
     /// Process stages: an item running longer fails and its worker is replaced.
     pub timeout: Option<std::time::Duration>,
+    /// The stage keeps per-worker state (`init`): after a panic the worker is replaced.
+    pub stateful: bool,
 }
 
 /// Default number of items that may wait between a stage and the next.
@@ -87,7 +96,7 @@ pub const DEFAULT_QUEUE: usize = 4096;
 /// ```
 pub struct Stage<In, Out> {
     pub(crate) name: Cow<'static, str>,
-    pub(crate) f: Arc<StageFn<In, Out>>,
+    pub(crate) make: Arc<MakeWorker<In, Out>>,
     pub(crate) opts: Opts,
     pub(crate) wire: Option<WireOps<In, Out>>,
 }
@@ -115,10 +124,21 @@ impl<In, Out> Copy for WireOps<In, Out> {}
 
 impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     fn from_fn(name: impl Into<Cow<'static, str>>, f: Arc<StageFn<In, Out>>) -> Self {
+        let make = move || {
+            let f = Arc::clone(&f);
+            Ok(Box::new(move |x: In, e: &mut Emit<Out>| f(x, e)) as WorkerFn<In, Out>)
+        };
         Stage {
             name: name.into(),
-            f,
-            opts: Opts { workers: 1, unordered: false, queue: DEFAULT_QUEUE, process: false, timeout: None },
+            make: Arc::new(make),
+            opts: Opts {
+                workers: 1,
+                unordered: false,
+                queue: DEFAULT_QUEUE,
+                process: false,
+                timeout: None,
+                stateful: false,
+            },
             wire: None,
         }
     }
@@ -182,6 +202,33 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())))
     }
 
+    /// A stage with per-worker state: `init` runs once in each worker (in the child, for a
+    /// process stage) and its value is passed as `&mut S` to every call of `f` in that
+    /// worker. `f` sends its outputs through [`Emit`] (the general form that `#[stage(init
+    /// = ...)]` expands to). If `init` fails when the pipeline starts, `run`/`start` return
+    /// [`Error::Init`]. After a panic the worker's state may be half-updated, so the worker
+    /// is replaced (a thread re-runs `init`).
+    pub fn stateful<S, E1, E2, I, F>(name: impl Into<Cow<'static, str>>, init: I, f: F) -> Self
+    where
+        S: 'static,
+        E1: fmt::Display,
+        E2: fmt::Display,
+        I: Fn() -> Result<S, E1> + Send + Sync + 'static,
+        F: Fn(In, &mut S, &mut Emit<Out>) -> Result<(), E2> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let make = move || {
+            let mut state = init().map_err(|e| e.to_string())?;
+            let f = Arc::clone(&f);
+            Ok(Box::new(move |x: In, e: &mut Emit<Out>| f(x, &mut state, e).map_err(|err| err.to_string()))
+                as WorkerFn<In, Out>)
+        };
+        let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        stage.make = Arc::new(make);
+        stage.opts.stateful = true;
+        stage
+    }
+
     /// Runs this stage on `n` parallel workers (threads, or processes with
     /// [`Stage::subprocess`]).
     ///
@@ -228,6 +275,32 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     /// The stage's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl<T: Send + 'static> Stage<T, T> {
+    /// A per-item determiner: items for which `det` returns false skip this stage
+    /// unchanged (atbu's `is_for_stage`). Only for stages whose output type is their input
+    /// type.
+    pub fn when<D>(mut self, det: D) -> Self
+    where
+        D: Fn(&T) -> bool + Send + Sync + 'static,
+    {
+        let inner = Arc::clone(&self.make);
+        let det = Arc::new(det);
+        self.make = Arc::new(move || {
+            let mut f = inner()?;
+            let det = Arc::clone(&det);
+            Ok(Box::new(move |x: T, e: &mut Emit<T>| {
+                if det(&x) {
+                    f(x, e)
+                } else {
+                    e.emit(x);
+                    Ok(())
+                }
+            }) as WorkerFn<T, T>)
+        });
+        self
     }
 }
 
@@ -278,7 +351,7 @@ impl<Out: Send + 'static> Source<Out> {
 
 /// Runs the stage function on one record, catching panics: the heart of every worker.
 pub(crate) fn apply<In, Out>(
-    f: &StageFn<In, Out>,
+    f: &mut WorkerFn<In, Out>,
     stage_idx: u32,
     stage: &str,
     worker: Worker,
@@ -317,8 +390,21 @@ fn take_outputs<Out>(emit: &mut Emit<Out>, stage_idx: u32) -> Body<Out> {
     }
 }
 
+thread_local! {
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// In worker processes (set by the supervisor, inherited by every worker): a panic in a
+/// stage prints nothing — it becomes the item's error, with its location.
+pub(crate) fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        PANIC_AT.with(|p| *p.borrow_mut() = at);
+    }));
+}
+
 fn run_one<In, Out>(
-    f: &StageFn<In, Out>,
+    f: &mut WorkerFn<In, Out>,
     stage: &str,
     worker: Worker,
     seq: u64,
@@ -328,11 +414,12 @@ fn run_one<In, Out>(
     match catch_unwind(AssertUnwindSafe(|| f(x, emit))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(Box::new(Error::Failed { stage: stage.to_string(), item: seq, worker, message })),
-        Err(payload) => Err(Box::new(Error::Panicked {
-            stage: stage.to_string(),
-            item: seq,
-            worker,
-            message: panic_message(payload.as_ref() as &(dyn Any + Send)),
-        })),
+        Err(payload) => {
+            let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
+            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+                message = format!("{message} (at {at})");
+            }
+            Err(Box::new(Error::Panicked { stage: stage.to_string(), item: seq, worker, message }))
+        }
     }
 }

@@ -43,7 +43,7 @@ use crate::error::{Error, Worker};
 use crate::exec::AnyStage;
 use crate::fds::{self, RtFd};
 use crate::sys::SlotState;
-use crate::worker::{GiveUp, WorkerCtx};
+use crate::worker::{CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx, WorkerEnd};
 use crate::{codec, link, record, sys};
 
 /// Messages from the supervisor to the caller.
@@ -53,14 +53,14 @@ pub(crate) enum SupMsg {
     Ready,
     /// The pipeline could not start; the supervisor cleaned up and exits.
     StartFailed(String),
+    /// A worker's `init` failed at start; the supervisor cleaned up and exits.
+    InitFailed { stage: u32, pid: u32, message: String },
     /// A worker ended without finishing; it was replaced (`restarted`) or the stage gave up.
     WorkerDied { stage: u32, pid: u32, cause: String, restarted: bool },
     /// Every worker finished after end of input.
     Done,
 }
 
-/// What a worker writes to its control socket just before `_exit(0)` at the end of input.
-const FINISHED: u8 = 1;
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -94,6 +94,8 @@ struct Child {
     pidfd: RtFd,
     ctl: RtFd,
     finished: bool,
+    init_ok: bool,
+    init_error: Option<String>,
 }
 
 pub(crate) fn send_msg(fd: impl AsFd, msg: &SupMsg) {
@@ -140,6 +142,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
     }
     sys::child_setup(false, Pid::from_raw(0), &keep, &inherited);
     fds::child_reset(&keep);
+    crate::stage::quiet_panics();
     // SAFETY: `ctl` is this pipeline's control socket, kept open above and owned by nobody
     // else in this process (the caller-side objects that mention it are never dropped here).
     let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
@@ -173,6 +176,11 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
             send_msg(&ctl, &SupMsg::StartFailed(msg));
             sys::exit_now(0);
         }
+    }
+    if let Some(msg) = wait_inits(&stages, &mut slots) {
+        kill_all(&mut slots);
+        send_msg(&ctl, &msg);
+        sys::exit_now(0);
     }
     send_msg(&ctl, &SupMsg::Ready);
 
@@ -219,7 +227,14 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
                 slots[k].state.running.store(0, Ordering::Relaxed);
                 continue; // finished its input: the slot is done
             }
-            let mut why = status.as_ref().map_or_else(|| "ended; status unavailable".to_string(), cause);
+            let mut why = match (&c.init_error, &status) {
+                (Some(m), _) => format!("init failed: {m}"),
+                (None, Some(WaitStatus::Exited(_, EXIT_RESTART))) => {
+                    "replaced after a panic (the stage keeps init state)".to_string()
+                }
+                (None, Some(st)) => cause(st),
+                (None, None) => "ended; status unavailable".to_string(),
+            };
             if let (Some(_), Some(limit)) = (slots[k].overtime.take(), stages[slots[k].stage].timeout) {
                 why = format!("timed out after {} ms; worker killed", limit.as_millis());
             }
@@ -335,13 +350,56 @@ fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
 }
 
 fn read_ctl(c: &mut Child) {
-    let mut buf = Vec::with_capacity(16);
+    let mut buf = Vec::with_capacity(64 * 1024);
     while let Ok(Some(n)) = sys::recv(c.ctl.as_fd(), &mut buf, true) {
         if n == 0 {
             break;
         }
-        if buf.first() == Some(&FINISHED) {
-            c.finished = true;
+        match buf.first() {
+            Some(&CTL_FINISHED) => c.finished = true,
+            Some(&CTL_INIT_OK) => c.init_ok = true,
+            Some(&CTL_INIT_FAILED) => c.init_error = Some(String::from_utf8_lossy(&buf[1..]).into_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// At start: waits until every worker ran its stage's `init`. The first failure (an init
+/// error, or a worker that died) is returned as the message for the caller.
+fn wait_inits(stages: &[ProcStage], slots: &mut [Slot]) -> Option<SupMsg> {
+    loop {
+        let mut pfds = Vec::new();
+        let mut who = Vec::new();
+        for (k, s) in slots.iter().enumerate() {
+            let c = s.child.as_ref()?;
+            if !c.init_ok {
+                pfds.push(libc::pollfd { fd: c.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd { fd: c.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                who.push(k);
+            }
+        }
+        if who.is_empty() {
+            return None;
+        }
+        if sys::poll(&mut pfds, None).is_err() {
+            continue;
+        }
+        for (n, &k) in who.iter().enumerate() {
+            let c = slots[k].child.as_mut().expect("child");
+            if pfds[2 * n].revents != 0 || pfds[2 * n + 1].revents != 0 {
+                read_ctl(c);
+            }
+            let st = &stages[slots[k].stage];
+            let pid = c.pid.as_raw() as u32;
+            if let Some(message) = c.init_error.clone() {
+                return Some(SupMsg::InitFailed { stage: st.idx, pid, message });
+            }
+            if !c.init_ok && pfds[2 * n + 1].revents != 0 {
+                let status = sys::wait_pid(c.pid, false).ok().flatten();
+                slots[k].child = None;
+                let why = status.as_ref().map_or_else(|| "ended".to_string(), cause);
+                return Some(SupMsg::InitFailed { stage: st.idx, pid, message: format!("the worker died during init: {why}") });
+            }
         }
     }
 }
@@ -377,7 +435,12 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
             // open by `child_setup`; nothing else in this process will close them (the
             // supervisor's records of them are never dropped in this child).
             let own = |v: &Vec<RawFd>| v.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect::<Vec<_>>();
+            // SAFETY: `ctl_worker` is this worker's own control socket, kept open above; the
+            // `RtFd` that owned it is forgotten so only this `OwnedFd` closes it.
+            let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
+            std::mem::forget(ctl_worker);
             let ctx = WorkerCtx {
+                ctl,
                 idx: s.idx,
                 ins: own(ins),
                 outs: own(outs),
@@ -386,12 +449,12 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
                 slot: slot.state,
                 give_up: slot.give_up.clone(),
             };
-            let r = s.stage.worker_main(ctx);
-            if r.is_ok() {
-                let _ = sys::send(ctl_worker.as_fd(), &[FINISHED], false);
-                sys::exit_now(0);
+            match s.stage.worker_main(ctx) {
+                Ok(WorkerEnd::Finished) => sys::exit_now(0),
+                Ok(WorkerEnd::Restart) => sys::exit_now(EXIT_RESTART),
+                Ok(WorkerEnd::InitFailed) => sys::exit_now(EXIT_INIT_FAILED),
+                Err(_) => sys::exit_now(EXIT_LINK_ERROR),
             }
-            sys::exit_now(EXIT_LINK_ERROR);
         }
         fds::Fork::Parent(pid) => {
             drop(ctl_worker);
@@ -403,7 +466,7 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
                     return Err(e);
                 }
             };
-            slot.child = Some(Child { pid, pidfd, ctl: ctl_sup, finished: false });
+            slot.child = Some(Child { pid, pidfd, ctl: ctl_sup, finished: false, init_ok: false, init_error: None });
             Ok(())
         }
     }
@@ -411,3 +474,5 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
 
 /// Exit code of a worker whose links failed (its neighbours went away).
 const EXIT_LINK_ERROR: i32 = 122;
+/// Exit code of a worker whose `init` failed (it said why on its control socket).
+const EXIT_INIT_FAILED: i32 = 124;

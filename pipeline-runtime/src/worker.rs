@@ -8,7 +8,7 @@
 //! side of a link.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
@@ -31,6 +31,26 @@ pub(crate) struct WorkerCtx {
     pub slot: &'static SlotState,
     /// Set for the stand-in of a stage past its restart budget: every item fails with it.
     pub give_up: Option<GiveUp>,
+    /// The control socket to the supervisor.
+    pub ctl: OwnedFd,
+}
+
+/// Control messages from a worker to the supervisor.
+pub(crate) const CTL_FINISHED: u8 = 1;
+pub(crate) const CTL_INIT_OK: u8 = 2;
+pub(crate) const CTL_INIT_FAILED: u8 = 3;
+
+/// Exit code of a worker that asks to be replaced (a panic in a stage with `init` state).
+pub(crate) const EXIT_RESTART: i32 = 123;
+
+/// How a worker's loop ended.
+pub(crate) enum WorkerEnd {
+    /// End of input; everything sent was acked; `FINISHED` was sent.
+    Finished,
+    /// It must be replaced (its state may be broken); what it finished was acked.
+    Restart,
+    /// Its `init` failed (reported on the control socket).
+    InitFailed,
 }
 
 /// Why a stage gave up (see [`Error::GaveUp`]).
@@ -41,8 +61,19 @@ pub(crate) struct GiveUp {
     pub cause: String,
 }
 
-pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out>, ctx: WorkerCtx) -> io::Result<()> {
-    let WorkerCtx { idx, ins, outs, credit, epoch, slot, give_up } = ctx;
+pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out>, ctx: WorkerCtx) -> io::Result<WorkerEnd> {
+    let WorkerCtx { idx, ins, outs, credit, epoch, slot, give_up, ctl } = ctx;
+    let mut f = if give_up.is_some() {
+        Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
+    } else {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
+            Ok(Ok(f)) => f,
+            Ok(Err(message)) => return init_failed(&ctl, &message),
+            Err(p) => return init_failed(&ctl, &format!("panicked: {}", crate::error::panic_message(p.as_ref()))),
+        }
+    };
+    let _ = sys::send(ctl.as_fd(), &[CTL_INIT_OK], false);
+    let mut restart = false;
     let wire = stage.wire.expect("process stages have wire functions");
     let me = Worker::Process(std::process::id());
     let (mut rx, mut tx) = if epoch == 0 {
@@ -98,7 +129,11 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
             tx.push(r.seq, |out| record::encode_failed(r.seq, idx, &e, out))?;
         } else if r.tag == TAG_ONE || r.tag == TAG_MANY {
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
-                Ok(body) => apply(&*stage.f, idx, &stage.name, me, r.seq, body, &mut emit),
+                Ok(body) => {
+                    let out = apply(&mut f, idx, &stage.name, me, r.seq, body, &mut emit);
+                    restart = stage.opts.stateful && matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
+                    out
+                }
                 Err(message) => Body::Failed(
                     idx,
                     Box::new(Error::Codec {
@@ -127,6 +162,14 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
         }
         slot.running.store(0, Ordering::Release);
         rx.done(r);
+        if restart {
+            // The state may be half-updated: hand over what is done, then be replaced.
+            tx.flush()?;
+            wait_acked(&mut tx)?;
+            rx.send_acks();
+            rx.drain_acks();
+            return Ok(WorkerEnd::Restart);
+        }
         since_ack += 1;
         if since_ack >= ACK_EVERY {
             // Keep the sender's credit flowing while a long local queue is processed.
@@ -137,5 +180,23 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
     }
     tx.finish()?;
     rx.drain_acks();
+    let _ = sys::send(ctl.as_fd(), &[CTL_FINISHED], false);
+    Ok(WorkerEnd::Finished)
+}
+
+fn init_failed(ctl: &OwnedFd, message: &str) -> io::Result<WorkerEnd> {
+    let mut m = vec![CTL_INIT_FAILED];
+    m.extend_from_slice(&message.as_bytes()[..message.len().min(60_000)]);
+    let _ = sys::send(ctl.as_fd(), &m, false);
+    Ok(WorkerEnd::InitFailed)
+}
+
+/// Waits until everything sent downstream was acked (so nothing needs requeueing when
+/// this worker goes).
+fn wait_acked(tx: &mut LinkSender<OwnedFd>) -> io::Result<()> {
+    let mut extra = Vec::new();
+    while tx.unacked() > 0 || tx.has_requeued() {
+        tx.wait_progress(&mut extra)?;
+    }
     Ok(())
 }
