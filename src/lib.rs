@@ -50,7 +50,7 @@
 
 pub use pipeline_macros::{pipeline, stage};
 pub use pipeline_runtime::{
-    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Pipeline, Report, Results, Running, Source, Stage,
+    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, Pipeline, Report, Results, Running, Source, Stage,
     StageStats, Stats, Ticket, Wire, Worker,
 };
 
@@ -61,5 +61,5 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use pipeline_runtime::{Emit, Pipeline, Source, Stage};
+    pub use pipeline_runtime::{Emit, InitResult, Items, Pipeline, Source, Stage};
 }

@@ -20,4 +20,4 @@ mod worker;
 pub use codec::{FRAME_LIMIT, Wire};
 pub use error::{Error, Worker};
 pub use pipeline::{FirstStage, Pipeline, Report, Results, Running, StageStats, Stats, Ticket};
-pub use stage::{DEFAULT_QUEUE, Emit, Source, Stage};
+pub use stage::{DEFAULT_QUEUE, Emit, InitResult, Items, Source, Stage};

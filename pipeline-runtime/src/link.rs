@@ -67,6 +67,10 @@ pub(crate) const TAG_ONE: u8 = 0;
 pub(crate) const TAG_MANY: u8 = 1;
 pub(crate) const TAG_DROPPED: u8 = 2;
 pub(crate) const TAG_FAILED: u8 = 3;
+pub(crate) const TAG_CONSUMED: u8 = 4;
+
+/// The sequence number of records that are not items (`CONSUMED`).
+pub(crate) const NO_SEQ: u64 = u64::MAX;
 
 /// Starts a record in `out`: header with a length placeholder. Finish with [`end_record`].
 #[inline]

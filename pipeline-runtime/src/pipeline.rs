@@ -133,22 +133,34 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         I::IntoIter: Send + 'static,
     {
         let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input.into_iter())));
-        let ordered = self.ordered();
+        let shape = self.shape();
         let (engine, rx) = self.launch(Some(feed))?;
-        Ok(Results::new(engine, rx, ordered))
+        Ok(Results::new(engine, rx, shape))
     }
 
     /// Starts the pipeline for work items: [`Running::submit`] from any thread, then
     /// [`Ticket::wait`].
     pub fn start(self) -> Result<Running<In, Out>, Error> {
+        if let Some(i) = self.shape().stream_first {
+            return Err(Error::Start(format!(
+                "stage '{}' is a `stream` stage: its outputs belong to no submitted item; use `run(input)`",
+                self.stages[i as usize].name()
+            )));
+        }
         let (tx, rx) = crossbeam_channel::unbounded::<(u64, In)>();
         let feed: Box<dyn Any + Send> = Box::new(Feed::Chan(rx));
         let (engine, final_rx) = self.launch(Some(feed))?;
         Running::new(engine, tx, final_rx)
     }
 
-    fn ordered(&self) -> bool {
-        !self.stages.iter().any(|s| s.opts().unordered)
+    fn shape(&self) -> Shape {
+        let stream = |s: &Arc<dyn AnyStage>| s.opts().stream;
+        Shape {
+            // Outputs keep input order unless a stage is unordered; after a stream stage
+            // with several workers, order is completion order.
+            ordered: !self.stages.iter().any(|s| s.opts().unordered || (stream(s) && s.opts().workers > 1)),
+            stream_first: self.stages.iter().position(stream).map(|i| i as u32),
+        }
     }
 
     fn launch(self, feed: Option<Box<dyn Any + Send>>) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
@@ -318,9 +330,9 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
         if self.source.is_none() {
             return Err(Error::Start("`results()` needs a pipeline that starts with a `source` stage; use `run(input)`".into()));
         }
-        let ordered = self.ordered();
+        let shape = self.shape();
         let (engine, rx) = self.launch(None)?;
-        Ok(Results::new(engine, rx, ordered))
+        Ok(Results::new(engine, rx, shape))
     }
 }
 
@@ -393,6 +405,13 @@ impl Drop for Engine {
     }
 }
 
+/// How results come out of a pipeline.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    ordered: bool,
+    stream_first: Option<u32>,
+}
+
 /// Per-seq bookkeeping at the end of the pipeline: restores input order (ordered
 /// pipelines) and knows which items are still unfinished.
 struct Ring<T> {
@@ -432,6 +451,8 @@ pub struct Results<Out> {
     engine: Engine,
     rx: Receiver<Batch<Out>>,
     ordered: bool,
+    /// Index of the first `stream` stage, if any.
+    stream_first: Option<u32>,
     ring: Ring<Out>,
     ready: VecDeque<Result<Out, Error>>,
     release: usize,
@@ -445,11 +466,12 @@ impl<Out> fmt::Debug for Results<Out> {
 }
 
 impl<Out: Send + 'static> Results<Out> {
-    fn new(engine: Engine, rx: Receiver<Batch<Out>>, ordered: bool) -> Self {
+    fn new(engine: Engine, rx: Receiver<Batch<Out>>, shape: Shape) -> Self {
         Results {
             engine,
             rx,
-            ordered,
+            ordered: shape.ordered,
+            stream_first: shape.stream_first,
             ring: Ring { base: 0, slots: VecDeque::new() },
             ready: VecDeque::new(),
             release: 0,
@@ -458,13 +480,24 @@ impl<Out: Send + 'static> Results<Out> {
     }
 
     fn deliver(&mut self, body: Body<Out>) {
-        self.engine.shared.count(&body);
-        self.release += 1;
+        if self.stream_first.is_none() {
+            // (After a stream stage, outputs are new items that took no room at the feeder.)
+            self.engine.shared.count(&body);
+            self.release += 1;
+        }
         match body {
             Body::One(v) => self.ready.push_back(Ok(v)),
             Body::Many(vs) => self.ready.extend(vs.into_iter().map(Ok)),
-            Body::Dropped(_) => {}
+            Body::Dropped(_) | Body::Consumed(..) => {}
             Body::Failed(_, e) => self.ready.push_back(Err(*e)),
+        }
+    }
+
+    /// A `stream` stage consumed `n` items: their room in the pipeline is free again.
+    fn consumed(&mut self, stage: u32, n: u64) {
+        if self.stream_first == Some(stage) {
+            self.release += n as usize;
+            self.engine.shared.completed.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -505,8 +538,12 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
             match self.rx.recv() {
                 Ok(batch) => {
                     for rec in batch {
-                        if self.ordered {
+                        if let Body::Consumed(stage, n) = rec.body {
+                            self.consumed(stage, n);
+                        } else if self.ordered {
                             self.ring.put(rec.seq, Slot::Ready(rec.body));
+                        } else if self.stream_first.is_some() {
+                            self.deliver(rec.body);
                         } else if self.ring.put(rec.seq, Slot::Taken) {
                             self.deliver(rec.body);
                         }
@@ -516,7 +553,11 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                 Err(_) => {
                     // Every producer is gone: what is still unfinished gets its cause.
                     self.ended = true;
-                    let issued = self.engine.shared.issued.load(Ordering::Acquire);
+                    let issued = if self.stream_first.is_some() {
+                        0 // outputs of a stream stage: nothing is known to be missing
+                    } else {
+                        self.engine.shared.issued.load(Ordering::Acquire)
+                    };
                     let end = issued.max(self.ring.base + self.ring.slots.len() as u64);
                     let mut seq = self.ring.base;
                     while seq < end {
@@ -690,7 +731,7 @@ impl<Out> Ticket<Out> {
                 item: seq,
             }),
             Ok(Body::Failed(_, e)) => Err(*e),
-            Err(_) => Err(Error::ShutDown { item: seq }),
+            Ok(Body::Consumed(..)) | Err(_) => Err(Error::ShutDown { item: seq }),
         }
     }
 }

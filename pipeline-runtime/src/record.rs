@@ -6,10 +6,11 @@
 //! | `MANY` | `n u32`, then `n` times `len u32` + bincode bytes |
 //! | `DROPPED` | index `u32` of the stage that dropped the item |
 //! | `FAILED` | index `u32` of the failing stage, then the [`Error`]'s bincode bytes |
+//! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
 use crate::codec;
 use crate::error::Error;
-use crate::link::{self, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
+use crate::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 use crate::stage::Body;
 
 /// An encoder of one item type.
@@ -56,6 +57,12 @@ fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> 
             encode_failed(seq, *stage, e, out);
             Ok(())
         }
+        Body::Consumed(stage, n) => {
+            let at = link::begin_record(out, seq, TAG_CONSUMED);
+            out.extend_from_slice(&stage.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+            link::end_record(out, at)
+        }
     }
 }
 
@@ -96,6 +103,14 @@ pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>,
         TAG_DROPPED => {
             let mut p = payload;
             Ok(Body::Dropped(take_u32(&mut p)?))
+        }
+        TAG_CONSUMED => {
+            let mut p = payload;
+            let stage = take_u32(&mut p)?;
+            if p.len() != 8 {
+                return Err("truncated record".into());
+            }
+            Ok(Body::Consumed(stage, u64::from_le_bytes(p.try_into().expect("8 bytes"))))
         }
         TAG_FAILED => {
             let mut p = payload;

@@ -48,6 +48,9 @@ pub(crate) enum Body<T> {
     Dropped(u32),
     /// Failed at the stage with this index.
     Failed(u32, Box<Error>),
+    /// Not an item: the `stream` stage with this index consumed this many more items (they
+    /// have no outcome of their own; the collector frees their room in the pipeline).
+    Consumed(u32, u64),
 }
 
 /// One item (by its sequence number) between two stages.
@@ -66,6 +69,36 @@ pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<
 /// runs the stage's `init` if it has one. `Err` is the init's message.
 pub(crate) type MakeWorker<In, Out> = dyn Fn() -> Result<WorkerFn<In, Out>, String> + Send + Sync;
 
+/// The function of a `stream` stage.
+pub(crate) type StreamFn<In, Out> = dyn Fn(Items<In>) -> Box<dyn Iterator<Item = Out>> + Send + Sync;
+
+/// Where an [`Items`] pulls from (a worker's input).
+pub(crate) trait Pull<T> {
+    fn pull(&mut self) -> Option<T>;
+}
+
+/// The input of a `stream` stage: the items that reach this worker of the stage, in order
+/// of arrival, until the input ends.
+///
+/// Items consumed by a stream stage have no outcome of their own: the stage's outputs are
+/// new items. Pulling may block while the previous stages work.
+pub struct Items<T> {
+    pub(crate) src: std::rc::Rc<std::cell::RefCell<dyn Pull<T>>>,
+}
+
+impl<T> fmt::Debug for Items<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Items")
+    }
+}
+
+impl<T> Iterator for Items<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.src.borrow_mut().pull()
+    }
+}
+
 /// Options of a stage (what `#[stage(...)]` sets).
 #[derive(Debug, Clone)]
 pub(crate) struct Opts {
@@ -77,6 +110,8 @@ pub(crate) struct Opts {
     pub timeout: Option<std::time::Duration>,
     /// The stage keeps per-worker state (`init`): after a panic the worker is replaced.
     pub stateful: bool,
+    /// A whole-stream stage.
+    pub stream: bool,
 }
 
 /// Default number of items that may wait between a stage and the next.
@@ -97,6 +132,8 @@ pub const DEFAULT_QUEUE: usize = 4096;
 pub struct Stage<In, Out> {
     pub(crate) name: Cow<'static, str>,
     pub(crate) make: Arc<MakeWorker<In, Out>>,
+    /// Set for `stream` stages (then `make` is unused).
+    pub(crate) stream: Option<Arc<StreamFn<In, Out>>>,
     pub(crate) opts: Opts,
     pub(crate) wire: Option<WireOps<In, Out>>,
 }
@@ -104,6 +141,26 @@ pub struct Stage<In, Out> {
 impl<In, Out> fmt::Debug for Stage<In, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stage").field("name", &self.name).field("opts", &self.opts).finish()
+    }
+}
+
+/// What an `init` function may return: the state itself, or `Result<state, error>`.
+/// (`#[stage(init = f)]` accepts both; the builder's [`Stage::stateful`] takes the
+/// `Result` form.)
+pub trait InitResult<S> {
+    /// The state, or the init's error text.
+    fn into_init(self) -> Result<S, String>;
+}
+
+impl<S> InitResult<S> for S {
+    fn into_init(self) -> Result<S, String> {
+        Ok(self)
+    }
+}
+
+impl<S, E: fmt::Display> InitResult<S> for Result<S, E> {
+    fn into_init(self) -> Result<S, String> {
+        self.map_err(|e| e.to_string())
     }
 }
 
@@ -131,6 +188,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         Stage {
             name: name.into(),
             make: Arc::new(make),
+            stream: None,
             opts: Opts {
                 workers: 1,
                 unordered: false,
@@ -138,6 +196,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 process: false,
                 timeout: None,
                 stateful: false,
+                stream: false,
             },
             wire: None,
         }
@@ -226,6 +285,27 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
         stage.make = Arc::new(make);
         stage.opts.stateful = true;
+        stage
+    }
+
+    /// A whole-stream stage (`#[stage(stream)]`): `f` gets the stage's input as an iterator
+    /// and returns the outputs, for reductions and windows (parallelpipe's `most_common`).
+    ///
+    /// Items consumed by a stream stage have no outcome of their own; its outputs are new
+    /// items, numbered from 0. An item that failed before the stage passes through as an
+    /// error. If `f` panics, one error naming the stage follows the outputs made so far and
+    /// the rest of the input is consumed without output. With `workers(n)`, each of the `n`
+    /// workers runs `f` on its share of the items (taken as they become free, like
+    /// parallelpipe's workers) and the outputs come in completion order.
+    pub fn stream<I, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: Fn(Items<In>) -> I + Send + Sync + 'static,
+        I: IntoIterator<Item = Out>,
+        I::IntoIter: 'static,
+    {
+        let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        stage.stream = Some(Arc::new(move |items| Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>));
+        stage.opts.stream = true;
         stage
     }
 
@@ -371,6 +451,7 @@ pub(crate) fn apply<In, Out>(
         }
         Body::Many(xs) => xs,
         Body::Dropped(s) => return Body::Dropped(s),
+        Body::Consumed(s, n) => return Body::Consumed(s, n),
         Body::Failed(i, e) => return Body::Failed(i, e),
     };
     for x in inputs {
