@@ -39,6 +39,12 @@ fn main() {
     let (f, b) = (med(&mut fp), med(&mut bare_v));
     println!("W1 overhead: {items} u64 through 3 process stages, ordered (median of {runs})");
     println!("  forkpipe        {:>8.2} M items/s", f / 1e6);
-    println!("  bare socketpair {:>8.2} M items/s  (bincode, 64 KiB frames)", b / 1e6);
-    println!("  ratio           {:>8.0} %   (target >= 50 %)", 100.0 * f / b);
+    println!(
+        "  bare socketpair {:>8.2} M items/s  (bincode, 64 KiB frames)",
+        b / 1e6
+    );
+    println!(
+        "  ratio           {:>8.0} %   (target >= 50 %)",
+        100.0 * f / b
+    );
 }

@@ -50,8 +50,8 @@
 
 pub use pipeline_macros::{pipeline, stage};
 pub use pipeline_runtime::{
-    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, Pipeline, Report, Results, Running, Source, Stage,
-    StageStats, Stats, Ticket, Wire, Worker,
+    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, Pipeline, Report, Results, Running,
+    Source, Stage, StageStats, Stats, Ticket, Wire, Worker,
 };
 
 /// Everything a pipeline author needs: `use forkpipe::prelude::*;`.

@@ -67,7 +67,8 @@ fn stage(mut input: UnixStream, mut output: UnixStream) {
 
 /// Items per second through `hops` bare process stages (`x + 1`), batched.
 pub fn chain_throughput(items: u64, hops: usize) -> f64 {
-    let mut pairs: Vec<(UnixStream, UnixStream)> = (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
+    let mut pairs: Vec<(UnixStream, UnixStream)> =
+        (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
     let mut pids = Vec::new();
     for h in 0..hops {
         let input = pairs[h].1.try_clone().unwrap();
@@ -134,7 +135,8 @@ fn fd(s: &UnixStream) -> i32 {
 
 /// Round-trip latencies (ns) of one u64 through `hops` bare process stages, one item at a time.
 pub fn chain_latencies(rounds: usize, hops: usize) -> Vec<u64> {
-    let pairs: Vec<(UnixStream, UnixStream)> = (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
     let mut pids = Vec::new();
     for h in 0..hops {
         let input = pairs[h].1.try_clone().unwrap();

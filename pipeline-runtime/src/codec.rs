@@ -46,7 +46,10 @@ pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((v, n)) if n == bytes.len() => Ok(v),
-        Ok((_, n)) => Err(format!("{} trailing bytes after the value", bytes.len() - n)),
+        Ok((_, n)) => Err(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - n
+        )),
         Err(e) => Err(e.to_string()),
     }
 }

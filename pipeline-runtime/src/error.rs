@@ -79,7 +79,9 @@ pub enum Error {
     },
     /// The stage's workers kept dying: past the restart budget, its remaining items fail
     /// fast instead of forking workers in a loop.
-    #[error("stage '{stage}' gave up on item {item} after {restarts} restarts in {secs:.1} s; last cause: {cause}")]
+    #[error(
+        "stage '{stage}' gave up on item {item} after {restarts} restarts in {secs:.1} s; last cause: {cause}"
+    )]
     GaveUp {
         /// The stage's name.
         stage: String,

@@ -19,6 +19,7 @@
 //! Threads blocked on sockets wake when the processes on the other side are killed.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -48,13 +49,21 @@ pub(crate) enum Output<T> {
     /// To the next piece in the caller (split into `split` parts for parallel workers).
     Chan { tx: Sender<Batch<T>>, split: usize },
     /// Straight to the workers of the next (process) stage.
-    Links { tx: Box<LinkSender<RtFd>>, enc: Enc<T>, stage_idx: u32, stage: Arc<str> },
+    Links {
+        tx: Box<LinkSender<RtFd>>,
+        enc: Enc<T>,
+        stage_idx: u32,
+        stage: Arc<str>,
+    },
 }
 
 impl<T> Output<T> {
     pub(crate) fn try_clone(&self) -> Option<Output<T>> {
         match self {
-            Output::Chan { tx, split } => Some(Output::Chan { tx: tx.clone(), split: *split }),
+            Output::Chan { tx, split } => Some(Output::Chan {
+                tx: tx.clone(),
+                split: *split,
+            }),
             Output::Links { .. } => None,
         }
     }
@@ -71,7 +80,12 @@ impl<T> Output<T> {
                 }
                 send_chan(tx, batch, stop)
             }
-            Output::Links { tx, enc, stage_idx, stage } => {
+            Output::Links {
+                tx,
+                enc,
+                stage_idx,
+                stage,
+            } => {
                 for rec in batch {
                     loop {
                         match tx.reserve().map_err(|_| Stopped)? {
@@ -132,7 +146,11 @@ impl<T> Output<T> {
     }
 }
 
-fn send_chan<T>(tx: &Sender<Batch<T>>, batch: Batch<T>, stop: &Receiver<()>) -> Result<(), Stopped> {
+fn send_chan<T>(
+    tx: &Sender<Batch<T>>,
+    batch: Batch<T>,
+    stop: &Receiver<()>,
+) -> Result<(), Stopped> {
     select! {
         send(tx, batch) -> r => r.map_err(|_| Stopped),
         recv(stop) -> _ => Err(Stopped),
@@ -157,7 +175,11 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(cap: usize) -> Self {
-        Window { state: Mutex::new((0, false)), cv: Condvar::new(), cap: cap.max(1) }
+        Window {
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+            cap: cap.max(1),
+        }
     }
 
     /// Blocks until at least one item may enter; returns how many (≤ `want`), or 0 once closed.
@@ -193,7 +215,11 @@ impl Window {
             if left.is_zero() {
                 return None;
             }
-            g = self.cv.wait_timeout(g, left).unwrap_or_else(|p| p.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -221,10 +247,6 @@ impl Window {
     pub(crate) fn close(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
         self.cv.notify_all();
-    }
-
-    pub(crate) fn in_flight(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
@@ -279,7 +301,12 @@ impl Shared {
     /// The error an unfinished item gets when the pipeline stops under it.
     pub(crate) fn unfinished(&self, seq: u64) -> Error {
         match &*self.abort.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(Error::Died { stage, worker, cause, .. }) => Error::Died {
+            Some(Error::Died {
+                stage,
+                worker,
+                cause,
+                ..
+            }) => Error::Died {
                 stage: stage.clone(),
                 item: seq,
                 worker: *worker,
@@ -308,11 +335,16 @@ pub(crate) struct Threads {
 impl Threads {
     pub(crate) fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let h = std::thread::Builder::new().name(format!("forkpipe-{name}")).spawn(move || {
-            let _done = done_tx; // dropped when the thread ends, however it ends
-            f();
-        })?;
-        self.list.lock().unwrap_or_else(|p| p.into_inner()).push((h, done_rx));
+        let h = std::thread::Builder::new()
+            .name(format!("forkpipe-{name}"))
+            .spawn(move || {
+                let _done = done_tx; // dropped when the thread ends, however it ends
+                f();
+            })?;
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((h, done_rx));
         Ok(())
     }
 
@@ -353,15 +385,32 @@ pub(crate) trait AnyStage: Send + Sync {
     /// A channel into this stage: (`Output<In>`, `Receiver<Batch<In>>`), boxed.
     fn input_channel(&self, cap: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>);
     /// Runs this (thread) stage: `rx` from [`AnyStage::input_channel`], `out`: `Output<Out>`.
-    fn spawn_threads(self: Arc<Self>, idx: u32, rx: Box<dyn Any + Send>, out: Box<dyn Any + Send>, rt: &Rt)
-    -> io::Result<()>;
+    fn spawn_threads(
+        self: Arc<Self>,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()>;
     /// An `Output<In>` writing straight to this (process) stage's workers.
     fn link_output(&self, idx: u32, links: Vec<RtFd>, credit: usize) -> Box<dyn Any + Send>;
     /// A thread moving batches from `rx` (`Receiver<Batch<In>>`) into this stage's workers.
-    fn spawn_dispatcher(&self, idx: u32, rx: Box<dyn Any + Send>, links: Vec<RtFd>, credit: usize, rt: &Rt)
-    -> io::Result<()>;
+    fn spawn_dispatcher(
+        &self,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        links: Vec<RtFd>,
+        credit: usize,
+        rt: &Rt,
+    ) -> io::Result<()>;
     /// A thread moving this (process) stage's outputs from `links` into `out` (`Output<Out>`).
-    fn spawn_merger(&self, idx: u32, links: Vec<RtFd>, out: Box<dyn Any + Send>, rt: &Rt) -> io::Result<()>;
+    fn spawn_merger(
+        &self,
+        idx: u32,
+        links: Vec<RtFd>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()>;
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
     fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<crate::worker::WorkerEnd>;
@@ -378,7 +427,11 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
 
     fn input_channel(&self, cap: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>) {
         let (tx, rx) = crossbeam_channel::bounded::<Batch<In>>(cap);
-        let split = if self.opts.process { 1 } else { self.opts.workers };
+        let split = if self.opts.process {
+            1
+        } else {
+            self.opts.workers
+        };
         (Box::new(Output::Chan { tx, split }), Box::new(rx))
     }
 
@@ -389,8 +442,42 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         out: Box<dyn Any + Send>,
         rt: &Rt,
     ) -> io::Result<()> {
-        let rx = *rx.downcast::<Receiver<Batch<In>>>().expect("input channel of this stage");
+        let rx = *rx
+            .downcast::<Receiver<Batch<In>>>()
+            .expect("input channel of this stage");
         let out = *out.downcast::<Output<Out>>().expect("output of this stage");
+        if let Some(f) = &self.stream {
+            for w in 0..self.opts.workers {
+                let pull = ChanPull::<In, Out> {
+                    rx: rx.clone(),
+                    stop: rt.stop.clone(),
+                    buf: VecDeque::new(),
+                    vals: VecDeque::new(),
+                    out: out.try_clone().expect("thread stages write to channels"),
+                    out_batch: Vec::new(),
+                    next_seq: w as u64,
+                    stride: self.opts.workers as u64,
+                    consumed: 0,
+                    position: 0,
+                    idx,
+                    stopped: false,
+                };
+                let f = Arc::clone(f);
+                let name = self.name.to_string();
+                let inits = rt.inits.clone();
+                rt.threads.spawn(&format!("{}-{w}", self.name), move || {
+                    let _ = inits.send(Ok(()));
+                    drop(inits);
+                    crate::stream::run(
+                        &*f,
+                        std::rc::Rc::new(std::cell::RefCell::new(pull)),
+                        &name,
+                        Worker::Thread(w),
+                    );
+                })?;
+            }
+            return Ok(());
+        }
         for w in 0..self.opts.workers {
             let rx = rx.clone();
             let mut out = out.try_clone().expect("thread stages write to channels");
@@ -461,8 +548,13 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         credit: usize,
         rt: &Rt,
     ) -> io::Result<()> {
-        let rx = *rx.downcast::<Receiver<Batch<In>>>().expect("input channel of this stage");
-        let mut out = *self.link_output(idx, links, credit).downcast::<Output<In>>().expect("link output");
+        let rx = *rx
+            .downcast::<Receiver<Batch<In>>>()
+            .expect("input channel of this stage");
+        let mut out = *self
+            .link_output(idx, links, credit)
+            .downcast::<Output<In>>()
+            .expect("link output");
         let stop = rt.stop.clone();
         rt.threads.spawn(&format!("{}-in", self.name), move || {
             loop {
@@ -499,7 +591,13 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         })
     }
 
-    fn spawn_merger(&self, _idx: u32, links: Vec<RtFd>, out: Box<dyn Any + Send>, rt: &Rt) -> io::Result<()> {
+    fn spawn_merger(
+        &self,
+        _idx: u32,
+        links: Vec<RtFd>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()> {
         let wire = self.wire.expect("process stages have wire functions");
         let mut out = *out.downcast::<Output<Out>>().expect("output of this stage");
         let stop = rt.stop.clone();
@@ -557,6 +655,118 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
     }
 }
 
+/// A thread worker of a `stream` stage: pulls from the stage's channel, sends outputs on.
+struct ChanPull<In, Out> {
+    rx: Receiver<Batch<In>>,
+    stop: Receiver<()>,
+    buf: VecDeque<Rec<In>>,
+    vals: VecDeque<In>,
+    out: Output<Out>,
+    out_batch: Batch<Out>,
+    next_seq: u64,
+    stride: u64,
+    consumed: u64,
+    position: u64,
+    idx: u32,
+    stopped: bool,
+}
+
+impl<In, Out> ChanPull<In, Out> {
+    fn new_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += self.stride;
+        s
+    }
+
+    fn flush(&mut self) {
+        if self.consumed > 0 {
+            let n = std::mem::take(&mut self.consumed);
+            self.out_batch.push(Rec {
+                seq: crate::link::NO_SEQ,
+                body: Body::Consumed(self.idx, n),
+            });
+        }
+        if !self.out_batch.is_empty() && !self.stopped {
+            let batch = std::mem::take(&mut self.out_batch);
+            if self.out.send(batch, &self.stop).is_err() {
+                self.stopped = true;
+            }
+        }
+    }
+}
+
+impl<In, Out> crate::stage::Pull<In> for ChanPull<In, Out> {
+    fn pull(&mut self) -> Option<In> {
+        loop {
+            if let Some(v) = self.vals.pop_front() {
+                return Some(v);
+            }
+            if self.stopped {
+                return None;
+            }
+            let Some(r) = self.buf.pop_front() else {
+                self.flush();
+                match recv_chan(&self.rx, &self.stop) {
+                    Some(b) => self.buf.extend(b),
+                    None => return None,
+                }
+                continue;
+            };
+            match r.body {
+                Body::Consumed(i, n) => {
+                    // From an earlier stream stage: pass it on.
+                    self.out_batch.push(Rec {
+                        seq: r.seq,
+                        body: Body::Consumed(i, n),
+                    });
+                    continue;
+                }
+                Body::One(v) => self.vals.push_back(v),
+                Body::Many(vs) => self.vals.extend(vs),
+                Body::Dropped(_) => {}
+                Body::Failed(i, e) => {
+                    let seq = self.new_seq();
+                    self.out_batch.push(Rec {
+                        seq,
+                        body: Body::Failed(i, e),
+                    });
+                }
+            }
+            self.consumed += 1;
+            self.position += 1;
+        }
+    }
+}
+
+impl<In, Out> crate::stream::StreamIo<In, Out> for ChanPull<In, Out> {
+    fn emit(&mut self, value: Out) {
+        let seq = self.new_seq();
+        self.out_batch.push(Rec {
+            seq,
+            body: Body::One(value),
+        });
+        if self.out_batch.len() >= 256 {
+            self.flush();
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        let seq = self.new_seq();
+        self.out_batch.push(Rec {
+            seq,
+            body: Body::Failed(self.idx, Box::new(e)),
+        });
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(&mut self) {
+        self.flush();
+    }
+}
+
 /// Pulls items from the input and feeds them to the first stage, within the window.
 pub(crate) enum Feed<In> {
     Iter(Box<dyn Iterator<Item = In> + Send>),
@@ -565,20 +775,28 @@ pub(crate) enum Feed<In> {
     Chan(Receiver<(u64, In)>),
 }
 
-pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<In>, rt: &Rt) -> io::Result<()> {
+pub(crate) fn spawn_feeder<In: Send + 'static>(
+    feed: Feed<In>,
+    mut out: Output<In>,
+    rt: &Rt,
+) -> io::Result<()> {
     let stop = rt.stop.clone();
     let shared = Arc::clone(&rt.shared);
     rt.threads.spawn("feeder", move || {
         let window = &shared.window;
         let mut chunk = 1usize;
         let feed = match feed {
-            Feed::Lazy(make) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
-                Ok(it) => Feed::Iter(it),
-                Err(p) => {
-                    let message = crate::error::panic_message(p.as_ref());
-                    Feed::Iter(Box::new(std::iter::once_with(move || -> In { std::panic::panic_any(message) })))
+            Feed::Lazy(make) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
+                    Ok(it) => Feed::Iter(it),
+                    Err(p) => {
+                        let message = crate::error::panic_message(p.as_ref());
+                        Feed::Iter(Box::new(std::iter::once_with(move || -> In {
+                            std::panic::panic_any(message)
+                        })))
+                    }
                 }
-            },
+            }
             f => f,
         };
         let ok = match feed {
@@ -611,7 +829,10 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                     for _ in 0..n {
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next())) {
                             Ok(Some(x)) => {
-                                batch.push(Rec { seq, body: Body::One(x) });
+                                batch.push(Rec {
+                                    seq,
+                                    body: Body::One(x),
+                                });
                                 seq += 1;
                             }
                             Ok(None) => {
@@ -621,7 +842,10 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                             Err(p) => {
                                 let message = crate::error::panic_message(p.as_ref());
                                 let e = Error::Input { item: seq, message };
-                                batch.push(Rec { seq, body: Body::Failed(u32::MAX, Box::new(e)) });
+                                batch.push(Rec {
+                                    seq,
+                                    body: Body::Failed(u32::MAX, Box::new(e)),
+                                });
                                 seq += 1;
                                 ended = true;
                                 break;
@@ -638,7 +862,11 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                         break true;
                     }
                     let slow = t0.elapsed() > Duration::from_millis(1);
-                    chunk = if slow { (chunk / 2).max(1) } else { (chunk * 2).min(512) };
+                    chunk = if slow {
+                        (chunk / 2).max(1)
+                    } else {
+                        (chunk * 2).min(512)
+                    };
                     if out.flush().is_err() {
                         break false;
                     }
@@ -664,7 +892,10 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                         };
                         match got {
                             Some(x) => x,
-                            None => break stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected),
+                            None => {
+                                break stop.try_recv()
+                                    != Err(crossbeam_channel::TryRecvError::Disconnected);
+                            }
                         }
                     }
                 };
@@ -676,7 +907,13 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(feed: Feed<In>, mut out: Output<I
                     }
                 }
                 // Credit is taken per item by `submit` (see `Running::submit`).
-                let batch = batch.into_iter().map(|(seq, x)| Rec { seq, body: Body::One(x) }).collect();
+                let batch = batch
+                    .into_iter()
+                    .map(|(seq, x)| Rec {
+                        seq,
+                        body: Body::One(x),
+                    })
+                    .collect();
                 if out.send(batch, &stop).is_err() {
                     break false;
                 }

@@ -68,11 +68,6 @@ pub(crate) fn seqpacket_pair() -> io::Result<(RtFd, RtFd)> {
     pair(sys::seqpacket_pair)
 }
 
-/// A registered `SOCK_STREAM` pair.
-pub(crate) fn stream_pair() -> io::Result<(RtFd, RtFd)> {
-    pair(sys::stream_pair)
-}
-
 fn pair(make: fn() -> io::Result<(OwnedFd, OwnedFd)>) -> io::Result<(RtFd, RtFd)> {
     let mut reg = lock();
     let (a, b) = make()?;

@@ -13,6 +13,7 @@ mod link;
 mod pipeline;
 mod record;
 mod stage;
+mod stream;
 mod supervisor;
 mod sys;
 mod worker;

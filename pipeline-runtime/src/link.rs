@@ -88,7 +88,9 @@ pub(crate) fn begin_record(out: &mut Vec<u8>, seq: u64, tag: u8) -> usize {
 pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
     let len = out.len() - at - REC_HEADER;
     if len > FRAME_LIMIT || len > u32::MAX as usize {
-        return Err(format!("the item is {len} bytes, over the frame limit of {FRAME_LIMIT} bytes"));
+        return Err(format!(
+            "the item is {len} bytes, over the frame limit of {FRAME_LIMIT} bytes"
+        ));
     }
     out[at + 9..at + 13].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
@@ -204,7 +206,9 @@ impl<F: AsFd> LinkSender<F> {
 
     fn has_credit(&self, l: &OutLink<F>) -> bool {
         !l.broken
-            && (l.unacked == 0 || (l.unacked < self.credit_items && l.unacked_bytes + l.batch.len() < self.credit_bytes))
+            && (l.unacked == 0
+                || (l.unacked < self.credit_items
+                    && l.unacked_bytes + l.batch.len() < self.credit_bytes))
     }
 
     fn pick(&self) -> Option<usize> {
@@ -229,7 +233,7 @@ impl<F: AsFd> LinkSender<F> {
             self.pump()?;
         }
         self.commits += 1;
-        if self.links.len() > 1 && self.commits % ACK_POLL_EVERY == 0 {
+        if self.links.len() > 1 && self.commits.is_multiple_of(ACK_POLL_EVERY) {
             // Fresh load figures for choosing between workers (one syscall per link).
             self.read_acks()?;
         }
@@ -244,9 +248,10 @@ impl<F: AsFd> LinkSender<F> {
                 self.chosen = Some(i);
                 Ok(Commit::Ready)
             }
-            None if self.links.iter().all(|l| l.broken) => {
-                Err(io::Error::new(io::ErrorKind::BrokenPipe, "every link to the stage is closed"))
-            }
+            None if self.links.iter().all(|l| l.broken) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "every link to the stage is closed",
+            )),
             None => Ok(Commit::NeedCredit),
         }
     }
@@ -317,7 +322,12 @@ impl<F: AsFd> LinkSender<F> {
             Self::send_all(link, &msg)?;
         }
         link.unacked_bytes += rec.len();
-        link.sent.push_back(Sent { data: rec, big: true, records: 1, acked: 0 });
+        link.sent.push_back(Sent {
+            data: rec,
+            big: true,
+            records: 1,
+            acked: 0,
+        });
         Ok(())
     }
 
@@ -343,7 +353,12 @@ impl<F: AsFd> LinkSender<F> {
         let batch = std::mem::replace(&mut link.batch, next);
         let r = Self::send_all(link, &batch);
         link.unacked_bytes += batch.len();
-        link.sent.push_back(Sent { data: batch, big: false, records: link.count, acked: 0 });
+        link.sent.push_back(Sent {
+            data: batch,
+            big: false,
+            records: link.count,
+            acked: 0,
+        });
         link.count = 0;
         r
     }
@@ -376,14 +391,17 @@ impl<F: AsFd> LinkSender<F> {
                     }
                     Ok(Some(_)) => match self.ackbuf.first() {
                         Some(&MSG_ACK) if self.ackbuf.len() == 13 => {
-                            let n = u64::from_le_bytes(self.ackbuf[1..9].try_into().expect("8 bytes"));
-                            let ep = u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
+                            let n =
+                                u64::from_le_bytes(self.ackbuf[1..9].try_into().expect("8 bytes"));
+                            let ep =
+                                u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
                             if ep == self.epoch {
                                 Self::apply_ack(l, n, &mut self.pool);
                             }
                         }
                         Some(&MSG_DEAD) if self.ackbuf.len() >= 5 => {
-                            let ep = u32::from_le_bytes(self.ackbuf[1..5].try_into().expect("4 bytes"));
+                            let ep =
+                                u32::from_le_bytes(self.ackbuf[1..5].try_into().expect("4 bytes"));
                             let failure = self.ackbuf[5..].to_vec();
                             Self::on_dead(l, ep, &failure, &mut self.requeue)?;
                         }
@@ -397,8 +415,14 @@ impl<F: AsFd> LinkSender<F> {
 
     /// The receiver of `l` died: fail its running record, requeue the others it held, and
     /// tell its replacement where the fresh records start.
-    fn on_dead(l: &mut OutLink<F>, dead_epoch: u32, failure: &[u8], requeue: &mut VecDeque<Vec<u8>>) -> io::Result<()> {
-        let failed_seq = (failure.len() >= REC_HEADER).then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
+    fn on_dead(
+        l: &mut OutLink<F>,
+        dead_epoch: u32,
+        failure: &[u8],
+        requeue: &mut VecDeque<Vec<u8>>,
+    ) -> io::Result<()> {
+        let failed_seq = (failure.len() >= REC_HEADER)
+            .then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
         for sent in l.sent.drain(..) {
             let mut recs: Vec<&[u8]> = Vec::new();
             if sent.big {
@@ -438,7 +462,9 @@ impl<F: AsFd> LinkSender<F> {
 
     fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) {
         while n > 0 {
-            let Some(front) = l.sent.front_mut() else { break };
+            let Some(front) = l.sent.front_mut() else {
+                break;
+            };
             let take = (front.records - front.acked).min(n.min(u32::MAX as u64) as u32);
             front.acked += take;
             n -= take as u64;
@@ -457,12 +483,18 @@ impl<F: AsFd> LinkSender<F> {
     pub(crate) fn wait_credit(&mut self, extra: &mut Vec<libc::pollfd>) -> io::Result<()> {
         loop {
             self.read_acks()?;
-            if (self.links.iter().any(|l| self.has_credit(l)) && self.pump()?) || self.links.iter().all(|l| l.broken) {
+            if (self.links.iter().any(|l| self.has_credit(l)) && self.pump()?)
+                || self.links.iter().all(|l| l.broken)
+            {
                 return Ok(());
             }
             let base = extra.len();
             for l in &self.links {
-                extra.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                extra.push(libc::pollfd {
+                    fd: l.fd.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
             }
             let r = sys::poll(extra, None);
             extra.truncate(base);
@@ -488,7 +520,11 @@ impl<F: AsFd> LinkSender<F> {
                 .links
                 .iter()
                 .filter(|l| !l.broken)
-                .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .map(|l| libc::pollfd {
+                    fd: l.fd.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
                 .collect();
             if waiting.is_empty() {
                 break;
@@ -503,7 +539,11 @@ impl<F: AsFd> LinkSender<F> {
 
     /// Records sent and not acked yet, over all links.
     pub(crate) fn unacked(&self) -> usize {
-        self.links.iter().filter(|l| !l.broken).map(|l| l.unacked).sum()
+        self.links
+            .iter()
+            .filter(|l| !l.broken)
+            .map(|l| l.unacked)
+            .sum()
     }
 
     /// Blocks until an ack or notice arrives (or a link breaks), then handles it.
@@ -524,7 +564,11 @@ impl<F: AsFd> LinkSender<F> {
     /// Descriptors to watch (readable) for acks and death notices while idle.
     pub(crate) fn watch(&self, out: &mut Vec<libc::pollfd>) {
         for l in self.links.iter().filter(|l| !l.broken) {
-            out.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            out.push(libc::pollfd {
+                fd: l.fd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
     }
 }
@@ -568,7 +612,14 @@ impl<F: AsFd> LinkReceiver<F> {
         LinkReceiver {
             links: fds
                 .into_iter()
-                .map(|fd| InLink { fd, eof: false, pending_acks: 0, big: None, epoch: 0, skip_until: None })
+                .map(|fd| InLink {
+                    fd,
+                    eof: false,
+                    pending_acks: 0,
+                    big: None,
+                    epoch: 0,
+                    skip_until: None,
+                })
                 .collect(),
             queue: VecDeque::new(),
             pool: Vec::new(),
@@ -585,6 +636,13 @@ impl<F: AsFd> LinkReceiver<F> {
         r
     }
 
+    /// Keeps a few message buffers for reuse (never the large ones of chunked records).
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < 16 && buf.capacity() <= 2 * MAX_MSG {
+            self.pool.push(buf);
+        }
+    }
+
     /// True when every link reached end of stream and every record was taken.
     pub(crate) fn finished(&self) -> bool {
         self.queue.is_empty() && self.links.iter().all(|l| l.eof)
@@ -597,7 +655,11 @@ impl<F: AsFd> LinkReceiver<F> {
     /// Reads every message available now; with `block`, first waits until at least one
     /// arrives or every link ended. `extra` descriptors are polled too (their revents are
     /// left for the caller); returns whether any `extra` became ready.
-    pub(crate) fn fill(&mut self, block: bool, extra: &mut Vec<libc::pollfd>) -> Result<bool, Corrupt> {
+    pub(crate) fn fill(
+        &mut self,
+        block: bool,
+        extra: &mut Vec<libc::pollfd>,
+    ) -> Result<bool, Corrupt> {
         loop {
             let got = self.read_available()?;
             if got || !block || self.links.iter().all(|l| l.eof) {
@@ -609,7 +671,11 @@ impl<F: AsFd> LinkReceiver<F> {
                 if l.pending_acks > 0 {
                     events |= libc::POLLOUT;
                 }
-                extra.push(libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events, revents: 0 });
+                extra.push(libc::pollfd {
+                    fd: l.fd.as_fd().as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
             }
             let r = sys::poll(extra, None);
             let extra_ready = extra[..base].iter().any(|p| p.revents != 0);
@@ -632,16 +698,18 @@ impl<F: AsFd> LinkReceiver<F> {
                 buf.reserve(MAX_MSG);
                 match sys::recv(self.links[i].fd.as_fd(), &mut buf, true) {
                     Ok(None) => {
-                        self.pool.push(buf);
+                        self.recycle(buf);
                         break;
                     }
                     Ok(Some(0)) | Err(_) => {
                         self.links[i].eof = true;
-                        self.pool.push(buf);
+                        self.recycle(buf);
                     }
                     Ok(Some(n)) => {
                         if n > MAX_MSG {
-                            return Err(Corrupt(format!("message of {n} bytes exceeds the limit of {MAX_MSG}")));
+                            return Err(Corrupt(format!(
+                                "message of {n} bytes exceeds the limit of {MAX_MSG}"
+                            )));
                         }
                         if self.accept(i, buf)? {
                             got = true;
@@ -663,7 +731,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 l.epoch = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
                 l.big = None;
                 l.pending_acks = 0;
-                self.pool.push(buf);
+                self.recycle(buf);
                 return Ok(false);
             }
             Some(MSG_RESYNC) if buf.len() == 5 => {
@@ -672,14 +740,14 @@ impl<F: AsFd> LinkReceiver<F> {
                 if l.skip_until.is_some_and(|e| ep >= e) {
                     l.skip_until = None;
                 }
-                self.pool.push(buf);
+                self.recycle(buf);
                 return Ok(false);
             }
             _ => {}
         }
         if self.links[link].skip_until.is_some() {
             // Sent to the worker this one replaces; the sender requeues it.
-            self.pool.push(buf);
+            self.recycle(buf);
             return Ok(false);
         }
         let epoch = self.links[link].epoch;
@@ -687,7 +755,13 @@ impl<F: AsFd> LinkReceiver<F> {
             Some(MSG_BATCH) if buf.len() >= BATCH_HEADER => {
                 self.links[link].big = None;
                 let left = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
-                self.queue.push_back(Msg { link, epoch, data: buf, pos: BATCH_HEADER, left });
+                self.queue.push_back(Msg {
+                    link,
+                    epoch,
+                    data: buf,
+                    pos: BATCH_HEADER,
+                    left,
+                });
                 Ok(true)
             }
             Some(MSG_BIG_FIRST) if buf.len() >= BIG_HEADER => {
@@ -701,7 +775,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 data.push(MSG_BATCH);
                 data.extend_from_slice(&1u32.to_le_bytes());
                 data.extend_from_slice(&buf[BIG_HEADER..]);
-                self.pool.push(buf);
+                self.recycle(buf);
                 self.links[link].big = Some((total, data));
                 self.complete_big(link)
             }
@@ -710,7 +784,7 @@ impl<F: AsFd> LinkReceiver<F> {
                     return Err(Corrupt("chunk without a start".into()));
                 };
                 data.extend_from_slice(&buf[1..]);
-                self.pool.push(buf);
+                self.recycle(buf);
                 self.complete_big(link)
             }
             _ => Err(Corrupt(format!("unknown message kind {kind:?}"))),
@@ -726,7 +800,13 @@ impl<F: AsFd> LinkReceiver<F> {
         if have == *total {
             let (_, data) = self.links[link].big.take().expect("big in progress");
             let epoch = self.links[link].epoch;
-            self.queue.push_back(Msg { link, epoch, data, pos: BATCH_HEADER, left: 1 });
+            self.queue.push_back(Msg {
+                link,
+                epoch,
+                data,
+                pos: BATCH_HEADER,
+                left: 1,
+            });
             return Ok(true);
         }
         Ok(false)
@@ -735,10 +815,12 @@ impl<F: AsFd> LinkReceiver<F> {
     /// The next record, if one was received. Call [`LinkReceiver::done`] when finished with it.
     pub(crate) fn next(&mut self) -> Result<Option<RecRef>, Corrupt> {
         loop {
-            let Some(m) = self.queue.front_mut() else { return Ok(None) };
+            let Some(m) = self.queue.front_mut() else {
+                return Ok(None);
+            };
             if m.left == 0 {
                 let m = self.queue.pop_front().expect("front");
-                self.pool.push(m.data);
+                self.recycle(m.data);
                 continue;
             }
             let d = &m.data;
@@ -747,15 +829,25 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             let seq = u64::from_le_bytes(d[m.pos..m.pos + 8].try_into().expect("8 bytes"));
             let tag = d[m.pos + 8];
-            let len = u32::from_le_bytes(d[m.pos + 9..m.pos + 13].try_into().expect("4 bytes")) as usize;
+            let len =
+                u32::from_le_bytes(d[m.pos + 9..m.pos + 13].try_into().expect("4 bytes")) as usize;
             let start = m.pos + REC_HEADER;
             let end = start + len;
             if end > d.len() {
-                return Err(Corrupt(format!("corrupt frame (record length {len} exceeds its message)")));
+                return Err(Corrupt(format!(
+                    "corrupt frame (record length {len} exceeds its message)"
+                )));
             }
             m.pos = end;
             m.left -= 1;
-            return Ok(Some(RecRef { link: m.link, epoch: m.epoch, seq, tag, start, end }));
+            return Ok(Some(RecRef {
+                link: m.link,
+                epoch: m.epoch,
+                seq,
+                tag,
+                start,
+                end,
+            }));
         }
     }
 
@@ -776,11 +868,9 @@ impl<F: AsFd> LinkReceiver<F> {
         if l.epoch == r.epoch {
             l.pending_acks += 1;
         }
-        if let Some(m) = self.queue.front() {
-            if m.left == 0 {
-                let m = self.queue.pop_front().expect("front");
-                self.pool.push(m.data);
-            }
+        if self.queue.front().is_some_and(|m| m.left == 0) {
+            let m = self.queue.pop_front().expect("front");
+            self.recycle(m.data);
         }
     }
 
@@ -817,7 +907,11 @@ impl<F: AsFd> LinkReceiver<F> {
                 .links
                 .iter()
                 .filter(|l| l.pending_acks > 0)
-                .map(|l| libc::pollfd { fd: l.fd.as_fd().as_raw_fd(), events: libc::POLLOUT, revents: 0 })
+                .map(|l| libc::pollfd {
+                    fd: l.fd.as_fd().as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                })
                 .collect();
             let _ = sys::poll(&mut p, Some(std::time::Duration::from_millis(100)));
         }

@@ -18,7 +18,9 @@ use crate::stage::{Body, DEFAULT_QUEUE, Source, Stage};
 use crate::supervisor::{self, ProcStage, SupMsg};
 use crate::sys;
 
-type FeederFn = Box<dyn FnOnce(Option<Box<dyn Any + Send>>, Box<dyn Any + Send>, &Rt) -> std::io::Result<()> + Send>;
+type FeederFn = Box<
+    dyn FnOnce(Option<Box<dyn Any + Send>>, Box<dyn Any + Send>, &Rt) -> std::io::Result<()> + Send,
+>;
 
 /// A typed chain of stages taking `In` items and producing `Out` items.
 ///
@@ -46,7 +48,14 @@ impl<In, Out> fmt::Debug for Pipeline<In, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("source", &self.source)
-            .field("stages", &self.stages.iter().map(|s| s.name().to_string()).collect::<Vec<_>>())
+            .field(
+                "stages",
+                &self
+                    .stages
+                    .iter()
+                    .map(|s| s.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -70,8 +79,13 @@ impl<In: Send + 'static, Out: Send + 'static> FirstStage for Stage<In, Out> {
             stages: vec![Arc::new(self)],
             source: None,
             feeder: Box::new(|feed, out, rt| {
-                let feed = *feed.expect("an input feed").downcast::<Feed<In>>().expect("feed of the input type");
-                let out = *out.downcast::<Output<In>>().expect("output of the input type");
+                let feed = *feed
+                    .expect("an input feed")
+                    .downcast::<Feed<In>>()
+                    .expect("feed of the input type");
+                let out = *out
+                    .downcast::<Output<In>>()
+                    .expect("output of the input type");
                 exec::spawn_feeder(feed, out, rt)
             }),
             _types: PhantomData,
@@ -89,7 +103,9 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
             stages: Vec::new(),
             source: Some(name),
             feeder: Box::new(move |_, out, rt| {
-                let out = *out.downcast::<Output<Out>>().expect("output of the source type");
+                let out = *out
+                    .downcast::<Output<Out>>()
+                    .expect("output of the source type");
                 exec::spawn_feeder(Feed::Lazy(make), out, rt)
             }),
             _types: PhantomData,
@@ -107,7 +123,12 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     pub fn then<N: Send + 'static>(self, next: Stage<Out, N>) -> Pipeline<In, N> {
         let mut stages = self.stages;
         stages.push(Arc::new(next));
-        Pipeline { stages, source: self.source, feeder: self.feeder, _types: PhantomData }
+        Pipeline {
+            stages,
+            source: self.source,
+            feeder: self.feeder,
+            _types: PhantomData,
+        }
     }
 
     /// Number of stages (a source is not counted).
@@ -158,16 +179,26 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         Shape {
             // Outputs keep input order unless a stage is unordered; after a stream stage
             // with several workers, order is completion order.
-            ordered: !self.stages.iter().any(|s| s.opts().unordered || (stream(s) && s.opts().workers > 1)),
+            ordered: !self
+                .stages
+                .iter()
+                .any(|s| s.opts().unordered || (stream(s) && s.opts().workers > 1)),
             stream_first: self.stages.iter().position(stream).map(|i| i as u32),
         }
     }
 
-    fn launch(self, feed: Option<Box<dyn Any + Send>>) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
+    fn launch(
+        self,
+        feed: Option<Box<dyn Any + Send>>,
+    ) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
         let stages = self.stages;
         let n = stages.len();
         let names: Vec<Arc<str>> = stages.iter().map(|s| Arc::from(s.name())).collect();
-        let window = stages.iter().map(|s| s.opts().queue * s.opts().workers).sum::<usize>() + DEFAULT_QUEUE;
+        let window = stages
+            .iter()
+            .map(|s| s.opts().queue * s.opts().workers)
+            .sum::<usize>()
+            + DEFAULT_QUEUE;
         let shared = Arc::new(Shared::new(names, window));
         let is_proc = |i: usize| i < n && stages[i].opts().process;
         let start_err = |what: &str, e: std::io::Error| Error::Start(format!("{what}: {e}"));
@@ -175,28 +206,39 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         // Every socket of the pipeline, made before the supervisor is forked.
         let mut caller_in: Vec<Vec<RtFd>> = (0..n).map(|_| Vec::new()).collect();
         let mut caller_out: Vec<Vec<RtFd>> = (0..n).map(|_| Vec::new()).collect();
-        let mut w_in: Vec<Vec<Vec<RtFd>>> = stages.iter().map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect()).collect();
-        let mut w_out: Vec<Vec<Vec<RtFd>>> = stages.iter().map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect()).collect();
+        let mut w_in: Vec<Vec<Vec<RtFd>>> = stages
+            .iter()
+            .map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect())
+            .collect();
+        let mut w_out: Vec<Vec<Vec<RtFd>>> = stages
+            .iter()
+            .map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect())
+            .collect();
         for i in (0..n).filter(|&i| is_proc(i)) {
-            let w = stages[i].opts().workers;
             if i == 0 || !is_proc(i - 1) {
                 for wk in w_in[i].iter_mut() {
-                    let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    let (a, b) =
+                        fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
                     caller_in[i].push(a);
                     wk.push(b);
                 }
             }
             if is_proc(i + 1) {
-                for j in 0..w {
-                    for k in 0..stages[i + 1].opts().workers {
-                        let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
-                        w_out[i][j].push(a);
-                        w_in[i + 1][k].push(b);
+                // A mesh: every worker of stage i talks to every worker of stage i + 1.
+                let (left, right) = w_out.split_at_mut(i + 1);
+                let _ = right;
+                for out in left[i].iter_mut() {
+                    for inp in w_in[i + 1].iter_mut() {
+                        let (a, b) =
+                            fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                        out.push(a);
+                        inp.push(b);
                     }
                 }
             } else {
                 for wk in w_out[i].iter_mut() {
-                    let (a, b) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    let (a, b) =
+                        fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
                     wk.push(a);
                     caller_out[i].push(b);
                 }
@@ -211,7 +253,8 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                      another thread held at start (stdout, env) can block — give such stages a timeout"
                 );
             }
-            let (c_caller, c_sup) = fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+            let (c_caller, c_sup) =
+                fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
             let plan: Vec<ProcStage> = (0..n)
                 .filter(|&i| is_proc(i))
                 .map(|i| ProcStage {
@@ -245,7 +288,11 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                             let _ = sys::wait_pid(pid, false);
                             return Err(match other {
                                 Some(SupMsg::StartFailed(m)) => Error::Start(m),
-                                Some(SupMsg::InitFailed { stage, pid, message }) => Error::Init {
+                                Some(SupMsg::InitFailed {
+                                    stage,
+                                    pid,
+                                    message,
+                                }) => Error::Init {
                                     stage: stages[stage as usize].name().to_string(),
                                     worker: crate::error::Worker::Process(pid),
                                     message,
@@ -261,7 +308,12 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let threads = Arc::new(Threads::default());
         let (inits_tx, inits_rx) = crossbeam_channel::unbounded();
-        let rt = Rt { stop: stop_rx, inits: inits_tx, threads: Arc::clone(&threads), shared: Arc::clone(&shared) };
+        let rt = Rt {
+            stop: stop_rx,
+            inits: inits_tx,
+            threads: Arc::clone(&threads),
+            shared: Arc::clone(&shared),
+        };
         let mut engine = Engine {
             stop: Some(stop_tx),
             stop_rx: rt.stop.clone(),
@@ -274,9 +326,13 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         let spawned = (|| -> std::io::Result<()> {
             if let Some((pid, ctl)) = supervisor {
                 let shared = Arc::clone(&shared);
-                rt.threads.spawn("control", move || control_loop(pid, ctl, shared))?;
+                rt.threads
+                    .spawn("control", move || control_loop(pid, ctl, shared))?;
             }
-            let mut next: Box<dyn Any + Send> = Box::new(Output::<Out>::Chan { tx: final_tx, split: 1 });
+            let mut next: Box<dyn Any + Send> = Box::new(Output::<Out>::Chan {
+                tx: final_tx,
+                split: 1,
+            });
             for i in (0..n).rev() {
                 let s = &stages[i];
                 let idx = i as u32;
@@ -309,7 +365,11 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         }
         // Every thread worker runs its stage's `init` first; start only when all did.
         drop(rt);
-        let thread_workers: usize = stages.iter().filter(|s| !s.opts().process).map(|s| s.opts().workers).sum();
+        let thread_workers: usize = stages
+            .iter()
+            .filter(|s| !s.opts().process)
+            .map(|s| s.opts().workers)
+            .sum();
         for _ in 0..thread_workers {
             match inits_rx.recv() {
                 Ok(Ok(())) => {}
@@ -328,7 +388,10 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
     /// Runs a pipeline that starts with a `source` stage; see [`Pipeline::run`].
     pub fn results(self) -> Result<Results<Out>, Error> {
         if self.source.is_none() {
-            return Err(Error::Start("`results()` needs a pipeline that starts with a `source` stage; use `run(input)`".into()));
+            return Err(Error::Start(
+                "`results()` needs a pipeline that starts with a `source` stage; use `run(input)`"
+                    .into(),
+            ));
         }
         let shape = self.shape();
         let (engine, rx) = self.launch(None)?;
@@ -339,8 +402,16 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
 fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
     while let Some(msg) = supervisor::recv_msg(&*ctl) {
         match msg {
-            SupMsg::WorkerDied { stage, pid, cause, restarted } => {
-                let name = shared.names.get(stage as usize).map_or("?".to_string(), |s| s.to_string());
+            SupMsg::WorkerDied {
+                stage,
+                pid,
+                cause,
+                restarted,
+            } => {
+                let name = shared
+                    .names
+                    .get(stage as usize)
+                    .map_or("?".to_string(), |s| s.to_string());
                 tracing::warn!(stage = %name, pid, %cause, restarted, "forkpipe: worker died");
                 if let Some(c) = shared.restarts.get(stage as usize) {
                     c.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +500,9 @@ impl<T> Ring<T> {
     /// Records the outcome of `seq` if it has none yet; false for a duplicate (an item whose
     /// worker died just after passing its result on, and which was requeued).
     fn put(&mut self, seq: u64, slot: Slot<T>) -> bool {
-        let Some(i) = seq.checked_sub(self.base) else { return false };
+        let Some(i) = seq.checked_sub(self.base) else {
+            return false;
+        };
         let i = i as usize;
         while self.slots.len() <= i {
             self.slots.push_back(Slot::Pending);
@@ -461,7 +534,10 @@ pub struct Results<Out> {
 
 impl<Out> fmt::Debug for Results<Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Results").field("ordered", &self.ordered).field("ended", &self.ended).finish()
+        f.debug_struct("Results")
+            .field("ordered", &self.ordered)
+            .field("ended", &self.ended)
+            .finish()
     }
 }
 
@@ -472,7 +548,10 @@ impl<Out: Send + 'static> Results<Out> {
             rx,
             ordered: shape.ordered,
             stream_first: shape.stream_first,
-            ring: Ring { base: 0, slots: VecDeque::new() },
+            ring: Ring {
+                base: 0,
+                slots: VecDeque::new(),
+            },
             ready: VecDeque::new(),
             release: 0,
             ended: false,
@@ -533,7 +612,10 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                 return None;
             }
             if self.release > 0 {
-                self.engine.shared.window.give_back(std::mem::take(&mut self.release));
+                self.engine
+                    .shared
+                    .window
+                    .give_back(std::mem::take(&mut self.release));
             }
             match self.rx.recv() {
                 Ok(batch) => {
@@ -542,9 +624,9 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                             self.consumed(stage, n);
                         } else if self.ordered {
                             self.ring.put(rec.seq, Slot::Ready(rec.body));
-                        } else if self.stream_first.is_some() {
-                            self.deliver(rec.body);
-                        } else if self.ring.put(rec.seq, Slot::Taken) {
+                        } else if self.stream_first.is_some() || self.ring.put(rec.seq, Slot::Taken)
+                        {
+                            // (After a stream stage, numbers are the stream's: no ring.)
                             self.deliver(rec.body);
                         }
                     }
@@ -633,7 +715,11 @@ fn stats_of(shared: &Shared) -> Stats {
             s
         })
         .collect();
-    Stats { submitted: shared.issued.load(Ordering::Relaxed), completed, stages }
+    Stats {
+        submitted: shared.issued.load(Ordering::Relaxed),
+        completed,
+        stages,
+    }
 }
 
 /// What [`Running::shutdown`] reports.
@@ -674,7 +760,9 @@ pub struct Running<In, Out> {
 
 impl<In, Out> fmt::Debug for Running<In, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Running").field("next_seq", &self.next_seq).finish()
+        f.debug_struct("Running")
+            .field("next_seq", &self.next_seq)
+            .finish()
     }
 }
 
@@ -722,12 +810,19 @@ impl<Out> Ticket<Out> {
         Self::convert(self.seq, &self.shared, r)
     }
 
-    fn convert(seq: u64, shared: &Shared, r: Result<Body<Out>, crossbeam_channel::RecvError>) -> Result<Vec<Out>, Error> {
+    fn convert(
+        seq: u64,
+        shared: &Shared,
+        r: Result<Body<Out>, crossbeam_channel::RecvError>,
+    ) -> Result<Vec<Out>, Error> {
         match r {
             Ok(Body::One(v)) => Ok(vec![v]),
             Ok(Body::Many(vs)) => Ok(vs),
             Ok(Body::Dropped(i)) => Err(Error::NoOutput {
-                stage: shared.names.get(i as usize).map_or("?".into(), |s| s.to_string()),
+                stage: shared
+                    .names
+                    .get(i as usize)
+                    .map_or("?".into(), |s| s.to_string()),
                 item: seq,
             }),
             Ok(Body::Failed(_, e)) => Err(*e),
@@ -737,7 +832,11 @@ impl<Out> Ticket<Out> {
 }
 
 impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
-    fn new(engine: Engine, tx: Sender<(u64, In)>, final_rx: Receiver<Batch<Out>>) -> Result<Self, Error> {
+    fn new(
+        engine: Engine,
+        tx: Sender<(u64, In)>,
+        final_rx: Receiver<Batch<Out>>,
+    ) -> Result<Self, Error> {
         let shared = Arc::clone(&engine.shared);
         let tickets: Arc<TicketMap<Out>> = Arc::new(Mutex::new((false, HashMap::new())));
         let t = Arc::clone(&tickets);
@@ -759,7 +858,12 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
     /// Submits one item. Blocks while the pipeline is full (backpressure). `Err` only if
     /// the pipeline has shut down; otherwise the ticket will get exactly one outcome.
     pub fn submit(&self, item: In) -> Result<Ticket<Out>, Error> {
-        let tx = self.submit.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Closed)?;
+        let tx = self
+            .submit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Closed)?;
         if self.shared.window.take(1) == 0 {
             return Err(Error::Closed);
         }
@@ -774,12 +878,20 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
             t.1.insert(seq, ttx);
         }
         if tx.send((seq, item)).is_err() {
-            self.tickets.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&seq);
+            self.tickets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .remove(&seq);
             self.shared.window.give_back(1);
             return Err(Error::Closed);
         }
         self.shared.issued.fetch_max(seq + 1, Ordering::Relaxed);
-        Ok(Ticket { seq, rx: trx, shared: Arc::clone(&self.shared) })
+        Ok(Ticket {
+            seq,
+            rx: trx,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Statistics so far.
@@ -799,13 +911,25 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let graceful = engine.wait(Instant::now() + deadline);
         engine.kill();
-        let aborted = self.shared.abort.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-        Ok(Report { graceful: graceful && !aborted, stats: stats_of(&self.shared) })
+        let aborted = self
+            .shared
+            .abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        Ok(Report {
+            graceful: graceful && !aborted,
+            stats: stats_of(&self.shared),
+        })
     }
 }
 
-
-fn resolve<Out>(rx: Receiver<Batch<Out>>, tickets: Arc<TicketMap<Out>>, shared: Arc<Shared>, stop: Receiver<()>) {
+fn resolve<Out>(
+    rx: Receiver<Batch<Out>>,
+    tickets: Arc<TicketMap<Out>>,
+    shared: Arc<Shared>,
+    stop: Receiver<()>,
+) {
     loop {
         let batch = select! {
             recv(rx) -> r => match r { Ok(b) => b, Err(_) => break },
@@ -813,7 +937,11 @@ fn resolve<Out>(rx: Receiver<Batch<Out>>, tickets: Arc<TicketMap<Out>>, shared: 
         };
         let mut n = 0;
         for rec in batch {
-            let t = tickets.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&rec.seq);
+            let t = tickets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .remove(&rec.seq);
             if let Some(t) = t {
                 // (No entry: a duplicate of an item already resolved, after a worker death.)
                 shared.count(&rec.body);

@@ -20,7 +20,12 @@ pub(crate) type Dec<T> = fn(&[u8]) -> Result<T, String>;
 
 /// Encodes `body` of item `seq` as one record appended to `out`. On an encoding failure
 /// `out` is restored and the codec's message returned.
-pub(crate) fn encode<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn encode<T>(
+    seq: u64,
+    body: &Body<T>,
+    enc: Enc<T>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let mark = out.len();
     let r = encode_inner(seq, body, enc, out);
     if r.is_err() {
@@ -73,7 +78,12 @@ pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) 
     out.extend_from_slice(&stage.to_le_bytes());
     if codec::encode_into(e, out).is_err() || link::end_record(out, at).is_err() {
         out.truncate(at);
-        let short = Error::Failed { stage: String::new(), item: seq, worker: crate::error::Worker::Thread(0), message: "error too large to send".into() };
+        let short = Error::Failed {
+            stage: String::new(),
+            item: seq,
+            worker: crate::error::Worker::Thread(0),
+            message: "error too large to send".into(),
+        };
         let at = link::begin_record(out, seq, TAG_FAILED);
         out.extend_from_slice(&stage.to_le_bytes());
         let _ = codec::encode_into(&short, out);
@@ -110,7 +120,10 @@ pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>,
             if p.len() != 8 {
                 return Err("truncated record".into());
             }
-            Ok(Body::Consumed(stage, u64::from_le_bytes(p.try_into().expect("8 bytes"))))
+            Ok(Body::Consumed(
+                stage,
+                u64::from_le_bytes(p.try_into().expect("8 bytes")),
+            ))
         }
         TAG_FAILED => {
             let mut p = payload;
@@ -136,7 +149,9 @@ mod tests {
     use super::*;
     use crate::error::Worker;
 
-    fn round<T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(b: Body<T>) -> Body<T> {
+    fn round<T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(
+        b: Body<T>,
+    ) -> Body<T> {
         let mut out = Vec::new();
         encode(9, &b, codec::encode_into::<T>, &mut out).unwrap();
         assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), 9);
@@ -148,8 +163,15 @@ mod tests {
         assert!(matches!(round(Body::One(5u64)), Body::One(5)));
         assert!(matches!(round(Body::Many(vec![1u8, 2, 3])), Body::Many(v) if v == [1, 2, 3]));
         assert!(matches!(round::<u8>(Body::Dropped(4)), Body::Dropped(4)));
-        let e = Error::Failed { stage: "s".into(), item: 9, worker: Worker::Process(3), message: "m".into() };
-        assert!(matches!(round::<u8>(Body::Failed(2, Box::new(e.clone()))), Body::Failed(2, x) if *x == e));
+        let e = Error::Failed {
+            stage: "s".into(),
+            item: 9,
+            worker: Worker::Process(3),
+            message: "m".into(),
+        };
+        assert!(
+            matches!(round::<u8>(Body::Failed(2, Box::new(e.clone()))), Body::Failed(2, x) if *x == e)
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<
 pub(crate) type MakeWorker<In, Out> = dyn Fn() -> Result<WorkerFn<In, Out>, String> + Send + Sync;
 
 /// The function of a `stream` stage.
-pub(crate) type StreamFn<In, Out> = dyn Fn(Items<In>) -> Box<dyn Iterator<Item = Out>> + Send + Sync;
+pub(crate) type StreamFn<In, Out> =
+    dyn Fn(Items<In>) -> Box<dyn Iterator<Item = Out>> + Send + Sync;
 
 /// Where an [`Items`] pulls from (a worker's input).
 pub(crate) trait Pull<T> {
@@ -140,7 +141,10 @@ pub struct Stage<In, Out> {
 
 impl<In, Out> fmt::Debug for Stage<In, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stage").field("name", &self.name).field("opts", &self.opts).finish()
+        f.debug_struct("Stage")
+            .field("name", &self.name)
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -207,10 +211,13 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In) -> Out + Send + Sync + 'static,
     {
-        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
-            e.emit(f(x));
-            Ok(())
-        }))
+        Self::from_fn(
+            name,
+            Arc::new(move |x, e: &mut Emit<Out>| {
+                e.emit(f(x));
+                Ok(())
+            }),
+        )
     }
 
     /// One output per item, or an error that fails this item only.
@@ -219,13 +226,16 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         E: fmt::Display,
         F: Fn(In) -> Result<Out, E> + Send + Sync + 'static,
     {
-        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
-            Ok(v) => {
-                e.emit(v);
-                Ok(())
-            }
-            Err(err) => Err(err.to_string()),
-        }))
+        Self::from_fn(
+            name,
+            Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
+                Ok(v) => {
+                    e.emit(v);
+                    Ok(())
+                }
+                Err(err) => Err(err.to_string()),
+            }),
+        )
     }
 
     /// Zero or one output per item: `None` drops the item (a filter).
@@ -233,12 +243,15 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In) -> Option<Out> + Send + Sync + 'static,
     {
-        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
-            if let Some(v) = f(x) {
-                e.emit(v);
-            }
-            Ok(())
-        }))
+        Self::from_fn(
+            name,
+            Arc::new(move |x, e: &mut Emit<Out>| {
+                if let Some(v) = f(x) {
+                    e.emit(v);
+                }
+                Ok(())
+            }),
+        )
     }
 
     /// Zero or more outputs per item, sent through [`Emit`].
@@ -246,10 +259,13 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In, &mut Emit<Out>) + Send + Sync + 'static,
     {
-        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| {
-            f(x, e);
-            Ok(())
-        }))
+        Self::from_fn(
+            name,
+            Arc::new(move |x, e: &mut Emit<Out>| {
+                f(x, e);
+                Ok(())
+            }),
+        )
     }
 
     /// Zero or more outputs per item, or an error that fails this item.
@@ -258,7 +274,10 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         E: fmt::Display,
         F: Fn(In, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
     {
-        Self::from_fn(name, Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())))
+        Self::from_fn(
+            name,
+            Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())),
+        )
     }
 
     /// A stage with per-worker state: `init` runs once in each worker (in the child, for a
@@ -279,8 +298,9 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         let make = move || {
             let mut state = init().map_err(|e| e.to_string())?;
             let f = Arc::clone(&f);
-            Ok(Box::new(move |x: In, e: &mut Emit<Out>| f(x, &mut state, e).map_err(|err| err.to_string()))
-                as WorkerFn<In, Out>)
+            Ok(Box::new(move |x: In, e: &mut Emit<Out>| {
+                f(x, &mut state, e).map_err(|err| err.to_string())
+            }) as WorkerFn<In, Out>)
         };
         let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
         stage.make = Arc::new(make);
@@ -304,7 +324,9 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         I::IntoIter: 'static,
     {
         let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
-        stage.stream = Some(Arc::new(move |items| Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>));
+        stage.stream = Some(Arc::new(move |items| {
+            Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>
+        }));
         stage.opts.stream = true;
         stage
     }
@@ -424,7 +446,9 @@ impl<Out: Send + 'static> Source<Out> {
     {
         Source {
             name: name.into(),
-            make: Box::new(move || Box::new(f().into_iter()) as Box<dyn Iterator<Item = Out> + Send>),
+            make: Box::new(move || {
+                Box::new(f().into_iter()) as Box<dyn Iterator<Item = Out> + Send>
+            }),
         }
     }
 }
@@ -479,7 +503,9 @@ thread_local! {
 /// stage prints nothing — it becomes the item's error, with its location.
 pub(crate) fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         PANIC_AT.with(|p| *p.borrow_mut() = at);
     }));
 }
@@ -494,13 +520,23 @@ fn run_one<In, Out>(
 ) -> Result<(), Box<Error>> {
     match catch_unwind(AssertUnwindSafe(|| f(x, emit))) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(Box::new(Error::Failed { stage: stage.to_string(), item: seq, worker, message })),
+        Ok(Err(message)) => Err(Box::new(Error::Failed {
+            stage: stage.to_string(),
+            item: seq,
+            worker,
+            message,
+        })),
         Err(payload) => {
             let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
             if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
                 message = format!("{message} (at {at})");
             }
-            Err(Box::new(Error::Panicked { stage: stage.to_string(), item: seq, worker, message }))
+            Err(Box::new(Error::Panicked {
+                stage: stage.to_string(),
+                item: seq,
+                worker,
+                message,
+            }))
         }
     }
 }

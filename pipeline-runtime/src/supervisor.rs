@@ -43,7 +43,9 @@ use crate::error::{Error, Worker};
 use crate::exec::AnyStage;
 use crate::fds::{self, RtFd};
 use crate::sys::SlotState;
-use crate::worker::{CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx, WorkerEnd};
+use crate::worker::{
+    CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx, WorkerEnd,
+};
 use crate::{codec, link, record, sys};
 
 /// Messages from the supervisor to the caller.
@@ -54,13 +56,21 @@ pub(crate) enum SupMsg {
     /// The pipeline could not start; the supervisor cleaned up and exits.
     StartFailed(String),
     /// A worker's `init` failed at start; the supervisor cleaned up and exits.
-    InitFailed { stage: u32, pid: u32, message: String },
+    InitFailed {
+        stage: u32,
+        pid: u32,
+        message: String,
+    },
     /// A worker ended without finishing; it was replaced (`restarted`) or the stage gave up.
-    WorkerDied { stage: u32, pid: u32, cause: String, restarted: bool },
+    WorkerDied {
+        stage: u32,
+        pid: u32,
+        cause: String,
+        restarted: bool,
+    },
     /// Every worker finished after end of input.
     Done,
 }
-
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -171,7 +181,10 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
     }
     for k in 0..slots.len() {
         if let Err(e) = spawn(&stages, &mut slots[k]) {
-            let msg = format!("fork failed for stage '{}': {e}", stages[slots[k].stage].stage.name());
+            let msg = format!(
+                "fork failed for stage '{}': {e}",
+                stages[slots[k].stage].stage.name()
+            );
             kill_all(&mut slots);
             send_msg(&ctl, &SupMsg::StartFailed(msg));
             sys::exit_now(0);
@@ -194,11 +207,23 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
         }
         pfds.clear();
         who.clear();
-        pfds.push(libc::pollfd { fd: ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        pfds.push(libc::pollfd {
+            fd: ctl.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         for (k, s) in slots.iter().enumerate() {
             if let Some(c) = &s.child {
-                pfds.push(libc::pollfd { fd: c.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                pfds.push(libc::pollfd { fd: c.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: c.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                pfds.push(libc::pollfd {
+                    fd: c.ctl.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 who.push(k);
             }
         }
@@ -213,7 +238,9 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
         }
         for (n, &k) in who.iter().enumerate() {
             let (pid_ev, ctl_ev) = (pfds[1 + 2 * n].revents, pfds[2 + 2 * n].revents);
-            let Some(c) = slots[k].child.as_mut() else { continue };
+            let Some(c) = slots[k].child.as_mut() else {
+                continue;
+            };
             if ctl_ev != 0 {
                 read_ctl(c);
             }
@@ -235,7 +262,9 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
                 (None, Some(st)) => cause(st),
                 (None, None) => "ended; status unavailable".to_string(),
             };
-            if let (Some(_), Some(limit)) = (slots[k].overtime.take(), stages[slots[k].stage].timeout) {
+            if let (Some(_), Some(limit)) =
+                (slots[k].overtime.take(), stages[slots[k].stage].timeout)
+            {
                 why = format!("timed out after {} ms; worker killed", limit.as_millis());
             }
             on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
@@ -254,7 +283,9 @@ fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> 
     let mut next: Option<Duration> = None;
     let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
     for s in slots.iter_mut() {
-        let (Some(limit), Some(c)) = (stages[s.stage].timeout, &s.child) else { continue };
+        let (Some(limit), Some(c)) = (stages[s.stage].timeout, &s.child) else {
+            continue;
+        };
         let running = s.state.running.load(Ordering::Acquire);
         if let Some((item, kill_at)) = s.overtime {
             if item == running || running == 0 {
@@ -304,7 +335,12 @@ fn on_death(
     let mut failure = Vec::new();
     if running != 0 {
         let seq = running - 1;
-        let e = Error::Died { stage: st.stage.name().to_string(), item: seq, worker: Worker::Process(pid.as_raw() as u32), cause: why.to_string() };
+        let e = Error::Died {
+            stage: st.stage.name().to_string(),
+            item: seq,
+            worker: Worker::Process(pid.as_raw() as u32),
+            cause: why.to_string(),
+        };
         record::encode_failed(seq, st.idx, &e, &mut failure);
     }
     let notice = link::dead_notice(slot.epoch, &failure);
@@ -316,7 +352,10 @@ fn on_death(
     }
     let now = Instant::now();
     let hist = &mut restarts[slot.stage];
-    while hist.front().is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW) {
+    while hist
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW)
+    {
         hist.pop_front();
     }
     let budget = (5 * st.workers.len()).max(10);
@@ -324,10 +363,24 @@ fn on_death(
     if restarted {
         hist.push_back(now);
     } else if slot.give_up.is_none() {
-        let secs = hist.front().map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
-        slot.give_up = Some(GiveUp { restarts: hist.len() as u32, secs, cause: why.to_string() });
+        let secs = hist
+            .front()
+            .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
+        slot.give_up = Some(GiveUp {
+            restarts: hist.len() as u32,
+            secs,
+            cause: why.to_string(),
+        });
     }
-    send_msg(ctl, &SupMsg::WorkerDied { stage: st.idx, pid: pid.as_raw() as u32, cause: why.to_string(), restarted });
+    send_msg(
+        ctl,
+        &SupMsg::WorkerDied {
+            stage: st.idx,
+            pid: pid.as_raw() as u32,
+            cause: why.to_string(),
+            restarted,
+        },
+    );
     slot.epoch += 1;
     if let Err(e) = spawn(stages, slot) {
         // No replacement possible (fork failed): stand in with... nothing. The senders
@@ -342,7 +395,11 @@ fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
         match sys::send(fd, notice, true) {
             Ok(Some(_)) | Err(_) => return,
             Ok(None) => {
-                let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+                let mut p = [libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                }];
                 let _ = sys::poll(&mut p, Some(Duration::from_millis(10)));
             }
         }
@@ -358,7 +415,9 @@ fn read_ctl(c: &mut Child) {
         match buf.first() {
             Some(&CTL_FINISHED) => c.finished = true,
             Some(&CTL_INIT_OK) => c.init_ok = true,
-            Some(&CTL_INIT_FAILED) => c.init_error = Some(String::from_utf8_lossy(&buf[1..]).into_owned()),
+            Some(&CTL_INIT_FAILED) => {
+                c.init_error = Some(String::from_utf8_lossy(&buf[1..]).into_owned())
+            }
             _ => {}
         }
     }
@@ -373,8 +432,16 @@ fn wait_inits(stages: &[ProcStage], slots: &mut [Slot]) -> Option<SupMsg> {
         for (k, s) in slots.iter().enumerate() {
             let c = s.child.as_ref()?;
             if !c.init_ok {
-                pfds.push(libc::pollfd { fd: c.ctl.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                pfds.push(libc::pollfd { fd: c.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: c.ctl.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                pfds.push(libc::pollfd {
+                    fd: c.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 who.push(k);
             }
         }
@@ -392,13 +459,21 @@ fn wait_inits(stages: &[ProcStage], slots: &mut [Slot]) -> Option<SupMsg> {
             let st = &stages[slots[k].stage];
             let pid = c.pid.as_raw() as u32;
             if let Some(message) = c.init_error.clone() {
-                return Some(SupMsg::InitFailed { stage: st.idx, pid, message });
+                return Some(SupMsg::InitFailed {
+                    stage: st.idx,
+                    pid,
+                    message,
+                });
             }
             if !c.init_ok && pfds[2 * n + 1].revents != 0 {
                 let status = sys::wait_pid(c.pid, false).ok().flatten();
                 slots[k].child = None;
                 let why = status.as_ref().map_or_else(|| "ended".to_string(), cause);
-                return Some(SupMsg::InitFailed { stage: st.idx, pid, message: format!("the worker died during init: {why}") });
+                return Some(SupMsg::InitFailed {
+                    stage: st.idx,
+                    pid,
+                    message: format!("the worker died during init: {why}"),
+                });
             }
         }
     }
@@ -431,10 +506,14 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
             keep.push(ctl_worker.as_raw_fd());
             sys::child_setup(true, me, &keep, &inherited);
             fds::child_reset(&keep);
-            // SAFETY: each descriptor below is one of this worker's own link ends, kept
-            // open by `child_setup`; nothing else in this process will close them (the
-            // supervisor's records of them are never dropped in this child).
-            let own = |v: &Vec<RawFd>| v.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect::<Vec<_>>();
+            let own = |v: &Vec<RawFd>| {
+                v.iter()
+                    // SAFETY: each descriptor is one of this worker's own link ends, kept
+                    // open by `child_setup`; nothing else in this process closes it (the
+                    // supervisor's records of them are never dropped in this child).
+                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                    .collect::<Vec<_>>()
+            };
             // SAFETY: `ctl_worker` is this worker's own control socket, kept open above; the
             // `RtFd` that owned it is forgotten so only this `OwnedFd` closes it.
             let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
@@ -448,6 +527,8 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
                 epoch: slot.epoch,
                 slot: slot.state,
                 give_up: slot.give_up.clone(),
+                position: slot.slot,
+                of: s.workers.len(),
             };
             match s.stage.worker_main(ctx) {
                 Ok(WorkerEnd::Finished) => sys::exit_now(0),
@@ -466,7 +547,14 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
                     return Err(e);
                 }
             };
-            slot.child = Some(Child { pid, pidfd, ctl: ctl_sup, finished: false, init_ok: false, init_error: None });
+            slot.child = Some(Child {
+                pid,
+                pidfd,
+                ctl: ctl_sup,
+                finished: false,
+                init_ok: false,
+                init_error: None,
+            });
             Ok(())
         }
     }

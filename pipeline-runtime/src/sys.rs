@@ -38,17 +38,6 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(io::Error::from)
 }
 
-/// A connected pair of `SOCK_STREAM` Unix sockets, close-on-exec.
-pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    socket::socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)
-}
-
 /// Sends one message. `Ok(None)` means it would block (only with `nonblocking`).
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Result<Option<usize>> {
     let mut flags = MsgFlags::MSG_NOSIGNAL;
@@ -64,7 +53,11 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Res
 
 /// Receives one message into `buf` (its capacity bounds the size). `Ok(None)`: would block.
 /// `Ok(Some(0))` is end of stream.
-pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, nonblocking: bool) -> io::Result<Option<usize>> {
+pub(crate) fn recv(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    nonblocking: bool,
+) -> io::Result<Option<usize>> {
     buf.clear();
     let cap = buf.capacity();
     let mut flags = MsgFlags::empty();
@@ -72,9 +65,9 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, nonblocking: bool) -> 
         flags |= MsgFlags::MSG_DONTWAIT;
     }
     let spare = buf.spare_capacity_mut();
-    // SAFETY: `spare` is `cap` bytes of the vector's own allocation; recv writes at most
-    // `cap` bytes into it and we only mark the bytes it reports as initialised.
     let r = retry(|| {
+        // SAFETY: `spare` is `cap` bytes of the vector's own allocation; recv writes at most
+        // `cap` bytes into it and we only mark the bytes it reports as initialised.
         let n = unsafe {
             libc::recv(
                 fd.as_raw_fd(),
@@ -104,11 +97,6 @@ pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
 /// Shuts both directions, waking any thread blocked on this socket.
 pub(crate) fn shutdown_both(fd: BorrowedFd<'_>) {
     let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
-}
-
-/// Sets the socket's send buffer size (best effort).
-pub(crate) fn set_sndbuf(fd: BorrowedFd<'_>, bytes: usize) {
-    let _ = socket::setsockopt(&fd, socket::sockopt::SndBuf, &bytes);
 }
 
 /// `poll(2)` over raw descriptors; returns the number ready (0 on timeout).
@@ -156,7 +144,15 @@ pub(crate) fn exit_now(code: i32) -> ! {
 pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd], close: &[RawFd]) {
     if pdeathsig {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
         if nix::unistd::getppid() != expected_parent {
             exit_now(EXIT_ORPHANED);
         }
@@ -181,10 +177,14 @@ pub(crate) const EXIT_ORPHANED: i32 = 121;
 /// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
 pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: the syscall takes two integers and returns a new descriptor or -1.
-    let fd = retry(|| Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) }))?;
+    let fd =
+        retry(|| Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) }))?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     Ok(fd)
 }
 
@@ -196,7 +196,11 @@ pub(crate) fn kill(pid: Pid, sig: Signal) {
 /// Waits for `pid` (a child of ours). `nohang`: `Ok(None)` if it still runs.
 pub(crate) fn wait_pid(pid: Pid, nohang: bool) -> io::Result<Option<nix::sys::wait::WaitStatus>> {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let flags = if nohang { Some(WaitPidFlag::WNOHANG) } else { None };
+    let flags = if nohang {
+        Some(WaitPidFlag::WNOHANG)
+    } else {
+        None
+    };
     match retry(|| waitpid(pid, flags))? {
         WaitStatus::StillAlive => Ok(None),
         s => Ok(Some(s)),
@@ -206,16 +210,6 @@ pub(crate) fn wait_pid(pid: Pid, nohang: bool) -> io::Result<Option<nix::sys::wa
 /// Number of threads of this process (from `/proc/self/task`).
 pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
-}
-
-/// Does this descriptor's peer have data or hang-up pending? (poll with zero timeout)
-pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
-    let mut p = [libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    matches!(poll(&mut p, Some(Duration::ZERO)), Ok(n) if n > 0)
 }
 
 /// Per-worker-slot state shared between a worker and its supervisor (shared memory, so
@@ -233,10 +227,18 @@ pub(crate) struct SlotState {
 /// unmapped (they live as long as the supervisor process).
 pub(crate) fn shared_slots(n: usize) -> io::Result<&'static [SlotState]> {
     use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
-    let len = std::num::NonZeroUsize::new((n.max(1)) * std::mem::size_of::<SlotState>()).expect("non-zero");
+    let len = std::num::NonZeroUsize::new((n.max(1)) * std::mem::size_of::<SlotState>())
+        .expect("non-zero");
     // SAFETY: a fresh anonymous mapping, shared with children, aliasing nothing.
-    let p = unsafe { mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
-        .map_err(io::Error::from)?;
+    let p = unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+        )
+    }
+    .map_err(io::Error::from)?;
     // SAFETY: the mapping is `len` zeroed bytes, page-aligned, never unmapped; an all-zero
     // `SlotState` is two zero atomics, a valid value; the atomics make shared access sound.
     Ok(unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<SlotState>(), n.max(1)) })
@@ -244,6 +246,7 @@ pub(crate) fn shared_slots(n: usize) -> io::Result<&'static [SlotState]> {
 
 /// Monotonic clock in nanoseconds.
 pub(crate) fn now_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }

@@ -33,6 +33,9 @@ pub(crate) struct WorkerCtx {
     pub give_up: Option<GiveUp>,
     /// The control socket to the supervisor.
     pub ctl: OwnedFd,
+    /// This worker's position in its stage, and the stage's number of workers.
+    pub position: usize,
+    pub of: usize,
 }
 
 /// Control messages from a worker to the supervisor.
@@ -61,15 +64,37 @@ pub(crate) struct GiveUp {
     pub cause: String,
 }
 
-pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out>, ctx: WorkerCtx) -> io::Result<WorkerEnd> {
-    let WorkerCtx { idx, ins, outs, credit, epoch, slot, give_up, ctl } = ctx;
+pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
+    stage: &Stage<In, Out>,
+    ctx: WorkerCtx,
+) -> io::Result<WorkerEnd> {
+    if let (Some(f), None) = (&stage.stream, &ctx.give_up) {
+        let f = std::sync::Arc::clone(f);
+        return run_stream(stage, &*f, ctx);
+    }
+    let WorkerCtx {
+        idx,
+        ins,
+        outs,
+        credit,
+        epoch,
+        slot,
+        give_up,
+        ctl,
+        ..
+    } = ctx;
     let mut f = if give_up.is_some() {
         Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
     } else {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
             Ok(Ok(f)) => f,
             Ok(Err(message)) => return init_failed(&ctl, &message),
-            Err(p) => return init_failed(&ctl, &format!("panicked: {}", crate::error::panic_message(p.as_ref()))),
+            Err(p) => {
+                return init_failed(
+                    &ctl,
+                    &format!("panicked: {}", crate::error::panic_message(p.as_ref())),
+                );
+            }
         }
     };
     let _ = sys::send(ctl.as_fd(), &[CTL_INIT_OK], false);
@@ -79,7 +104,10 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
     let (mut rx, mut tx) = if epoch == 0 {
         (LinkReceiver::new(ins), LinkSender::new(outs, credit))
     } else {
-        (LinkReceiver::replacement(ins, epoch), LinkSender::replacement(outs, credit, epoch)?)
+        (
+            LinkReceiver::replacement(ins, epoch),
+            LinkSender::replacement(outs, credit, epoch)?,
+        )
     };
     let mut emit = Emit::new();
     let mut extra = Vec::new();
@@ -105,7 +133,9 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
             extra.clear();
             continue;
         }
-        let Some(r) = rx.next().map_err(corrupt)? else { continue };
+        let Some(r) = rx.next().map_err(corrupt)? else {
+            continue;
+        };
         loop {
             match tx.reserve()? {
                 Commit::Ready => break,
@@ -131,7 +161,8 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(stage: &Stage<In, Out
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
                 Ok(body) => {
                     let out = apply(&mut f, idx, &stage.name, me, r.seq, body, &mut emit);
-                    restart = stage.opts.stateful && matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
+                    restart = stage.opts.stateful
+                        && matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
                     out
                 }
                 Err(message) => Body::Failed(
@@ -199,4 +230,245 @@ fn wait_acked(tx: &mut LinkSender<OwnedFd>) -> io::Result<()> {
         tx.wait_progress(&mut extra)?;
     }
     Ok(())
+}
+
+/// A process worker of a `stream` stage (see [`crate::stream`]).
+fn run_stream<In: Send + 'static, Out: Send + 'static>(
+    stage: &Stage<In, Out>,
+    f: &crate::stage::StreamFn<In, Out>,
+    ctx: WorkerCtx,
+) -> io::Result<WorkerEnd> {
+    let WorkerCtx {
+        idx,
+        ins,
+        outs,
+        credit,
+        epoch,
+        ctl,
+        position,
+        of,
+        ..
+    } = ctx;
+    let (rx, tx) = if epoch == 0 {
+        (LinkReceiver::new(ins), LinkSender::new(outs, credit))
+    } else {
+        (
+            LinkReceiver::replacement(ins, epoch),
+            LinkSender::replacement(outs, credit, epoch)?,
+        )
+    };
+    let _ = sys::send(ctl.as_fd(), &[CTL_INIT_OK], false);
+    let me = Worker::Process(std::process::id());
+    let io = std::rc::Rc::new(std::cell::RefCell::new(LinkPull::<In, Out> {
+        rx,
+        tx,
+        wire: stage.wire.expect("process stages have wire functions"),
+        vals: std::collections::VecDeque::new(),
+        // A replacement numbers its outputs apart from those of the workers before it.
+        next_seq: ((epoch as u64) << 40) + position as u64,
+        stride: of as u64,
+        consumed: 0,
+        position: 0,
+        idx,
+        name: stage.name.to_string(),
+        me,
+        error: None,
+        extra: Vec::new(),
+    }));
+    crate::stream::run(f, io.clone(), &stage.name, me);
+    let mut io = io.borrow_mut();
+    if let Some(e) = io.error.take() {
+        return Err(e);
+    }
+    let _ = sys::send(ctl.as_fd(), &[CTL_FINISHED], false);
+    Ok(WorkerEnd::Finished)
+}
+
+struct LinkPull<In, Out> {
+    rx: LinkReceiver<OwnedFd>,
+    tx: LinkSender<OwnedFd>,
+    wire: crate::stage::WireOps<In, Out>,
+    vals: std::collections::VecDeque<In>,
+    next_seq: u64,
+    stride: u64,
+    consumed: u64,
+    position: u64,
+    idx: u32,
+    name: String,
+    me: Worker,
+    /// The first link failure; the loop then winds down.
+    error: Option<io::Error>,
+    extra: Vec<libc::pollfd>,
+}
+
+impl<In, Out> LinkPull<In, Out> {
+    fn send(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.error.is_some() {
+            return;
+        }
+        let r = (|| {
+            loop {
+                match self.tx.reserve()? {
+                    Commit::Ready => break,
+                    Commit::NeedCredit => {
+                        self.tx.flush()?;
+                        self.rx.send_acks();
+                        self.tx.wait_credit(&mut self.extra)?;
+                    }
+                }
+            }
+            self.tx.push(seq, write)
+        })();
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
+    }
+
+    fn new_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += self.stride;
+        s
+    }
+
+    fn flush(&mut self) {
+        if self.consumed > 0 {
+            let n = std::mem::take(&mut self.consumed);
+            let idx = self.idx;
+            self.send(crate::link::NO_SEQ, |out| {
+                let _ = record::encode::<Out>(
+                    crate::link::NO_SEQ,
+                    &Body::Consumed(idx, n),
+                    |_, _| Ok(()),
+                    out,
+                );
+            });
+        }
+        if self.error.is_none()
+            && let Err(e) = self.tx.flush()
+        {
+            self.error = Some(e);
+        }
+        self.rx.send_acks();
+    }
+}
+
+impl<In, Out> crate::stage::Pull<In> for LinkPull<In, Out> {
+    fn pull(&mut self) -> Option<In> {
+        loop {
+            if let Some(v) = self.vals.pop_front() {
+                return Some(v);
+            }
+            if self.error.is_some() {
+                return None;
+            }
+            if self.rx.is_empty() {
+                self.flush();
+                if self.rx.finished() {
+                    return None;
+                }
+                let mut extra = std::mem::take(&mut self.extra);
+                extra.clear();
+                self.tx.watch(&mut extra);
+                match self.rx.fill(true, &mut extra) {
+                    Ok(true) => {
+                        let _ = self.tx.read_acks();
+                        if self.tx.has_requeued() {
+                            let _ = self.tx.pump();
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.0)),
+                }
+                extra.clear();
+                self.extra = extra;
+                continue;
+            }
+            let r = match self.rx.next() {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(c) => {
+                    self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.0));
+                    return None;
+                }
+            };
+            match r.tag {
+                TAG_ONE | TAG_MANY => {
+                    match record::decode(r.tag, self.rx.payload(&r), self.wire.decode_in) {
+                        Ok(Body::One(v)) => self.vals.push_back(v),
+                        Ok(Body::Many(vs)) => self.vals.extend(vs),
+                        Ok(_) => {}
+                        Err(message) => {
+                            let e = Error::Codec {
+                                stage: self.name.clone(),
+                                item: r.seq,
+                                worker: self.me,
+                                what: "decode".into(),
+                                message,
+                            };
+                            let (seq, idx) = (self.new_seq(), self.idx);
+                            self.send(seq, |out| record::encode_failed(seq, idx, &e, out));
+                        }
+                    }
+                }
+                crate::link::TAG_FAILED => {
+                    // Failed before this stage: pass it on under a new number.
+                    let seq = self.new_seq();
+                    let raw = self.rx.raw(&r).to_vec();
+                    self.send(seq, |out| {
+                        let at = out.len();
+                        out.extend_from_slice(&raw);
+                        out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+                    });
+                }
+                crate::link::TAG_CONSUMED => {
+                    let raw = self.rx.raw(&r).to_vec();
+                    self.send(r.seq, |out| out.extend_from_slice(&raw));
+                    self.rx.done(r);
+                    continue;
+                }
+                _ => {}
+            }
+            self.rx.done(r);
+            self.consumed += 1;
+            self.position += 1;
+        }
+    }
+}
+
+impl<In, Out> crate::stream::StreamIo<In, Out> for LinkPull<In, Out> {
+    fn emit(&mut self, value: Out) {
+        let seq = self.new_seq();
+        let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
+        self.send(seq, |out| {
+            if let Err(message) = record::encode(seq, &Body::One(value), enc, out) {
+                let e = Error::Codec {
+                    stage: name,
+                    item: seq,
+                    worker: me,
+                    what: "encode the output of".into(),
+                    message,
+                };
+                record::encode_failed(seq, idx, &e, out);
+            }
+        });
+    }
+
+    fn fail(&mut self, e: Error) {
+        let (seq, idx) = (self.new_seq(), self.idx);
+        self.send(seq, |out| record::encode_failed(seq, idx, &e, out));
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(&mut self) {
+        self.flush();
+        if self.error.is_none()
+            && let Err(e) = self.tx.finish()
+        {
+            self.error = Some(e);
+        }
+        self.rx.drain_acks();
+    }
 }

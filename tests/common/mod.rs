@@ -133,10 +133,10 @@ pub fn socket_inodes(proc_dir: &str) -> Vec<u64> {
     for entry in dir.flatten() {
         if let Ok(target) = std::fs::read_link(entry.path()) {
             let t = target.to_string_lossy();
-            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                if let Ok(n) = n.parse() {
-                    out.push(n);
-                }
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
+                && let Ok(n) = n.parse()
+            {
+                out.push(n);
             }
         }
     }
@@ -581,7 +581,7 @@ pub fn mpipe_ordered_unordered() -> Vec<u32> {
 // --- 5. dead-end (filter) and many-results (Emit) stages -------------------------------
 
 fn keep_non_multiple_of_3(x: u64) -> Option<u64> {
-    (x % 3 != 0).then_some(x)
+    (!x.is_multiple_of(3)).then_some(x)
 }
 
 fn fan_out(x: u64) -> Vec<u64> {
@@ -1091,7 +1091,7 @@ pub fn drop_running_with_waiters() -> Vec<u32> {
 
 #[stage(subprocess)]
 fn drop_sevens(x: u64) -> Option<u64> {
-    (x % 7 != 0).then_some(x)
+    (!x.is_multiple_of(7)).then_some(x)
 }
 
 #[stage]
@@ -1103,7 +1103,7 @@ fn copies(x: u64, out: &mut Emit<(u64, u64)>) {
 
 #[stage(subprocess, workers = 2)]
 fn fail_elevens(p: (u64, u64)) -> Result<(u64, u64), String> {
-    if p.0 % 11 == 0 {
+    if p.0.is_multiple_of(11) {
         Err(format!("{} is a multiple of 11", p.0))
     } else {
         Ok(p)
@@ -1119,11 +1119,11 @@ enum Outcome {
 }
 
 fn outcome_oracle(x: u64) -> Outcome {
-    if x % 7 == 0 {
+    if x.is_multiple_of(7) {
         Outcome::DroppedAt(0)
-    } else if x % 3 == 0 {
+    } else if x.is_multiple_of(3) {
         Outcome::DroppedAt(1)
-    } else if x % 11 == 0 {
+    } else if x.is_multiple_of(11) {
         Outcome::Failed
     } else {
         Outcome::Outputs((0..x % 3).map(|j| (x, j)).collect())
@@ -1288,10 +1288,10 @@ fn shell_fds() -> BTreeMap<u32, String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut m = BTreeMap::new();
     for line in text.lines() {
-        if let Some((left, target)) = line.split_once(" -> ") {
-            if let Some(fd) = left.split_whitespace().last().and_then(|s| s.parse().ok()) {
-                m.insert(fd, target.to_string());
-            }
+        if let Some((left, target)) = line.split_once(" -> ")
+            && let Some(fd) = left.split_whitespace().last().and_then(|s| s.parse().ok())
+        {
+            m.insert(fd, target.to_string());
         }
     }
     assert!(m.contains_key(&1), "parsed the listing: {text}");
@@ -1515,7 +1515,10 @@ pub fn started_on_a_thread_that_exits() -> Vec<u32> {
 }
 
 /// Every scenario with its name and hang bound (seconds), for `tests/fork.rs`.
-pub const SCENARIOS: &[(&str, u64, fn() -> Vec<u32>)] = &[
+/// A named scenario: (name, watchdog seconds, body returning the pids it saw).
+pub type Scenario = (&'static str, u64, fn() -> Vec<u32>);
+
+pub const SCENARIOS: &[Scenario] = &[
     ("atbu_basic_three_stage_work_item", 30, atbu_basic),
     ("atbu_mixed_twenty_stages", 30, atbu_mixed),
     ("hundred_subprocess_stages", 60, hundred_stages),
