@@ -50,16 +50,22 @@
 
 pub use pipeline_macros::{pipeline, stage};
 pub use pipeline_runtime::{
-    DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, Pipeline, Report, Results, Running,
-    Source, Stage, StageStats, Stats, Ticket, Wire, Worker,
+    Consumer, DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, PipePending, PipeReader,
+    PipeWriter, Pipeline, Producer, Report, Results, Running, Source, Stage, StageStats, Stats,
+    Ticket, Wire, Worker,
 };
 
 /// Everything a pipeline author needs: `use forkpipe::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Emit, Error, Pipeline, Source, Stage, pipeline, stage};
+    pub use crate::{
+        Emit, Error, PipeReader, PipeWriter, Pipeline, Source, Stage, pipeline, stage,
+    };
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use pipeline_runtime::{Emit, InitResult, Items, Pipeline, Source, Stage};
+    pub use pipeline_runtime::{
+        Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
+        Source, Stage,
+    };
 }

@@ -413,7 +413,17 @@ pub(crate) trait AnyStage: Send + Sync {
     ) -> io::Result<()>;
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
-    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<crate::worker::WorkerEnd>;
+    fn worker_main(
+        &self,
+        ctx: crate::worker::WorkerCtx<std::os::fd::OwnedFd>,
+    ) -> io::Result<crate::worker::WorkerEnd>;
+    /// Runs a worker of this link stage on a thread of the caller (the halves of a
+    /// `pipe_next` pair that are not `subprocess`).
+    fn spawn_link_worker(
+        self: Arc<Self>,
+        ctx: crate::worker::WorkerCtx<RtFd>,
+        rt: &Rt,
+    ) -> io::Result<()>;
 }
 
 impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
@@ -650,8 +660,27 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         })
     }
 
-    fn worker_main(&self, ctx: crate::worker::WorkerCtx) -> io::Result<crate::worker::WorkerEnd> {
+    fn worker_main(
+        &self,
+        ctx: crate::worker::WorkerCtx<std::os::fd::OwnedFd>,
+    ) -> io::Result<crate::worker::WorkerEnd> {
         crate::worker::run(self, ctx)
+    }
+
+    fn spawn_link_worker(
+        self: Arc<Self>,
+        ctx: crate::worker::WorkerCtx<RtFd>,
+        rt: &Rt,
+    ) -> io::Result<()> {
+        let inits = rt.inits.clone();
+        let name = format!("{}-{}", self.name, ctx.position);
+        rt.threads.spawn(&name, move || {
+            let _ = inits.send(Ok(()));
+            drop(inits);
+            if let Err(e) = crate::worker::run(&*self, ctx) {
+                tracing::debug!(stage = %self.name, "forkpipe: link worker thread ended: {e}");
+            }
+        })
     }
 }
 

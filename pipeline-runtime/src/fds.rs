@@ -68,6 +68,25 @@ pub(crate) fn seqpacket_pair() -> io::Result<(RtFd, RtFd)> {
     pair(sys::seqpacket_pair)
 }
 
+/// Removes a descriptor from the registry (it is about to be closed by its raw number).
+pub(crate) fn unregister(fd: RawFd) {
+    lock().remove(&fd);
+}
+
+/// Keeps a registered descriptor open for the life of the process, by its raw number.
+pub(crate) fn into_raw(mut fd: RtFd) -> RawFd {
+    let raw = fd.as_raw_fd();
+    if let Some(owned) = fd.0.take() {
+        std::mem::forget(owned);
+    }
+    raw
+}
+
+/// A registered `SOCK_STREAM` pair.
+pub(crate) fn stream_pair() -> io::Result<(RtFd, RtFd)> {
+    pair(sys::stream_pair)
+}
+
 fn pair(make: fn() -> io::Result<(OwnedFd, OwnedFd)>) -> io::Result<(RtFd, RtFd)> {
     let mut reg = lock();
     let (a, b) = make()?;

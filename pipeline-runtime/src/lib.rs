@@ -10,6 +10,7 @@ mod error;
 mod exec;
 mod fds;
 mod link;
+mod pipe;
 mod pipeline;
 mod record;
 mod stage;
@@ -20,5 +21,8 @@ mod worker;
 
 pub use codec::{FRAME_LIMIT, Wire};
 pub use error::{Error, Worker};
-pub use pipeline::{FirstStage, Pipeline, Report, Results, Running, StageStats, Stats, Ticket};
-pub use stage::{DEFAULT_QUEUE, Emit, InitResult, Items, Source, Stage};
+pub use pipe::{PipeReader, PipeWriter};
+pub use pipeline::{
+    FirstStage, PipePending, Pipeline, Report, Results, Running, StageStats, Stats, Ticket,
+};
+pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};

@@ -124,6 +124,8 @@ pub(crate) struct LinkSender<F> {
     ackbuf: Vec<u8>,
     /// This sender's epoch (its worker's incarnation); acks of other epochs are stale.
     epoch: u32,
+    /// Records acked so far, over all links.
+    acked_total: u64,
     /// Records to send again (their receiver died before finishing them).
     requeue: VecDeque<Vec<u8>>,
 }
@@ -182,6 +184,7 @@ impl<F: AsFd> LinkSender<F> {
             pool: Vec::new(),
             ackbuf: Vec::with_capacity(MAX_MSG),
             epoch: 0,
+            acked_total: 0,
             requeue: VecDeque::new(),
         }
     }
@@ -396,7 +399,7 @@ impl<F: AsFd> LinkSender<F> {
                             let ep =
                                 u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
                             if ep == self.epoch {
-                                Self::apply_ack(l, n, &mut self.pool);
+                                self.acked_total += Self::apply_ack(l, n, &mut self.pool);
                             }
                         }
                         Some(&MSG_DEAD) if self.ackbuf.len() >= 5 => {
@@ -460,7 +463,13 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
-    fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) {
+    /// Records acked so far, over all links.
+    pub(crate) fn acked_total(&self) -> u64 {
+        self.acked_total
+    }
+
+    fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) -> u64 {
+        let mut applied = 0;
         while n > 0 {
             let Some(front) = l.sent.front_mut() else {
                 break;
@@ -468,6 +477,7 @@ impl<F: AsFd> LinkSender<F> {
             let take = (front.records - front.acked).min(n.min(u32::MAX as u64) as u32);
             front.acked += take;
             n -= take as u64;
+            applied += take as u64;
             l.unacked -= take as usize;
             if front.acked == front.records {
                 let done = l.sent.pop_front().expect("front");
@@ -477,6 +487,7 @@ impl<F: AsFd> LinkSender<F> {
                 }
             }
         }
+        applied
     }
 
     /// Blocks until some link has credit again (or every link is broken).
@@ -864,10 +875,26 @@ impl<F: AsFd> LinkReceiver<F> {
     /// Marks a record finished: it is acked at the next [`LinkReceiver::send_acks`]. Only
     /// call `send_acks` once the record's outputs were flushed downstream.
     pub(crate) fn done(&mut self, r: RecRef) {
-        let l = &mut self.links[r.link];
-        if l.epoch == r.epoch {
+        self.credit(r.link, r.epoch);
+        self.release(r);
+    }
+
+    /// Counts one record of `link` (received in `epoch`) as finished, for the next ack.
+    pub(crate) fn credit(&mut self, link: usize, epoch: u32) {
+        let l = &mut self.links[link];
+        if l.epoch == epoch {
             l.pending_acks += 1;
         }
+    }
+
+    /// The record's link and epoch, to [`LinkReceiver::credit`] it later.
+    pub(crate) fn origin(r: &RecRef) -> (usize, u32) {
+        (r.link, r.epoch)
+    }
+
+    /// Lets go of a record's bytes without counting it finished (see `credit`).
+    pub(crate) fn release(&mut self, r: RecRef) {
+        let _ = r;
         if self.queue.front().is_some_and(|m| m.left == 0) {
             let m = self.queue.pop_front().expect("front");
             self.recycle(m.data);

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::error::Error;
 use crate::exec::{self, AnyStage, Batch, Feed, Output, Rt, Shared, Threads};
 use crate::fds::{self, RtFd};
-use crate::stage::{Body, DEFAULT_QUEUE, Source, Stage};
+use crate::stage::{Body, Consumer, DEFAULT_QUEUE, PipeSide, Producer, Source, Stage};
 use crate::supervisor::{self, ProcStage, SupMsg};
 use crate::sys;
 
@@ -57,6 +57,24 @@ impl<In, Out> fmt::Debug for Pipeline<In, Out> {
                     .collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+/// A pipeline whose last stage is a `pipe_next` producer: it needs its consumer before it
+/// can run.
+#[derive(Debug)]
+pub struct PipePending<In, Mid> {
+    pipeline: Pipeline<In, Mid>,
+    producer: Producer<Mid>,
+}
+
+impl<In: Send + 'static, Mid: crate::codec::Wire> PipePending<In, Mid> {
+    /// Appends the consumer that reads the producer's bytes.
+    pub fn then_consumer<N: crate::codec::Wire>(
+        self,
+        consumer: Consumer<Mid, N>,
+    ) -> Pipeline<In, N> {
+        self.pipeline.then_pipe(self.producer, consumer)
     }
 }
 
@@ -131,6 +149,34 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         }
     }
 
+    /// Appends a `pipe_next` pair: `producer` writes each item's bytes while `consumer`
+    /// reads them (see [`Producer`]). The pair runs `producer`'s `workers` couples.
+    pub fn then_pipe<N>(
+        self,
+        producer: Producer<Out>,
+        consumer: Consumer<Out, N>,
+    ) -> Pipeline<In, N>
+    where
+        Out: crate::codec::Wire,
+        N: crate::codec::Wire,
+    {
+        let (mut p, mut c) = (producer.0, consumer.0);
+        c.opts.workers = p.opts.workers;
+        let process = p.opts.process || c.opts.process;
+        p.opts.process = process;
+        c.opts.process = process;
+        self.then(p).then(c)
+    }
+
+    /// Appends the producer of a `pipe_next` pair; the next stage must be its consumer
+    /// ([`PipePending::then_consumer`]). What `pipeline![.. | p | c]` expands to.
+    pub fn then_producer(self, producer: Producer<Out>) -> PipePending<In, Out> {
+        PipePending {
+            pipeline: self,
+            producer,
+        }
+    }
+
     /// Number of stages (a source is not counted).
     pub fn len(&self) -> usize {
         self.stages.len()
@@ -200,7 +246,12 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .sum::<usize>()
             + DEFAULT_QUEUE;
         let shared = Arc::new(Shared::new(names, window));
+        // Link stages talk over sockets: process stages, and both halves of a `pipe_next`
+        // pair (on threads unless `subprocess`). Only process stages are forked.
         let is_proc = |i: usize| i < n && stages[i].opts().process;
+        let is_link =
+            |i: usize| i < n && (stages[i].opts().process || stages[i].opts().pipe.is_some());
+        let is_producer = |i: usize| i < n && stages[i].opts().pipe == Some(PipeSide::Producer);
         let start_err = |what: &str, e: std::io::Error| Error::Start(format!("{what}: {e}"));
 
         // Every socket of the pipeline, made before the supervisor is forked.
@@ -214,8 +265,12 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .iter()
             .map(|s| (0..s.opts().workers).map(|_| Vec::new()).collect())
             .collect();
-        for i in (0..n).filter(|&i| is_proc(i)) {
-            if i == 0 || !is_proc(i - 1) {
+        let mut streams: Vec<Vec<Option<RtFd>>> = stages
+            .iter()
+            .map(|s| (0..s.opts().workers).map(|_| None).collect())
+            .collect();
+        for i in (0..n).filter(|&i| is_link(i)) {
+            if i == 0 || !is_link(i - 1) {
                 for wk in w_in[i].iter_mut() {
                     let (a, b) =
                         fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
@@ -223,7 +278,22 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                     wk.push(b);
                 }
             }
-            if is_proc(i + 1) {
+            if is_producer(i) {
+                // A pipe_next couple: producer j talks to consumer j only, over a link for
+                // the items and a stream socket for the bytes.
+                for j in 0..stages[i].opts().workers {
+                    let (a, b) =
+                        fds::seqpacket_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    w_out[i][j].push(a);
+                    w_in[i + 1][j].push(b);
+                    let (sa, sb) =
+                        fds::stream_pair().map_err(|e| start_err("socketpair failed", e))?;
+                    crate::pipe::tune(&sa);
+                    crate::pipe::tune(&sb);
+                    streams[i][j] = Some(sa);
+                    streams[i + 1][j] = Some(sb);
+                }
+            } else if is_link(i + 1) {
                 // A mesh: every worker of stage i talks to every worker of stage i + 1.
                 let (left, right) = w_out.split_at_mut(i + 1);
                 let _ = right;
@@ -270,6 +340,15 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                             )
                         })
                         .collect(),
+                    streams: streams[i]
+                        .iter()
+                        .map(|s| s.as_ref().map(|f| f.as_raw_fd()))
+                        .collect(),
+                    couple: match stages[i].opts().pipe {
+                        Some(PipeSide::Producer) => Some(true),
+                        Some(PipeSide::Consumer) => Some(false),
+                        None => None,
+                    },
                 })
                 .collect();
             // SAFETY: the child is the supervisor: it only uses its own data, raw syscalls and
@@ -279,8 +358,12 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                 fds::Fork::Parent(pid) => {
                     drop(plan);
                     drop(c_sup);
-                    drop(w_in);
-                    drop(w_out);
+                    // The forked stages' ends now live in the supervisor.
+                    for i in (0..n).filter(|&i| is_proc(i)) {
+                        w_in[i].clear();
+                        w_out[i].clear();
+                        streams[i].clear();
+                    }
                     match supervisor::recv_msg(&c_caller) {
                         Some(SupMsg::Ready) => supervisor = Some((pid, Arc::new(c_caller))),
                         other => {
@@ -336,17 +419,42 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             for i in (0..n).rev() {
                 let s = &stages[i];
                 let idx = i as u32;
-                if !is_proc(i) {
+                if is_link(i) && !is_proc(i) {
+                    // A link stage on threads of this process (a pipe_next half).
+                    for (j, ((ins, outs), stream)) in std::mem::take(&mut w_in[i])
+                        .into_iter()
+                        .zip(std::mem::take(&mut w_out[i]))
+                        .zip(std::mem::take(&mut streams[i]))
+                        .enumerate()
+                    {
+                        let ctx = crate::worker::WorkerCtx {
+                            idx,
+                            ins,
+                            outs,
+                            credit: s.opts().queue,
+                            epoch: 0,
+                            slot: Box::leak(Box::new(crate::sys::SlotState::default())),
+                            give_up: None,
+                            ctl: None,
+                            stream,
+                            position: j,
+                            of: s.opts().workers,
+                            resync_inputs: true,
+                        };
+                        Arc::clone(s).spawn_link_worker(ctx, &rt)?;
+                    }
+                }
+                if !is_link(i) {
                     let (o, rx) = s.input_channel(16);
                     Arc::clone(s).spawn_threads(idx, rx, next, &rt)?;
                     next = o;
                     continue;
                 }
-                if !is_proc(i + 1) {
+                if !is_link(i + 1) {
                     s.spawn_merger(idx, std::mem::take(&mut caller_out[i]), next, &rt)?;
                 }
                 next = Box::new(());
-                if i == 0 || !is_proc(i - 1) {
+                if i == 0 || !is_link(i - 1) {
                     let links = std::mem::take(&mut caller_in[i]);
                     if i == 0 {
                         next = s.link_output(idx, links, DEFAULT_QUEUE);

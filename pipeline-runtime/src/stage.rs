@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::codec::{self, Wire};
 use crate::error::{Error, Worker, panic_message};
+use crate::pipe::{PipeReader, PipeWriter};
 
 /// Where a stage sends its zero or more outputs for one item, in order.
 ///
@@ -36,6 +37,14 @@ impl<T> Emit<T> {
     /// True if nothing was emitted yet for the current item.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    pub(crate) fn take_one(&mut self) -> T {
+        self.items.pop().expect("one output")
+    }
+
+    pub(crate) fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.items)
     }
 }
 
@@ -72,6 +81,169 @@ pub(crate) type MakeWorker<In, Out> = dyn Fn() -> Result<WorkerFn<In, Out>, Stri
 /// The function of a `stream` stage.
 pub(crate) type StreamFn<In, Out> =
     dyn Fn(Items<In>) -> Box<dyn Iterator<Item = Out>> + Send + Sync;
+
+/// The function of a `pipe_next` producer: writes the item's bytes.
+pub(crate) type ProduceFn<In> = dyn Fn(In, &mut PipeWriter) -> Result<(), String> + Send + Sync;
+/// The function of the consumer after a `pipe_next` stage: reads them.
+pub(crate) type ConsumeFn<In, Out> =
+    dyn Fn(In, &mut PipeReader, &mut Emit<Out>) -> Result<(), String> + Send + Sync;
+
+/// Which half of a `pipe_next` pair a stage is.
+pub(crate) enum PipeRole<In, Out> {
+    /// Forwards each item to its consumer, then writes the item's bytes.
+    Producer(Arc<ProduceFn<In>>),
+    Consumer(Arc<ConsumeFn<In, Out>>),
+}
+
+impl<In, Out> Clone for PipeRole<In, Out> {
+    fn clone(&self) -> Self {
+        match self {
+            PipeRole::Producer(f) => PipeRole::Producer(Arc::clone(f)),
+            PipeRole::Consumer(f) => PipeRole::Consumer(Arc::clone(f)),
+        }
+    }
+}
+
+/// The producer half of a `pipe_next` pair (`#[stage(pipe_next)]`): for each item it
+/// writes bytes to a [`PipeWriter`] while the next stage, a [`Consumer`], reads them.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use pipeline_runtime::{Consumer, Pipeline, Producer, Stage};
+/// let produce = Producer::new("repeat", |n: u64, w: &mut pipeline_runtime::PipeWriter| {
+///     w.write_all(&vec![b'x'; n as usize])
+/// });
+/// let count = Consumer::new("count", |_n: u64, r: &mut pipeline_runtime::PipeReader| {
+///     let mut v = Vec::new();
+///     r.read_to_end(&mut v).map(|_| v.len())
+/// });
+/// let p = Pipeline::new(Stage::map("id", |x: u64| x)).then_pipe(produce, count);
+/// let out: Vec<usize> = p.run([0u64, 3, 100_000])?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [0, 3, 100_000]);
+/// # Ok::<(), pipeline_runtime::Error>(())
+/// ```
+///
+/// A pair is one unit of `workers` couples: producer worker *j* streams to consumer worker
+/// *j* only, over a socket the couple keeps for all its items. Both halves run in worker
+/// processes if either half is `subprocess` (if one dies, the other is replaced with it),
+/// otherwise both on threads of this process. Items of a pair cross a socket between the
+/// halves, so they must be `Serialize + DeserializeOwned` even on threads.
+#[derive(Debug)]
+pub struct Producer<In>(pub(crate) Stage<In, In>);
+
+/// The consumer half of a `pipe_next` pair: the stage after a [`Producer`]. See there.
+#[derive(Debug)]
+pub struct Consumer<In, Out>(pub(crate) Stage<In, Out>);
+
+impl<In: Wire> Producer<In> {
+    /// A producer: `f` writes the item's bytes.
+    pub fn new<E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: fmt::Display,
+        F: Fn(In, &mut PipeWriter) -> Result<(), E> + Send + Sync + 'static,
+    {
+        let mut stage = Stage::map(name, |x: In| x);
+        stage.pipe = Some(PipeRole::Producer(Arc::new(
+            move |x, w: &mut PipeWriter| f(x, w).map_err(|e| e.to_string()),
+        )));
+        stage.opts.pipe = Some(PipeSide::Producer);
+        stage.wire = Some(WireOps {
+            encode_in: codec::encode_into::<In>,
+            decode_in: codec::decode::<In>,
+            encode_out: codec::encode_into::<In>,
+            decode_out: codec::decode::<In>,
+        });
+        Producer(stage)
+    }
+
+    /// Runs the pair in worker processes.
+    pub fn subprocess(mut self) -> Self {
+        self.0.opts.process = true;
+        self
+    }
+
+    /// Runs `n` couples (see [`Producer`]).
+    pub fn workers(self, n: usize) -> Self {
+        Producer(self.0.workers(n))
+    }
+
+    /// Items that may wait between the producer and its consumer.
+    pub fn queue(self, n: usize) -> Self {
+        Producer(self.0.queue(n))
+    }
+
+    /// Per-item time limit of the producer (process pairs); see [`Stage::timeout`].
+    pub fn timeout(self, limit: std::time::Duration) -> Self {
+        Producer(self.0.timeout(limit))
+    }
+
+    /// Renames the stage.
+    pub fn named(self, name: impl Into<Cow<'static, str>>) -> Self {
+        Producer(self.0.named(name))
+    }
+}
+
+impl<In: Wire, Out: Wire> Consumer<In, Out> {
+    /// A consumer with one output per item.
+    pub fn new<E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: fmt::Display,
+        F: Fn(In, &mut PipeReader) -> Result<Out, E> + Send + Sync + 'static,
+    {
+        Self::emitting(name, move |x, r: &mut PipeReader, e: &mut Emit<Out>| {
+            e.emit(f(x, r)?);
+            Ok::<(), E>(())
+        })
+    }
+
+    /// A consumer with zero or more outputs per item (the general form `#[stage]` uses).
+    pub fn emitting<E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: fmt::Display,
+        F: Fn(In, &mut PipeReader, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
+    {
+        let mut stage = Stage::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        stage.pipe = Some(PipeRole::Consumer(Arc::new(
+            move |x, r: &mut PipeReader, e: &mut Emit<Out>| {
+                f(x, r, e).map_err(|err| err.to_string())
+            },
+        )));
+        stage.opts.pipe = Some(PipeSide::Consumer);
+        stage.wire = Some(WireOps {
+            encode_in: codec::encode_into::<In>,
+            decode_in: codec::decode::<In>,
+            encode_out: codec::encode_into::<Out>,
+            decode_out: codec::decode::<Out>,
+        });
+        Consumer(stage)
+    }
+
+    /// Runs the pair in worker processes.
+    pub fn subprocess(mut self) -> Self {
+        self.0.opts.process = true;
+        self
+    }
+
+    /// Items that may wait after the consumer.
+    pub fn queue(self, n: usize) -> Self {
+        Consumer(self.0.queue(n))
+    }
+
+    /// Per-item time limit of the consumer (process pairs); see [`Stage::timeout`].
+    pub fn timeout(self, limit: std::time::Duration) -> Self {
+        Consumer(self.0.timeout(limit))
+    }
+
+    /// Lets outputs overtake each other (see [`Stage::unordered`]).
+    pub fn unordered(self) -> Self {
+        Consumer(self.0.unordered())
+    }
+
+    /// Renames the stage.
+    pub fn named(self, name: impl Into<Cow<'static, str>>) -> Self {
+        Consumer(self.0.named(name))
+    }
+}
 
 /// Where an [`Items`] pulls from (a worker's input).
 pub(crate) trait Pull<T> {
@@ -113,6 +285,15 @@ pub(crate) struct Opts {
     pub stateful: bool,
     /// A whole-stream stage.
     pub stream: bool,
+    /// A half of a `pipe_next` pair.
+    pub pipe: Option<PipeSide>,
+}
+
+/// Which half of a `pipe_next` pair a stage is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PipeSide {
+    Producer,
+    Consumer,
 }
 
 /// Default number of items that may wait between a stage and the next.
@@ -135,6 +316,8 @@ pub struct Stage<In, Out> {
     pub(crate) make: Arc<MakeWorker<In, Out>>,
     /// Set for `stream` stages (then `make` is unused).
     pub(crate) stream: Option<Arc<StreamFn<In, Out>>>,
+    /// Set for the halves of a `pipe_next` pair (then `make` is unused).
+    pub(crate) pipe: Option<PipeRole<In, Out>>,
     pub(crate) opts: Opts,
     pub(crate) wire: Option<WireOps<In, Out>>,
 }
@@ -193,6 +376,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             name: name.into(),
             make: Arc::new(make),
             stream: None,
+            pipe: None,
             opts: Opts {
                 workers: 1,
                 unordered: false,
@@ -201,6 +385,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 timeout: None,
                 stateful: false,
                 stream: false,
+                pipe: None,
             },
             wire: None,
         }

@@ -85,6 +85,11 @@ pub(crate) struct ProcStage {
     pub timeout: Option<Duration>,
     /// For each worker: its input and output link descriptors.
     pub workers: Vec<(Vec<RawFd>, Vec<RawFd>)>,
+    /// For each worker of a `pipe_next` half: its couple's stream socket.
+    pub streams: Vec<Option<RawFd>>,
+    /// `Some(true)`: a `pipe_next` producer (its consumer is the next stage here);
+    /// `Some(false)`: a consumer (its producer is the previous one).
+    pub couple: Option<bool>,
 }
 
 /// One worker position of a stage; its worker is replaced in place.
@@ -142,13 +147,14 @@ pub(crate) fn cause(status: &WaitStatus) -> String {
 }
 
 /// The supervisor's whole life, in the forked child. Never returns.
-pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> ! {
+pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>) -> ! {
     let mut keep: Vec<RawFd> = vec![ctl];
     for s in &stages {
         for (ins, outs) in &s.workers {
             keep.extend(ins);
             keep.extend(outs);
         }
+        keep.extend(s.streams.iter().flatten());
     }
     sys::child_setup(false, Pid::from_raw(0), &keep, &inherited);
     fds::child_reset(&keep);
@@ -236,8 +242,12 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
             kill_all(&mut slots);
             sys::exit_now(0);
         }
+        let mut replaced: Vec<usize> = Vec::new();
         for (n, &k) in who.iter().enumerate() {
             let (pid_ev, ctl_ev) = (pfds[1 + 2 * n].revents, pfds[2 + 2 * n].revents);
+            if replaced.contains(&k) {
+                continue; // (its events were those of the worker it replaced)
+            }
             let Some(c) = slots[k].child.as_mut() else {
                 continue;
             };
@@ -267,9 +277,153 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, stages: Vec<ProcStage>) -> 
             {
                 why = format!("timed out after {} ms; worker killed", limit.as_millis());
             }
-            on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
+            if stages[slots[k].stage].couple.is_some() {
+                replaced.extend(on_couple_death(
+                    &mut stages,
+                    &mut slots,
+                    k,
+                    c.pid,
+                    &why,
+                    &mut restarts,
+                    &ctl,
+                ));
+            } else {
+                on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
+            }
         }
     }
+}
+
+/// A half of a `pipe_next` couple died. The couple is one unit: the other half is killed
+/// too, the producer's senders are told (fail the item the dead half ran, requeue the rest:
+/// the producer holds every item of the couple until its consumer finished it), and both
+/// are replaced with a fresh link and stream between them. Returns the replaced slots.
+fn on_couple_death(
+    stages: &mut [ProcStage],
+    slots: &mut [Slot],
+    k: usize,
+    pid: Pid,
+    why: &str,
+    restarts: &mut [VecDeque<Instant>],
+    ctl: &OwnedFd,
+) -> Vec<usize> {
+    let (si, j) = (slots[k].stage, slots[k].slot);
+    let (p_si, c_si) = if stages[si].couple == Some(true) {
+        (si, si + 1)
+    } else {
+        (si - 1, si)
+    };
+    let find = |stage: usize| {
+        slots
+            .iter()
+            .position(|s| s.stage == stage && s.slot == j)
+            .expect("couple slot")
+    };
+    let (pk, ck) = (find(p_si), find(c_si));
+    let partner = if k == pk { ck } else { pk };
+    if let Some(c) = slots[partner].child.take() {
+        sys::kill(c.pid, Signal::SIGKILL);
+        let _ = sys::wait_pid(c.pid, false);
+        slots[partner].state.running.store(0, Ordering::Relaxed);
+        slots[partner].overtime = None;
+        let partner_stage = &stages[slots[partner].stage];
+        send_msg(
+            ctl,
+            &SupMsg::WorkerDied {
+                stage: partner_stage.idx,
+                pid: c.pid.as_raw() as u32,
+                cause: "killed with its pipe_next partner".into(),
+                restarted: true,
+            },
+        );
+    }
+    let running = slots[k].state.running.swap(0, Ordering::AcqRel);
+    let mut failure = Vec::new();
+    if running != 0 {
+        let seq = running - 1;
+        let e = Error::Died {
+            stage: stages[si].stage.name().to_string(),
+            item: seq,
+            worker: Worker::Process(pid.as_raw() as u32),
+            cause: why.to_string(),
+        };
+        record::encode_failed(seq, stages[si].idx, &e, &mut failure);
+    }
+    let notice = link::dead_notice(slots[pk].epoch, &failure);
+    for &fd in &stages[p_si].workers[j].0 {
+        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
+        // pipeline's life); the borrow does not outlive this statement.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        send_notice(b, &notice);
+    }
+    let restarted = count_restart(&stages[si], &mut slots[k], why, &mut restarts[si]);
+    send_msg(
+        ctl,
+        &SupMsg::WorkerDied {
+            stage: stages[si].idx,
+            pid: pid.as_raw() as u32,
+            cause: why.to_string(),
+            restarted,
+        },
+    );
+    if !restarted {
+        slots[partner].give_up = slots[k].give_up.clone();
+    }
+    // A fresh link and stream between the new couple.
+    let old = [stages[p_si].workers[j].1[0], stages[c_si].workers[j].0[0]];
+    let old_streams = [stages[p_si].streams[j], stages[c_si].streams[j]];
+    for fd in old.into_iter().chain(old_streams.into_iter().flatten()) {
+        fds::unregister(fd);
+        sys::close(fd);
+    }
+    match (fds::seqpacket_pair(), fds::stream_pair()) {
+        (Ok((a, b)), Ok((sa, sb))) => {
+            crate::pipe::tune(&sa);
+            crate::pipe::tune(&sb);
+            stages[p_si].workers[j].1[0] = fds::into_raw(a);
+            stages[c_si].workers[j].0[0] = fds::into_raw(b);
+            stages[p_si].streams[j] = Some(fds::into_raw(sa));
+            stages[c_si].streams[j] = Some(fds::into_raw(sb));
+        }
+        _ => {
+            tracing::error!("forkpipe supervisor: no sockets for a replacement pipe_next couple");
+            return vec![pk, ck];
+        }
+    }
+    for s in [pk, ck] {
+        slots[s].epoch += 1;
+        if let Err(e) = spawn(stages, &mut slots[s]) {
+            tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
+        }
+    }
+    vec![pk, ck]
+}
+
+/// Counts a restart against the stage's budget; past it, the slot's next worker is a
+/// stand-in that fails every item fast. Returns whether this was a real restart.
+fn count_restart(st: &ProcStage, slot: &mut Slot, why: &str, hist: &mut VecDeque<Instant>) -> bool {
+    let now = Instant::now();
+    while hist
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW)
+    {
+        hist.pop_front();
+    }
+    let budget = (5 * st.workers.len()).max(10);
+    let restarted = slot.give_up.is_none() && hist.len() < budget;
+    if restarted {
+        hist.push_back(now);
+    } else if slot.give_up.is_none() {
+        let secs = hist
+            .front()
+            .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
+        slot.give_up = Some(GiveUp {
+            restarts: hist.len() as u32,
+            secs,
+            cause: why.to_string(),
+        });
+    }
+    restarted
 }
 
 /// Grace between SIGTERM and SIGKILL for a worker whose item timed out.
@@ -350,28 +504,7 @@ fn on_death(
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         send_notice(b, &notice);
     }
-    let now = Instant::now();
-    let hist = &mut restarts[slot.stage];
-    while hist
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW)
-    {
-        hist.pop_front();
-    }
-    let budget = (5 * st.workers.len()).max(10);
-    let restarted = slot.give_up.is_none() && hist.len() < budget;
-    if restarted {
-        hist.push_back(now);
-    } else if slot.give_up.is_none() {
-        let secs = hist
-            .front()
-            .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
-        slot.give_up = Some(GiveUp {
-            restarts: hist.len() as u32,
-            secs,
-            cause: why.to_string(),
-        });
-    }
+    let restarted = count_restart(st, slot, why, &mut restarts[slot.stage]);
     send_msg(
         ctl,
         &SupMsg::WorkerDied {
@@ -502,8 +635,10 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
     match unsafe { fds::fork() }? {
         fds::Fork::Child(inherited) => {
             let (ins, outs) = &s.workers[slot.slot];
+            let stream = s.streams.get(slot.slot).copied().flatten();
             let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
             keep.push(ctl_worker.as_raw_fd());
+            keep.extend(stream);
             sys::child_setup(true, me, &keep, &inherited);
             fds::child_reset(&keep);
             let own = |v: &Vec<RawFd>| {
@@ -519,7 +654,11 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
             let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
             std::mem::forget(ctl_worker);
             let ctx = WorkerCtx {
-                ctl,
+                ctl: Some(ctl),
+                // SAFETY: the couple's stream socket of this worker, kept open above.
+                stream: stream.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                // A consumer replaced with its producer gets a fresh link: nothing to skip.
+                resync_inputs: s.couple != Some(false),
                 idx: s.idx,
                 ins: own(ins),
                 outs: own(outs),

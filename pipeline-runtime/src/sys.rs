@@ -38,6 +38,17 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(io::Error::from)
 }
 
+/// A connected pair of `SOCK_STREAM` Unix sockets, close-on-exec (a `pipe_next` stream).
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Sends one message. `Ok(None)` means it would block (only with `nonblocking`).
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Result<Option<usize>> {
     let mut flags = MsgFlags::MSG_NOSIGNAL;
@@ -214,7 +225,7 @@ pub(crate) fn thread_count() -> usize {
 
 /// Per-worker-slot state shared between a worker and its supervisor (shared memory, so
 /// the worker updates it with a plain store per item, no syscall).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct SlotState {
     /// `seq + 1` of the item the worker is running, 0 when idle.
@@ -249,4 +260,10 @@ pub(crate) fn now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Closes a raw descriptor this process owns and no object refers to any more.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: by the caller's contract the descriptor is ours and unreferenced.
+    unsafe { libc::close(fd) };
 }

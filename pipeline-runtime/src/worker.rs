@@ -8,34 +8,41 @@
 //! side of a link.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
+use crate::pipe::{End, PipeReader, PipeWriter};
 use crate::record;
-use crate::stage::{Body, Emit, Stage, apply};
+use crate::stage::{Body, Emit, PipeRole, Stage, apply};
 use crate::sys::{self, SlotState};
 
 /// Records processed between two flush-and-ack points when the local queue is long.
 const ACK_EVERY: usize = 512;
 
-/// What a worker process gets from the supervisor.
-pub(crate) struct WorkerCtx {
+/// What a worker gets: from the supervisor (a process, `F = OwnedFd`) or from the caller
+/// (a link worker on a thread, `F = RtFd`).
+pub(crate) struct WorkerCtx<F> {
     pub idx: u32,
-    pub ins: Vec<OwnedFd>,
-    pub outs: Vec<OwnedFd>,
+    pub ins: Vec<F>,
+    pub outs: Vec<F>,
     pub credit: usize,
     /// 0 for the first worker of a slot, then one more per replacement.
     pub epoch: u32,
     pub slot: &'static SlotState,
     /// Set for the stand-in of a stage past its restart budget: every item fails with it.
     pub give_up: Option<GiveUp>,
-    /// The control socket to the supervisor.
-    pub ctl: OwnedFd,
+    /// The control socket to the supervisor (none for a worker on a thread).
+    pub ctl: Option<F>,
+    /// A `pipe_next` half: the couple's byte-stream socket.
+    pub stream: Option<F>,
     /// This worker's position in its stage, and the stage's number of workers.
     pub position: usize,
     pub of: usize,
+    /// A replacement skips its inputs' old records until `RESYNC` — except on links made
+    /// fresh with it (a `pipe_next` consumer replaced with its producer).
+    pub resync_inputs: bool,
 }
 
 /// Control messages from a worker to the supervisor.
@@ -64,9 +71,15 @@ pub(crate) struct GiveUp {
     pub cause: String,
 }
 
-pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
+fn tell<F: AsFd>(ctl: &Option<F>, msg: &[u8]) {
+    if let Some(c) = ctl {
+        let _ = sys::send(c.as_fd(), msg, false);
+    }
+}
+
+pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
-    ctx: WorkerCtx,
+    ctx: WorkerCtx<F>,
 ) -> io::Result<WorkerEnd> {
     if let (Some(f), None) = (&stage.stream, &ctx.give_up) {
         let f = std::sync::Arc::clone(f);
@@ -81,9 +94,12 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
         slot,
         give_up,
         ctl,
+        stream,
+        resync_inputs: ctx_resync,
+        position,
         ..
     } = ctx;
-    let mut f = if give_up.is_some() {
+    let mut f = if give_up.is_some() || stage.pipe.is_some() {
         Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
     } else {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
@@ -97,15 +113,41 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
             }
         }
     };
-    let _ = sys::send(ctl.as_fd(), &[CTL_INIT_OK], false);
+    tell(&ctl, &[CTL_INIT_OK]);
     let mut restart = false;
+    // A producer acks an item upstream only once its consumer acked it: until then the
+    // couple holds it, and if the couple dies the item is failed or requeued upstream.
+    let producer = matches!(stage.pipe, Some(PipeRole::Producer(_)));
+    let mut deferred: std::collections::VecDeque<(usize, u32)> = std::collections::VecDeque::new();
+    let mut credited = 0u64;
+    let sync_deferred = |rx: &mut LinkReceiver<F>,
+                         tx: &LinkSender<F>,
+                         deferred: &mut std::collections::VecDeque<(usize, u32)>,
+                         credited: &mut u64| {
+        while *credited < tx.acked_total() {
+            match deferred.pop_front() {
+                Some((link, epoch)) => rx.credit(link, epoch),
+                None => break,
+            }
+            *credited += 1;
+        }
+    };
     let wire = stage.wire.expect("process stages have wire functions");
-    let me = Worker::Process(std::process::id());
+    let me = if ctl.is_some() {
+        Worker::Process(std::process::id())
+    } else {
+        Worker::Thread(position)
+    };
+    let resync = ctx_resync;
     let (mut rx, mut tx) = if epoch == 0 {
         (LinkReceiver::new(ins), LinkSender::new(outs, credit))
     } else {
         (
-            LinkReceiver::replacement(ins, epoch),
+            if resync {
+                LinkReceiver::replacement(ins, epoch)
+            } else {
+                LinkReceiver::new(ins)
+            },
             LinkSender::replacement(outs, credit, epoch)?,
         )
     };
@@ -116,6 +158,10 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
     loop {
         if rx.is_empty() {
             tx.flush()?;
+            if producer {
+                tx.read_acks()?;
+                sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
+            }
             rx.send_acks();
             if tx.has_requeued() {
                 // A worker downstream died: resend what it held before anything else.
@@ -157,6 +203,55 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
                 cause: g.cause.clone(),
             };
             tx.push(r.seq, |out| record::encode_failed(r.seq, idx, &e, out))?;
+        } else if let Some(PipeRole::Producer(pf)) = &stage.pipe {
+            // Forward the item first, so the consumer reads while we write.
+            tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
+            tx.flush()?;
+            if (r.tag == TAG_ONE || r.tag == TAG_MANY)
+                && let Ok(body) = record::decode(r.tag, rx.payload(&r), wire.decode_in)
+            {
+                let fd = stream.as_ref().expect("a producer has its stream").as_fd();
+                for x in elements(body) {
+                    produce(&**pf, &stage.name, me, r.seq, x, fd)?;
+                }
+            }
+        } else if let Some(PipeRole::Consumer(cf)) = &stage.pipe {
+            let body = if r.tag == TAG_ONE || r.tag == TAG_MANY {
+                match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
+                    Ok(body) => {
+                        let fd = stream.as_ref().expect("a consumer has its stream").as_fd();
+                        consume(&**cf, idx, &stage.name, me, r.seq, body, fd, &mut emit)?
+                    }
+                    Err(message) => Body::Failed(
+                        idx,
+                        Box::new(Error::Codec {
+                            stage: stage.name.to_string(),
+                            item: r.seq,
+                            worker: me,
+                            what: "decode".into(),
+                            message,
+                        }),
+                    ),
+                }
+            } else {
+                Body::Dropped(u32::MAX)
+            };
+            if matches!(body, Body::Dropped(u32::MAX)) {
+                tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
+            } else {
+                tx.push(r.seq, |out| {
+                    if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
+                        let e = Error::Codec {
+                            stage: stage.name.to_string(),
+                            item: r.seq,
+                            worker: me,
+                            what: "encode the output of".into(),
+                            message,
+                        };
+                        record::encode_failed(r.seq, idx, &e, out);
+                    }
+                })?;
+            }
         } else if r.tag == TAG_ONE || r.tag == TAG_MANY {
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
                 Ok(body) => {
@@ -192,7 +287,12 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
             tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
         }
         slot.running.store(0, Ordering::Release);
-        rx.done(r);
+        if producer {
+            deferred.push_back(LinkReceiver::<F>::origin(&r));
+            rx.release(r);
+        } else {
+            rx.done(r);
+        }
         if restart {
             // The state may be half-updated: hand over what is done, then be replaced.
             tx.flush()?;
@@ -206,25 +306,125 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static>(
             // Keep the sender's credit flowing while a long local queue is processed.
             since_ack = 0;
             tx.flush()?;
+            if producer {
+                tx.read_acks()?;
+                sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
+            }
             rx.send_acks();
         }
     }
     tx.finish()?;
+    if producer {
+        sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
+    }
     rx.drain_acks();
-    let _ = sys::send(ctl.as_fd(), &[CTL_FINISHED], false);
+    tell(&ctl, &[CTL_FINISHED]);
     Ok(WorkerEnd::Finished)
 }
 
-fn init_failed(ctl: &OwnedFd, message: &str) -> io::Result<WorkerEnd> {
+/// The values of a record body (several after an `Emit` stage).
+fn elements<T>(body: Body<T>) -> Vec<T> {
+    match body {
+        Body::One(v) => vec![v],
+        Body::Many(vs) => vs,
+        _ => Vec::new(),
+    }
+}
+
+/// Runs the producer on one value and ends its stream.
+fn produce<In>(
+    pf: &crate::stage::ProduceFn<In>,
+    stage: &str,
+    me: Worker,
+    seq: u64,
+    x: In,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut w = PipeWriter::new(fd, seq);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pf(x, &mut w)));
+    let failure = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(Error::Failed {
+            stage: stage.to_string(),
+            item: seq,
+            worker: me,
+            message,
+        }),
+        Err(p) => Some(Error::Panicked {
+            stage: stage.to_string(),
+            item: seq,
+            worker: me,
+            message: crate::error::panic_message(p.as_ref()),
+        }),
+    };
+    w.finish(failure.as_ref())
+}
+
+/// Runs the consumer on each value of an item, reading the producer's stream, and decides
+/// the item's outcome (see [`crate::pipe`]).
+#[allow(clippy::too_many_arguments)]
+fn consume<In, Out>(
+    cf: &crate::stage::ConsumeFn<In, Out>,
+    idx: u32,
+    stage: &str,
+    me: Worker,
+    seq: u64,
+    body: Body<In>,
+    fd: std::os::fd::BorrowedFd<'_>,
+    emit: &mut Emit<Out>,
+) -> io::Result<Body<Out>> {
+    let mut failed: Option<(u32, Box<Error>)> = None;
+    for x in elements(body) {
+        let mut reader = PipeReader::new(fd, seq);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cf(x, &mut reader, emit)));
+        let (end, read_to_end) = reader.finish()?;
+        if failed.is_some() {
+            continue;
+        }
+        let consumer_failure = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(message)) => Some(Error::Failed {
+                stage: stage.to_string(),
+                item: seq,
+                worker: me,
+                message,
+            }),
+            Err(p) => Some(Error::Panicked {
+                stage: stage.to_string(),
+                item: seq,
+                worker: me,
+                message: crate::error::panic_message(p.as_ref()),
+            }),
+        };
+        failed = match (end, consumer_failure) {
+            // The producer failed on its own while the consumer was still reading: its
+            // cause wins, even if the consumer returned `Ok` on the cut stream.
+            (End::Failed(e), c) if read_to_end || c.is_some() => Some((idx.saturating_sub(1), e)),
+            (_, Some(c)) => Some((idx, Box::new(c))),
+            _ => None,
+        };
+    }
+    let mut outs = std::mem::replace(emit, Emit::new());
+    Ok(match failed {
+        Some((i, e)) => Body::Failed(i, e),
+        None => match outs.len() {
+            0 => Body::Dropped(idx),
+            1 => Body::One(outs.take_one()),
+            _ => Body::Many(outs.take_all()),
+        },
+    })
+}
+
+fn init_failed<F: AsFd>(ctl: &Option<F>, message: &str) -> io::Result<WorkerEnd> {
     let mut m = vec![CTL_INIT_FAILED];
     m.extend_from_slice(&message.as_bytes()[..message.len().min(60_000)]);
-    let _ = sys::send(ctl.as_fd(), &m, false);
+    tell(ctl, &m);
     Ok(WorkerEnd::InitFailed)
 }
 
 /// Waits until everything sent downstream was acked (so nothing needs requeueing when
 /// this worker goes).
-fn wait_acked(tx: &mut LinkSender<OwnedFd>) -> io::Result<()> {
+fn wait_acked<F: AsFd>(tx: &mut LinkSender<F>) -> io::Result<()> {
     let mut extra = Vec::new();
     while tx.unacked() > 0 || tx.has_requeued() {
         tx.wait_progress(&mut extra)?;
@@ -233,10 +433,10 @@ fn wait_acked(tx: &mut LinkSender<OwnedFd>) -> io::Result<()> {
 }
 
 /// A process worker of a `stream` stage (see [`crate::stream`]).
-fn run_stream<In: Send + 'static, Out: Send + 'static>(
+fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
     f: &crate::stage::StreamFn<In, Out>,
-    ctx: WorkerCtx,
+    ctx: WorkerCtx<F>,
 ) -> io::Result<WorkerEnd> {
     let WorkerCtx {
         idx,
@@ -257,9 +457,13 @@ fn run_stream<In: Send + 'static, Out: Send + 'static>(
             LinkSender::replacement(outs, credit, epoch)?,
         )
     };
-    let _ = sys::send(ctl.as_fd(), &[CTL_INIT_OK], false);
-    let me = Worker::Process(std::process::id());
-    let io = std::rc::Rc::new(std::cell::RefCell::new(LinkPull::<In, Out> {
+    tell(&ctl, &[CTL_INIT_OK]);
+    let me = if ctl.is_some() {
+        Worker::Process(std::process::id())
+    } else {
+        Worker::Thread(position)
+    };
+    let io = std::rc::Rc::new(std::cell::RefCell::new(LinkPull::<In, Out, F> {
         rx,
         tx,
         wire: stage.wire.expect("process stages have wire functions"),
@@ -280,13 +484,13 @@ fn run_stream<In: Send + 'static, Out: Send + 'static>(
     if let Some(e) = io.error.take() {
         return Err(e);
     }
-    let _ = sys::send(ctl.as_fd(), &[CTL_FINISHED], false);
+    tell(&ctl, &[CTL_FINISHED]);
     Ok(WorkerEnd::Finished)
 }
 
-struct LinkPull<In, Out> {
-    rx: LinkReceiver<OwnedFd>,
-    tx: LinkSender<OwnedFd>,
+struct LinkPull<In, Out, F> {
+    rx: LinkReceiver<F>,
+    tx: LinkSender<F>,
     wire: crate::stage::WireOps<In, Out>,
     vals: std::collections::VecDeque<In>,
     next_seq: u64,
@@ -301,7 +505,7 @@ struct LinkPull<In, Out> {
     extra: Vec<libc::pollfd>,
 }
 
-impl<In, Out> LinkPull<In, Out> {
+impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
     fn send(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) {
         if self.error.is_some() {
             return;
@@ -352,7 +556,7 @@ impl<In, Out> LinkPull<In, Out> {
     }
 }
 
-impl<In, Out> crate::stage::Pull<In> for LinkPull<In, Out> {
+impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
     fn pull(&mut self) -> Option<In> {
         loop {
             if let Some(v) = self.vals.pop_front() {
@@ -435,7 +639,7 @@ impl<In, Out> crate::stage::Pull<In> for LinkPull<In, Out> {
     }
 }
 
-impl<In, Out> crate::stream::StreamIo<In, Out> for LinkPull<In, Out> {
+impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F> {
     fn emit(&mut self, value: Out) {
         let seq = self.new_seq();
         let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
