@@ -108,8 +108,8 @@ pub enum Error {
         /// The codec's message.
         message: String,
     },
-    /// The pipeline was stopped before the item finished.
-    #[error("item {item}: shut down before the item ran")]
+    /// The pipeline was stopped before the item finished (it may not have run at all).
+    #[error("item {item}: shut down before completion")]
     ShutDown {
         /// The item's sequence number, when known.
         item: u64,

@@ -261,6 +261,8 @@ pub(crate) struct Shared {
     pub issued: AtomicU64,
     /// Set when the pipeline was stopped abnormally: the cause every unfinished item gets.
     pub abort: Mutex<Option<Error>>,
+    /// Set when the user's side stops the pipeline (drop, shutdown deadline).
+    pub stopping: std::sync::atomic::AtomicBool,
     pub window: Window,
 }
 
@@ -276,6 +278,7 @@ impl Shared {
             completed: AtomicU64::new(0),
             issued: AtomicU64::new(0),
             abort: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             window: Window::new(window),
         }
     }

@@ -508,6 +508,7 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
 }
 
 fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
+    let mut done = false;
     while let Some(msg) = supervisor::recv_msg(&*ctl) {
         match msg {
             SupMsg::WorkerDied {
@@ -525,10 +526,26 @@ fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            SupMsg::Done | SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
+            SupMsg::Done => done = true,
+            SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
         }
     }
-    let _ = sys::wait_pid(pid, false);
+    let status = sys::wait_pid(pid, false).ok().flatten();
+    if !done && !shared.stopping.load(Ordering::Acquire) {
+        // The supervisor died under us (its workers follow it: PDEATHSIG). Every unfinished
+        // item fails with that cause; nothing can be submitted any more.
+        let cause = status
+            .as_ref()
+            .map_or_else(|| "ended".to_string(), supervisor::cause);
+        tracing::error!(pid = pid.as_raw(), %cause, "forkpipe: the supervisor process died");
+        shared.set_abort(Error::Died {
+            stage: "(supervisor)".into(),
+            item: 0,
+            worker: crate::error::Worker::Process(pid.as_raw() as u32),
+            cause: format!("supervisor died: {cause}"),
+        });
+        shared.window.close();
+    }
 }
 
 trait AsFdRef {
@@ -558,6 +575,7 @@ impl Engine {
             return;
         }
         self.done = true;
+        self.shared.stopping.store(true, Ordering::Release);
         self.stop = None;
         self.shared.window.close();
         if let Some(c) = self.control.take() {
@@ -796,6 +814,8 @@ pub struct Stats {
     pub submitted: u64,
     /// Items with a final outcome.
     pub completed: u64,
+    /// Items in the pipeline now (entered, not finished): `submitted - completed`.
+    pub in_flight: u64,
     /// One entry per stage, in order.
     pub stages: Vec<StageStats>,
 }
@@ -823,9 +843,11 @@ fn stats_of(shared: &Shared) -> Stats {
             s
         })
         .collect();
+    let submitted = shared.issued.load(Ordering::Relaxed);
     Stats {
-        submitted: shared.issued.load(Ordering::Relaxed),
+        submitted,
         completed,
+        in_flight: submitted.saturating_sub(completed),
         stages,
     }
 }

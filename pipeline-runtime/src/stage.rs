@@ -691,9 +691,30 @@ pub(crate) fn quiet_panics() {
         let at = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        // For a build with `panic = "abort"`: the supervisor reads this after the abort.
+        let slot = CURRENT_SLOT.load(std::sync::atomic::Ordering::Relaxed);
+        if !slot.is_null() {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let text = match &at {
+                Some(a) => format!("{msg} (at {a})"),
+                None => msg,
+            };
+            // SAFETY: `CURRENT_SLOT` points into the supervisor's shared mapping, which is
+            // never unmapped; only atomics are touched through it.
+            unsafe { &*slot }.set_panic(&text);
+        }
         PANIC_AT.with(|p| *p.borrow_mut() = at);
     }));
 }
+
+/// The shared state of the worker slot this process serves (null outside workers).
+pub(crate) static CURRENT_SLOT: std::sync::atomic::AtomicPtr<crate::sys::SlotState> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 fn run_one<In, Out>(
     f: &mut WorkerFn<In, Out>,

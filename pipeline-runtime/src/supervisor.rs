@@ -277,6 +277,10 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             {
                 why = format!("timed out after {} ms; worker killed", limit.as_millis());
             }
+            if let Some(msg) = slots[k].state.take_panic() {
+                // A panic that aborted (a `panic = "abort"` build, or a panic while panicking).
+                why = format!("panicked: {msg}; {why}");
+            }
             if stages[slots[k].stage].couple.is_some() {
                 replaced.extend(on_couple_death(
                     &mut stages,

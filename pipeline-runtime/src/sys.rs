@@ -169,9 +169,16 @@ pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd],
         }
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    // SAFETY: installing SIG_IGN/SIG_DFL runs no handler code.
-    unsafe {
-        let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    // SIGINT ignored (the caller decides about Ctrl-C); SIGCHLD back to its default so a
+    // host that ignores it cannot make our workers' exit statuses vanish; SIGPIPE ignored as
+    // in any Rust program (writes to closed pipes are errors, not deaths).
+    for (sig, how) in [
+        (Signal::SIGINT, SigHandler::SigIgn),
+        (Signal::SIGCHLD, SigHandler::SigDfl),
+        (Signal::SIGPIPE, SigHandler::SigIgn),
+    ] {
+        // SAFETY: installing SIG_IGN or SIG_DFL runs no handler code.
+        let _ = unsafe { signal::signal(sig, how) };
     }
     for &fd in close {
         if !keep.contains(&fd) {
@@ -225,13 +232,58 @@ pub(crate) fn thread_count() -> usize {
 
 /// Per-worker-slot state shared between a worker and its supervisor (shared memory, so
 /// the worker updates it with a plain store per item, no syscall).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(C)]
 pub(crate) struct SlotState {
     /// `seq + 1` of the item the worker is running, 0 when idle.
     pub running: std::sync::atomic::AtomicU64,
     /// When that item started (`CLOCK_MONOTONIC` ns), for timeouts.
     pub since: std::sync::atomic::AtomicU64,
+    /// The last panic message of the running item (written by the worker's panic hook, so
+    /// it survives a `panic = "abort"` build's abort): length, then bytes.
+    pub panic_len: std::sync::atomic::AtomicU32,
+    pub panic_msg: [std::sync::atomic::AtomicU8; PANIC_MSG],
+}
+
+/// Room for a panic message in [`SlotState`].
+pub(crate) const PANIC_MSG: usize = 240;
+
+impl SlotState {
+    /// Records a panic message (cut to fit).
+    pub(crate) fn set_panic(&self, msg: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = msg.as_bytes();
+        let n = b.len().min(PANIC_MSG);
+        for (dst, src) in self.panic_msg.iter().zip(&b[..n]) {
+            dst.store(*src, Relaxed);
+        }
+        self.panic_len
+            .store(n as u32, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the recorded panic message, if any.
+    pub(crate) fn take_panic(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.panic_len.swap(0, std::sync::atomic::Ordering::Acquire) as usize;
+        (n > 0).then(|| {
+            let b: Vec<u8> = self.panic_msg[..n.min(PANIC_MSG)]
+                .iter()
+                .map(|x| x.load(Relaxed))
+                .collect();
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    }
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState {
+            running: Default::default(),
+            since: Default::default(),
+            panic_len: Default::default(),
+            panic_msg: std::array::from_fn(|_| Default::default()),
+        }
+    }
 }
 
 /// `n` zeroed [`SlotState`]s in anonymous shared memory, inherited by children; never
@@ -251,13 +303,14 @@ pub(crate) fn shared_slots(n: usize) -> io::Result<&'static [SlotState]> {
     }
     .map_err(io::Error::from)?;
     // SAFETY: the mapping is `len` zeroed bytes, page-aligned, never unmapped; an all-zero
-    // `SlotState` is two zero atomics, a valid value; the atomics make shared access sound.
+    // `SlotState` is all-zero atomics, a valid value; the atomics make shared access sound.
     Ok(unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<SlotState>(), n.max(1)) })
 }
 
-/// Monotonic clock in nanoseconds.
+/// Monotonic clock in nanoseconds (the coarse clock: a few ms of resolution is plenty for
+/// timeouts, and it costs far less per item).
 pub(crate) fn now_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }

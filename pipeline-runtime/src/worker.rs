@@ -99,6 +99,9 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         position,
         ..
     } = ctx;
+    if ctl.is_some() {
+        crate::stage::CURRENT_SLOT.store(std::ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
+    }
     let mut f = if give_up.is_some() || stage.pipe.is_some() {
         Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
     } else {
@@ -154,6 +157,8 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     let mut emit = Emit::new();
     let mut extra = Vec::new();
     let mut since_ack = 0usize;
+    // Start times are only read by the supervisor's timeout check.
+    let timed = stage.opts.timeout.is_some();
     let corrupt = |c: crate::link::Corrupt| io::Error::new(io::ErrorKind::InvalidData, c.0);
     loop {
         if rx.is_empty() {
@@ -192,7 +197,9 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 }
             }
         }
-        slot.since.store(sys::now_ns(), Ordering::Relaxed);
+        if timed {
+            slot.since.store(sys::now_ns(), Ordering::Relaxed);
+        }
         slot.running.store(r.seq + 1, Ordering::Release);
         if let (Some(g), true) = (&give_up, r.tag == TAG_ONE || r.tag == TAG_MANY) {
             let e = Error::GaveUp {
@@ -287,6 +294,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
         }
         slot.running.store(0, Ordering::Release);
+        slot.panic_len.store(0, Ordering::Relaxed);
         if producer {
             deferred.push_back(LinkReceiver::<F>::origin(&r));
             rx.release(r);
