@@ -66,6 +66,6 @@ pub mod prelude {
 pub mod __private {
     pub use pipeline_runtime::{
         Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
-        Source, Stage,
+        Source, Stage, Wire,
     };
 }

@@ -1,11 +1,14 @@
-//! Every form and option of `#[stage]` and `pipeline!`, run on thread stages (and one in
-//! worker processes). The expansion must be lint-clean, hence the `deny`.
+//! Every form and option of `#[stage]` and `pipeline!`, run on thread stages and in worker
+//! processes. The expansion must be lint-clean, hence the `deny`.
 
 #![deny(warnings, unused_qualifications, clippy::all)]
 
+use std::collections::HashMap;
 use std::io;
 
+use forkpipe::Worker;
 use forkpipe::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[stage]
 fn add_n(x: u64, n: u64) -> u64 {
@@ -261,4 +264,448 @@ fn stage_imported_with_use() {
 #[test]
 fn private_types_and_imports_of_the_parent() {
     assert_eq!(collect(stages::shift_by(5).run([1u64]).unwrap()), [6]);
+}
+
+// ---------------------------------------------------------------------------------------
+// `stream`: parallelpipe's `most_common`
+// ---------------------------------------------------------------------------------------
+
+/// The pages parallelpipe's example downloads: some with a title, one without.
+fn pages() -> Vec<String> {
+    let titles = ["Rust", "Pipes", "Rust", "Forks", "Rust", "Pipes"];
+    let mut pages: Vec<String> = titles
+        .iter()
+        .map(|t| format!("<html><title>{t}</title><body>..</body></html>"))
+        .collect();
+    pages.insert(2, String::from("<html>no title</html>"));
+    pages
+}
+
+#[stage(workers = 2)]
+fn get_title(content: String) -> Option<String> {
+    let start = content.find("<title>")? + "<title>".len();
+    let end = start + content[start..].find("</title>")?;
+    Some(content[start..end].to_owned())
+}
+
+/// The most common title and how often it came: parallelpipe's `Counter(titles).most_common(1)`.
+#[stage(stream)]
+fn most_common(titles: impl Iterator<Item = String>) -> impl Iterator<Item = (String, usize)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for title in titles {
+        *counts.entry(title).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .into_iter()
+}
+
+#[stage(stream, subprocess)]
+fn most_common_in_worker(
+    titles: impl Iterator<Item = String>,
+) -> impl Iterator<Item = (String, usize)> {
+    most_common(titles)
+}
+
+/// A stream stage with a bound parameter and a concrete return type.
+#[stage(stream, name = "top")]
+fn top_n(titles: impl IntoIterator<Item = String>, n: usize) -> Vec<(String, usize)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for title in titles {
+        *counts.entry(title).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.truncate(n);
+    counts
+}
+
+/// Running sums: a stream stage that yields as it reads, in a worker process.
+#[stage(stream, subprocess)]
+fn running_sum(numbers: impl Iterator<Item = u64>, start: u64) -> impl Iterator<Item = u64> {
+    numbers.scan(start, |sum, x| {
+        *sum += x;
+        Some(*sum)
+    })
+}
+
+#[test]
+fn stream_most_common_on_a_thread() {
+    let p = pipeline![get_title | most_common];
+    assert_eq!(
+        collect(p.run(pages()).unwrap()),
+        [(String::from("Rust"), 3)]
+    );
+}
+
+#[test]
+fn stream_most_common_in_a_worker_process() {
+    let p = pipeline![get_title | most_common_in_worker];
+    assert_eq!(
+        collect(p.run(pages()).unwrap()),
+        [(String::from("Rust"), 3)]
+    );
+}
+
+#[test]
+fn stream_with_bound_parameter_and_concrete_return_type() {
+    let p = pipeline![get_title | top_n(2)];
+    let top = collect(p.run(pages()).unwrap());
+    assert_eq!(top, [(String::from("Rust"), 3), (String::from("Pipes"), 2)]);
+}
+
+#[test]
+fn stream_in_a_worker_process_yields_as_it_reads() {
+    let p = pipeline![numbers(5) | running_sum(100) | double];
+    assert_eq!(collect(p.results().unwrap()), [200, 202, 206, 212, 220]);
+}
+
+#[test]
+fn stream_stage_functions_stay_callable() {
+    let titles = ["a", "b", "a"].map(String::from);
+    assert_eq!(top_n(titles, 1), [(String::from("a"), 2)]);
+    assert_eq!(running_sum(1..4, 0).collect::<Vec<_>>(), [1, 3, 6]);
+}
+
+// ---------------------------------------------------------------------------------------
+// `init`: per-worker state
+// ---------------------------------------------------------------------------------------
+
+/// Per-worker state: how many items this worker has seen.
+#[derive(Debug, Default)]
+struct Counter {
+    seen: u64,
+}
+
+fn new_counter() -> Counter {
+    Counter::default()
+}
+
+fn open_counter() -> Result<Counter, io::Error> {
+    Ok(Counter { seen: 100 })
+}
+
+fn refuse_counter() -> Result<Counter, String> {
+    Err(String::from("no database at db.invalid"))
+}
+
+/// `(item, how many items this worker has seen, the worker's pid)`.
+#[stage(init = new_counter)]
+fn count(x: u64, counter: &mut Counter) -> (u64, u64, u32) {
+    counter.seen += 1;
+    (x, counter.seen, std::process::id())
+}
+
+#[stage(subprocess, workers = 2, init = new_counter)]
+fn count_in_worker(x: u64, counter: &mut Counter) -> (u64, u64, u32) {
+    count(x, counter)
+}
+
+/// An init returning `Result<S, E>`; the state parameter before a bound one.
+#[stage(init = open_counter)]
+fn offset_count(x: u64, counter: &mut Counter, step: u64) -> Result<u64, String> {
+    counter.seen += step;
+    if x == 3 {
+        return Err(format!("{x} is unlucky"));
+    }
+    Ok(counter.seen)
+}
+
+/// The filter form with state: keeps every second item this worker sees.
+#[stage(init = Counter::default)]
+fn every_second(x: u64, counter: &mut Counter) -> Option<u64> {
+    counter.seen += 1;
+    counter.seen.is_multiple_of(2).then_some(x)
+}
+
+/// The emit form with state, the state after the `Emit`.
+#[stage(init = new_counter)]
+fn numbered(line: String, out: &mut Emit<String>, counter: &mut Counter) {
+    for word in line.split_whitespace() {
+        counter.seen += 1;
+        out.emit(format!("{}:{word}", counter.seen));
+    }
+}
+
+/// The try-emit form with state.
+#[stage(subprocess, init = open_counter)]
+fn numbered_or_fail(
+    line: String,
+    counter: &mut Counter,
+    out: &mut Emit<String>,
+) -> Result<(), String> {
+    if line.is_empty() {
+        return Err(String::from("empty line"));
+    }
+    for word in line.split_whitespace() {
+        counter.seen += 1;
+        out.emit(format!("{}:{word}", counter.seen));
+    }
+    Ok(())
+}
+
+#[stage(init = refuse_counter)]
+fn refused(x: u64, counter: &mut Counter) -> u64 {
+    x + counter.seen
+}
+
+#[stage(subprocess, workers = 2, init = refuse_counter)]
+fn refused_in_worker(x: u64, counter: &mut Counter) -> u64 {
+    x + counter.seen
+}
+
+/// A sink with state.
+#[stage(init = new_counter)]
+fn tally(_x: u64, counter: &mut Counter) {
+    counter.seen += 1;
+}
+
+#[test]
+fn init_state_survives_across_items_on_a_thread() {
+    let v = collect(pipeline![count].run(10..15u64).unwrap());
+    let seen: Vec<(u64, u64)> = v.iter().map(|&(x, seen, _)| (x, seen)).collect();
+    assert_eq!(seen, [(10, 1), (11, 2), (12, 3), (13, 4), (14, 5)]);
+}
+
+#[test]
+fn init_state_is_per_worker_process() {
+    let v = collect(pipeline![count_in_worker].run(0..40u64).unwrap());
+    assert_eq!(
+        v.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (0..40).collect::<Vec<_>>()
+    );
+    let mut by_worker: HashMap<u32, Vec<u64>> = HashMap::new();
+    for (_, seen, pid) in v {
+        assert_ne!(pid, std::process::id(), "ran in a worker process");
+        by_worker.entry(pid).or_default().push(seen);
+    }
+    // Each worker counted its own items, from 1, without gaps.
+    for seen in by_worker.values_mut() {
+        seen.sort_unstable();
+        assert_eq!(*seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+    }
+    assert_eq!(by_worker.values().map(Vec::len).sum::<usize>(), 40);
+}
+
+#[test]
+fn init_returning_result_and_try_map_form() {
+    let v: Vec<Result<u64, Error>> = pipeline![offset_count(10)].run(0..5u64).unwrap().collect();
+    let ok: Vec<Option<u64>> = v.iter().map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(ok, [Some(110), Some(120), Some(130), None, Some(150)]);
+    let failed = v[3].as_ref().unwrap_err();
+    assert_eq!(failed.stage(), Some("offset_count"));
+    assert!(failed.to_string().ends_with("3 is unlucky"), "{failed}");
+}
+
+#[test]
+fn init_with_filter_emit_and_sink_forms() {
+    let v = collect(pipeline![every_second].run(0..6u64).unwrap());
+    assert_eq!(v, [1, 3, 5]);
+    let lines = ["a b", "c"].map(String::from);
+    let v = collect(pipeline![numbered].run(lines).unwrap());
+    assert_eq!(v, ["1:a", "2:b", "3:c"]);
+    assert_eq!(collect(pipeline![tally].run(0..3u64).unwrap()).len(), 3);
+}
+
+#[test]
+fn init_with_try_emit_form_in_a_worker_process() {
+    let lines = ["a b", "", "c"].map(String::from);
+    let v: Vec<Result<String, Error>> = pipeline![numbered_or_fail].run(lines).unwrap().collect();
+    let words: Vec<&str> = v
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(String::as_str))
+        .collect();
+    assert_eq!(words, ["101:a", "102:b", "103:c"]);
+    assert_eq!(v.iter().filter(|r| r.is_err()).count(), 1);
+}
+
+#[test]
+fn init_failing_at_start_on_a_thread() {
+    let Err(error) = pipeline![double | refused].run(0..3u64) else {
+        panic!("a pipeline whose init fails must not start");
+    };
+    match &error {
+        Error::Init {
+            stage,
+            worker,
+            message,
+            ..
+        } => {
+            assert_eq!(stage, "refused");
+            assert_eq!(*worker, Worker::Thread(0));
+            assert_eq!(message, "no database at db.invalid");
+        }
+        other => panic!("expected Error::Init, got {other:?}"),
+    }
+    let text = error.to_string();
+    assert!(
+        text.contains("refused") && text.contains("no database"),
+        "{text}"
+    );
+}
+
+#[test]
+fn init_failing_at_start_in_a_worker_process() {
+    let Err(error) = pipeline![refused_in_worker].start() else {
+        panic!("a pipeline whose init fails must not start");
+    };
+    match &error {
+        Error::Init {
+            stage,
+            worker,
+            message,
+            ..
+        } => {
+            assert_eq!(stage, "refused_in_worker");
+            assert!(worker.pid().is_some(), "{worker:?}");
+            assert_eq!(message, "no database at db.invalid");
+        }
+        other => panic!("expected Error::Init, got {other:?}"),
+    }
+}
+
+#[test]
+fn init_stage_functions_stay_callable() {
+    let mut counter = Counter::default();
+    assert_eq!(count(7, &mut counter).1, 1);
+    assert_eq!(offset_count(1, &mut counter, 2), Ok(3));
+}
+
+// ---------------------------------------------------------------------------------------
+// `when`: items the determiner rejects skip the stage
+// ---------------------------------------------------------------------------------------
+
+fn is_even(x: &u64) -> bool {
+    x.is_multiple_of(2)
+}
+
+mod rules {
+    pub fn is_short(line: &str) -> bool {
+        line.len() < 4
+    }
+}
+
+#[stage(when = is_even)]
+fn halve(x: u64) -> u64 {
+    x / 2
+}
+
+#[stage(subprocess, workers = 2, when = rules::is_short)]
+fn shout(line: String) -> String {
+    line.to_uppercase()
+}
+
+/// `when` with the filter form: rejected items pass, accepted ones may be dropped.
+#[stage(when = is_even)]
+fn drop_fours(x: u64) -> Option<u64> {
+    (!x.is_multiple_of(4)).then_some(x)
+}
+
+/// `when` with `init`: only accepted items reach the state.
+#[stage(init = new_counter, when = is_even)]
+fn number_even(x: u64, counter: &mut Counter) -> u64 {
+    counter.seen += 1;
+    x * 100 + counter.seen
+}
+
+#[test]
+fn when_skips_rejected_items_unchanged() {
+    let v = collect(pipeline![halve].run(0..6u64).unwrap());
+    assert_eq!(v, [0, 1, 1, 3, 2, 5]);
+    let v = collect(pipeline![drop_fours].run(0..6u64).unwrap());
+    assert_eq!(v, [1, 2, 3, 5]);
+    let v = collect(pipeline![number_even].run(0..5u64).unwrap());
+    assert_eq!(v, [1, 1, 202, 3, 403]);
+}
+
+#[test]
+fn when_in_worker_processes() {
+    let lines = ["abc", "abcdef", "x"].map(String::from);
+    let v = collect(pipeline![shout].run(lines).unwrap());
+    assert_eq!(v, ["ABC", "abcdef", "X"]);
+}
+
+/// atbu's work item: the number of stages that accepted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LargePipelineWorkItem {
+    is_ok: bool,
+    num: u32,
+}
+
+/// atbu's "Large Pipeline Example" with the builder: 100 stages, every other one declines
+/// its chance to run the item (atbu's determiner toggles a flag in the item; as a pure
+/// function of the item and the stage, stage `k` declines when `k` is odd).
+#[test]
+fn when_atbu_hundred_stages_every_other_declines() {
+    let stage = |k: u32| {
+        Stage::map("large", |mut item: LargePipelineWorkItem| {
+            item.num += 1;
+            item
+        })
+        .when(move |_: &LargePipelineWorkItem| k.is_multiple_of(2))
+    };
+    let mut p = Pipeline::new(stage(0));
+    for k in 1..100 {
+        p = p.then(stage(k));
+    }
+    assert_eq!(p.len(), 100);
+    let item = LargePipelineWorkItem {
+        is_ok: true,
+        num: 0,
+    };
+    let v = collect(p.run([item]).unwrap());
+    assert_eq!(
+        v,
+        [LargePipelineWorkItem {
+            is_ok: true,
+            num: 50
+        }]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `timeout_ms`
+// ---------------------------------------------------------------------------------------
+
+/// Sleeps `x` milliseconds.
+#[stage(subprocess, timeout_ms = 300)]
+fn nap(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(x));
+    x
+}
+
+#[test]
+fn timeout_fails_the_slow_item_only() {
+    let v: Vec<Result<u64, Error>> = pipeline![nap].run([0u64, 5_000, 1]).unwrap().collect();
+    assert_eq!(*v[0].as_ref().unwrap(), 0);
+    let slow = v[1].as_ref().unwrap_err();
+    assert_eq!(slow.stage(), Some("nap"));
+    assert!(slow.to_string().contains("timed out"), "{slow}");
+    assert_eq!(*v[2].as_ref().unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hygiene with a renamed dependency
+// ---------------------------------------------------------------------------------------
+
+/// `tests/hygiene` depends on forkpipe as `renamed` and shadows `Result`, `Ok`, `Option`,
+/// `Vec`, `mod core`, `mod std` and more; every form of the macros must still compile there.
+/// (trybuild cannot rename a dependency, so this builds the crate with cargo, in its own
+/// target directory.)
+#[test]
+fn hygiene_with_forkpipe_under_another_name() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest = format!("{root}/tests/hygiene/Cargo.toml");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path", &manifest])
+        .env("CARGO_TARGET_DIR", format!("{root}/target/hygiene"))
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tests/hygiene does not build:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -17,26 +17,248 @@ use proc_macro::TokenStream;
 
 /// Makes a free `fn` a pipeline stage, usable in [`pipeline!`] by its name.
 ///
-/// The function stays an ordinary function. Its signature says what kind of stage it is: the
-/// first parameter is the item; it returns `T` (one output), `Result<T, E>` (output or item
-/// error, `E: Display`), `Option<T>` (`None` drops the item) or `()`; a `&mut Emit<T>`
-/// parameter sends zero or more outputs per item; any other parameter is bound when
-/// composing (`add_n(7)`) and must be `Clone + Send + Sync + 'static`.
+/// The function stays an ordinary function that can be called and unit-tested without any
+/// process; beside it, `#[stage]` adds what `pipeline![name]` calls to make the stage. Its
+/// signature says what kind of stage it is:
 ///
-/// Options: `subprocess`, `workers = N`, `unordered`, `queue = N`, `name = "..."`, and
-/// `source` (a first stage without input, returning `impl Iterator<Item = T>`).
+/// | part of the signature | meaning |
+/// | --- | --- |
+/// | first parameter | the item (none for `source`; `impl Iterator<Item = T>` for `stream`) |
+/// | return `T` / `Result<T, E>` / `Option<T>` / `()` | one output / output or item error (`E: Display`) / output or dropped / a sink |
+/// | a `&mut Emit<T>` parameter | zero or more outputs per item, in order; return `()` or `Result<(), E>` |
+/// | a `&mut S` parameter | per-worker state, made by `init` |
+/// | any other parameter | bound when composing, `add_n(7)`: `Clone + Send + Sync + 'static` |
 ///
-/// ```ignore
-/// #[stage(workers = 4)]
+/// Generic, `async` and `unsafe` functions and methods cannot be stages.
+///
+/// ```
+/// use forkpipe::prelude::*;
+///
+/// #[stage(workers = 2)]
 /// fn add_n(x: u64, n: u64) -> u64 {
 ///     x + n
 /// }
+///
+/// let out: Vec<u64> = pipeline![add_n(7)].run(0..3u64)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [7, 8, 9]);
+///
+/// // The same pipeline in builder code: what `#[stage]` and `pipeline!` expand to.
+/// let n = 7;
+/// let stage = Stage::map("add_n", move |x: u64| add_n(x, Clone::clone(&n))).workers(2);
+/// let out: Vec<u64> = Pipeline::new(stage).run(0..3u64)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [7, 8, 9]);
+/// assert_eq!(add_n(1, 2), 3); // still an ordinary function
+/// # Ok::<(), forkpipe::Error>(())
 /// ```
-/// keeps `add_n` and adds what `pipeline![add_n(7)]` calls, the same as writing
-/// ```ignore
-/// Stage::map("add_n", move |x: u64| add_n(x, n.clone())).workers(4)
+///
+/// Each form is one builder: `T` is `Stage::map`, `Result<T, E>` is `Stage::try_map`,
+/// `Option<T>` is `Stage::filter_map`, `&mut Emit<T>` is `Stage::emit` (or `Stage::try_emit`
+/// when it returns `Result<(), E>`), and `()` is a `Stage::map` whose outputs are `()`.
+///
+/// # Options
+///
+/// | option | meaning | builder |
+/// | --- | --- | --- |
+/// | `subprocess` | run in forked worker processes; items must be `Serialize + Deserialize` | `.subprocess()` |
+/// | `workers = N` | `N` parallel workers, `N` ≥ 1 (default 1) | `.workers(N)` |
+/// | `unordered` | outputs may overtake each other | `.unordered()` |
+/// | `queue = N` | items that may wait between this stage and the next, `N` ≥ 1 | `.queue(N)` |
+/// | `name = "..."` | the name in errors and stats (default: the function's name) | the builder's first argument |
+/// | `source` | a first stage without input: returns the items | `Source::new` |
+/// | `stream` | sees its whole input as an iterator (reductions, windows) | `Stage::stream` |
+/// | `init = path` | per-worker state: `path() -> S` or `Result<S, E>`, passed as `&mut S` | `Stage::stateful` |
+/// | `when = path` | `path(&In) -> bool`: rejected items skip the stage unchanged (needs In = Out) | `.when(path)` |
+/// | `timeout_ms = N` | an item running longer than `N` ms fails and its worker is replaced (needs `subprocess`) | `.timeout(Duration::from_millis(N))` |
+///
+/// `pipe_next` (a byte stream between two stages) is not supported yet.
+///
+/// ## `subprocess`, `workers`, `unordered`, `queue`, `name`
+///
 /// ```
-/// Generic, `async`, `unsafe` functions and methods cannot be stages.
+/// use forkpipe::prelude::*;
+///
+/// #[stage(subprocess, workers = 2, unordered, queue = 16, name = "squared")]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let mut out: Vec<u64> = pipeline![square].run(0..4u64)?.collect::<Result<_, _>>()?;
+/// out.sort_unstable(); // `unordered`: in completion order
+/// assert_eq!(out, [0, 1, 4, 9]);
+///
+/// // The same stage in builder code:
+/// let stage = Stage::map("squared", |x: u64| square(x))
+///     .subprocess()
+///     .workers(2)
+///     .unordered()
+///     .queue(16);
+/// assert_eq!(stage.name(), "squared");
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// ## `source`
+///
+/// A source has no input: every parameter is bound when composing, and it returns its items
+/// as `impl Iterator<Item = T>` (or any `IntoIterator`). It runs on one thread of the caller,
+/// so it takes none of the worker options, and comes first in a pipeline.
+///
+/// ```
+/// use forkpipe::prelude::*;
+///
+/// #[stage(source)]
+/// fn numbers(n: u64) -> impl Iterator<Item = u64> {
+///     0..n
+/// }
+///
+/// let out: Vec<u64> = pipeline![numbers(3)].results()?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [0, 1, 2]);
+///
+/// // The same in builder code:
+/// let out: Vec<u64> = Pipeline::new(Source::new("numbers", move || numbers(3)))
+///     .results()?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(out, [0, 1, 2]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// ## `stream`
+///
+/// A stream stage takes its whole input as `impl Iterator<Item = T>` and returns its outputs
+/// as `impl Iterator<Item = U>` (or a concrete `IntoIterator`, such as `Vec<U>`), for
+/// reductions and windows. Its outputs are new items; with `workers = N`, each worker sees
+/// its share of the input.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use forkpipe::prelude::*;
+///
+/// #[stage(stream)]
+/// fn most_common(titles: impl Iterator<Item = String>) -> impl Iterator<Item = (String, usize)> {
+///     let mut counts: HashMap<String, usize> = HashMap::new();
+///     for title in titles {
+///         *counts.entry(title).or_default() += 1;
+///     }
+///     counts.into_iter().max_by_key(|(_, n)| *n).into_iter()
+/// }
+///
+/// let titles = ["a", "b", "a"].map(String::from);
+/// let out: Vec<(String, usize)> = pipeline![most_common].run(titles.clone())?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [(String::from("a"), 2)]);
+///
+/// // The same in builder code:
+/// let stage = Stage::stream("most_common", |titles: forkpipe::Items<String>| most_common(titles));
+/// let out: Vec<(String, usize)> = Pipeline::new(stage).run(titles)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [(String::from("a"), 2)]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// ## `init = path`
+///
+/// `path` is called once in each worker (in the worker process, for a `subprocess` stage)
+/// and returns the worker's state, `S` or `Result<S, E>` with `E: Display`; the stage takes
+/// it as a `&mut S` parameter after the item. If `init` fails when the pipeline starts,
+/// `run` and `start` return `Error::Init`, naming the stage and the worker.
+///
+/// ```
+/// use forkpipe::prelude::*;
+///
+/// #[derive(Default)]
+/// struct Seen {
+///     count: u64,
+/// }
+///
+/// fn open() -> Result<Seen, std::io::Error> {
+///     Ok(Seen::default())
+/// }
+///
+/// #[stage(init = open)]
+/// fn number(line: String, seen: &mut Seen) -> String {
+///     seen.count += 1;
+///     format!("{}: {line}", seen.count)
+/// }
+///
+/// let lines = ["a", "b"].map(String::from);
+/// let out: Vec<String> = pipeline![number].run(lines.clone())?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, ["1: a", "2: b"]);
+///
+/// // The same in builder code: the stage sends its output through `Emit`.
+/// let stage = Stage::stateful(
+///     "number",
+///     open,
+///     |line: String, seen: &mut Seen, out: &mut Emit<String>| {
+///         out.emit(number(line, seen));
+///         Ok::<(), std::convert::Infallible>(())
+///     },
+/// );
+/// let out: Vec<String> = Pipeline::new(stage).run(lines)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, ["1: a", "2: b"]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// ## `when = path`
+///
+/// `path(&item) -> bool` decides per item: an item it rejects skips the stage unchanged, so
+/// the stage's output type must be its input type. The parameter may be a deref target of
+/// the item (`fn(&str) -> bool` for `String` items).
+///
+/// ```
+/// use forkpipe::prelude::*;
+///
+/// fn is_even(x: &u64) -> bool {
+///     x % 2 == 0
+/// }
+///
+/// #[stage(when = is_even)]
+/// fn halve(x: u64) -> u64 {
+///     x / 2
+/// }
+///
+/// let out: Vec<u64> = pipeline![halve].run(0..5u64)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [0, 1, 1, 3, 2]);
+///
+/// // The same in builder code:
+/// let stage = Stage::map("halve", |x: u64| halve(x)).when(|x: &u64| is_even(x));
+/// let out: Vec<u64> = Pipeline::new(stage).run(0..5u64)?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [0, 1, 1, 3, 2]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// ## `timeout_ms = N`
+///
+/// An item that runs longer than `N` milliseconds fails with an error naming the stage, and
+/// its worker process is killed and replaced. Only a process can be killed, so `timeout_ms`
+/// needs `subprocess`.
+///
+/// ```
+/// use std::time::Duration;
+/// use forkpipe::prelude::*;
+///
+/// #[stage(subprocess, timeout_ms = 200)]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// let out: Vec<Result<u64, Error>> = pipeline![nap].run([1u64, 10_000])?.collect();
+/// assert_eq!(*out[0].as_ref().unwrap(), 1);
+/// assert!(out[1].as_ref().unwrap_err().to_string().contains("timed out"));
+///
+/// // The same stage in builder code:
+/// let stage = Stage::map("nap", |ms: u64| nap(ms))
+///     .subprocess()
+///     .timeout(Duration::from_millis(200));
+/// # let _ = stage;
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
+/// # Mistakes
+///
+/// Mistakes are compile errors at the token to change, all reported by one build: an
+/// unknown or repeated option, `workers = 0`, an option that does not fit the form
+/// (`workers` on a `source`, `init` on a `stream`), `timeout_ms` without `subprocess`, an
+/// `init` without a `&mut S` parameter or the reverse, `when` on a stage that changes the
+/// type, an item type that cannot cross a process boundary. After a mistake, the function
+/// is still emitted unchanged, so its callers keep compiling.
 #[proc_macro_attribute]
 pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
@@ -50,21 +272,40 @@ pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Composes stages into a `Pipeline`, checking at compile time that each stage takes what the
 /// one before it produces.
 ///
-/// Stages are separated by `|`; each is the name of a [`macro@stage`] function, with its bound
-/// parameters in parentheses if it has any, or a `{ block }` whose value is a `Stage` (or, in
-/// first place, a `Source`).
+/// Stages are separated by `|`; each is the name (or path) of a [`macro@stage`] function,
+/// with its bound parameters in parentheses if it has any, or a `{ block }` whose value is a
+/// `Stage` (or, in first place, a `Source`). A `source` stage can only come first.
 ///
-/// ```ignore
-/// let p = pipeline![numbers(10) | add_n(1) | { Stage::map("show", |x: u64| x.to_string()) }];
 /// ```
-/// is the same as the builder code
-/// ```ignore
-/// let p = Pipeline::new(Source::new("numbers", move || numbers(10)))
+/// use forkpipe::prelude::*;
+///
+/// #[stage(source)]
+/// fn numbers(n: u64) -> impl Iterator<Item = u64> {
+///     0..n
+/// }
+///
+/// #[stage]
+/// fn add_n(x: u64, n: u64) -> u64 {
+///     x + n
+/// }
+///
+/// let p = pipeline![numbers(3) | add_n(1) | { Stage::map("show", |x: u64| x.to_string()) }];
+/// let out: Vec<String> = p.results()?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, ["1", "2", "3"]);
+///
+/// // The same pipeline in builder code:
+/// let p = Pipeline::new(Source::new("numbers", move || numbers(3)))
 ///     .then(Stage::map("add_n", move |x: u64| add_n(x, 1)))
 ///     .then(Stage::map("show", |x: u64| x.to_string()));
+/// let out: Vec<String> = p.results()?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, ["1", "2", "3"]);
+/// # Ok::<(), forkpipe::Error>(())
 /// ```
-/// A stage whose input type differs from the previous stage's output is an error naming both
-/// stages and both types: ``stage `add_n` takes `u64` but `to_text` produces `String` ``.
+///
+/// A stage whose input type differs from the previous stage's output is an error naming
+/// both stages and both types: ``stage `add_n` takes `u64` but `to_text` produces `String` ``;
+/// a `source` after the first place is `` `numbers` is a `source` stage; a source can only
+/// come first ``.
 #[proc_macro]
 pub fn pipeline(input: TokenStream) -> TokenStream {
     let input = syn::parse::<pipeline::Pipeline>(input);

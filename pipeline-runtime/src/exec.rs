@@ -285,6 +285,12 @@ impl Shared {
 
     /// Counts one item's terminal outcome.
     pub(crate) fn count<T>(&self, body: &Body<T>) {
+        self.count_outcome(body);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure or a drop (the caller counts completions itself, in bulk).
+    pub(crate) fn count_outcome<T>(&self, body: &Body<T>) {
         match body {
             Body::Dropped(i) => {
                 if let Some(c) = self.dropped.get(*i as usize) {
@@ -298,7 +304,6 @@ impl Shared {
             }
             _ => {}
         }
-        self.completed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The error an unfinished item gets when the pipeline stops under it.

@@ -687,7 +687,7 @@ impl<Out: Send + 'static> Results<Out> {
     fn deliver(&mut self, body: Body<Out>) {
         if self.stream_first.is_none() {
             // (After a stream stage, outputs are new items that took no room at the feeder.)
-            self.engine.shared.count(&body);
+            self.engine.shared.count_outcome(&body);
             self.release += 1;
         }
         match body {
@@ -702,7 +702,18 @@ impl<Out: Send + 'static> Results<Out> {
     fn consumed(&mut self, stage: u32, n: u64) {
         if self.stream_first == Some(stage) {
             self.release += n as usize;
-            self.engine.shared.completed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives the room of delivered items back to the feeder (and counts them finished).
+    fn give_back(&mut self) {
+        let n = std::mem::take(&mut self.release);
+        if n > 0 {
+            self.engine
+                .shared
+                .completed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.engine.shared.window.give_back(n);
         }
     }
 
@@ -737,12 +748,7 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
             if self.ended {
                 return None;
             }
-            if self.release > 0 {
-                self.engine
-                    .shared
-                    .window
-                    .give_back(std::mem::take(&mut self.release));
-            }
+            self.give_back();
             match self.rx.recv() {
                 Ok(batch) => {
                     for rec in batch {
@@ -781,6 +787,7 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                         seq += 1;
                     }
                     self.ring.base = end;
+                    self.give_back();
                     let _ = self.engine.wait(Instant::now() + Duration::from_secs(5));
                 }
             }

@@ -40,7 +40,16 @@ pub fn expand(pipeline: &Pipeline) -> TokenStream {
         let link = format_ident!("__ForkpipeLink{}", index + 1, span = Span::mixed_site());
         links.extend(link_trait(&link, previous, stage));
         let (first, last) = stage.spans();
-        let value = value(stage);
+        let mut value = value(stage);
+        if let StageRef::Fn { .. } = stage {
+            let later = format_ident!("__ForkpipeLater{}", index + 1, span = Span::mixed_site());
+            links.extend(later_trait(&later, stage));
+            let call = format_ident!(
+                "__forkpipe_later",
+                span = Span::mixed_site().located_at(first)
+            );
+            value = quote_spanned!(first=> <_ as #later<_, _>>::#call(#value));
+        }
         // rustc underlines the callee for an unmet bound: it starts at the stage's first token.
         let mut args = Group::new(Delimiter::Parenthesis, value);
         args.set_span(last);
@@ -104,6 +113,32 @@ fn link_trait(link: &proc_macro2::Ident, from: &StageRef, to: &StageRef) -> Toke
         impl<T> #link<T> for T {
             fn __forkpipe_cast<X>(stage: #private::Stage<T, X>) -> #private::Stage<T, X> {
                 stage
+            }
+        }
+    }
+}
+
+/// The trait that lets only a `Stage` (not a `Source`) come after the first stage, with the
+/// message for the stage `stage`. It is checked on `#[stage]` functions, whose constructor's
+/// type is known before the link's; a `{ block }` must be a `Stage` by its link already.
+fn later_trait(later: &proc_macro2::Ident, stage: &StageRef) -> TokenStream {
+    let private = paths::private();
+    let name = escape(&stage.name());
+    let message = format!("`{name}` is a `source` stage; a source can only come first");
+    let label = "a `source` makes the items of a pipeline, it takes none";
+    let note = format!(
+        "move `{name}` to the front of `pipeline![...]`, or make it a stage that takes items, \
+         without `source`"
+    );
+    quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #later<In, Out> {
+            fn __forkpipe_later(self) -> #private::Stage<In, Out>;
+        }
+        #[diagnostic::do_not_recommend]
+        impl<In, Out> #later<In, Out> for #private::Stage<In, Out> {
+            fn __forkpipe_later(self) -> #private::Stage<In, Out> {
+                self
             }
         }
     }

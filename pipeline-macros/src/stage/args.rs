@@ -9,7 +9,7 @@
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
-use syn::{Ident, LitInt, LitStr, Token};
+use syn::{Ident, LitInt, LitStr, Path, Token};
 
 use crate::errors::Errors;
 
@@ -20,14 +20,18 @@ mod kw {
     syn::custom_keyword!(queue);
     syn::custom_keyword!(name);
     syn::custom_keyword!(source);
+    syn::custom_keyword!(stream);
+    syn::custom_keyword!(init);
+    syn::custom_keyword!(when);
+    syn::custom_keyword!(timeout_ms);
 }
 
 /// The options, as listed in the error for an unknown one.
-const VALID: &str =
-    "`subprocess`, `workers = N`, `unordered`, `queue = N`, `name = \"...\"`, `source`";
+const VALID: &str = "`subprocess`, `workers = N`, `unordered`, `queue = N`, `name = \"...\"`, \
+                     `source`, `stream`, `init = path`, `when = path`, `timeout_ms = N`";
 
 /// Options that the design names but this version does not implement yet.
-const LATER: &[&str] = &["stream", "init", "when", "timeout_ms", "pipe_next"];
+const LATER: &[&str] = &["pipe_next"];
 
 /// The options of `#[stage(...)]`, each parsed once.
 ///
@@ -39,6 +43,10 @@ const LATER: &[&str] = &["stream", "init", "when", "timeout_ms", "pipe_next"];
 ///         | 'queue' '=' INTEGER         (at least 1)
 ///         | 'name' '=' STRING
 ///         | 'source'
+///         | 'stream'
+///         | 'init' '=' PATH
+///         | 'when' '=' PATH
+///         | 'timeout_ms' '=' INTEGER    (at least 1)
 /// ```
 #[derive(Default)]
 pub struct Args {
@@ -54,6 +62,22 @@ pub struct Args {
     pub name: Option<LitStr>,
     /// `source`: the span of the keyword.
     pub source: Option<Span>,
+    /// `stream`: the span of the keyword.
+    pub stream: Option<Span>,
+    /// `init = path`.
+    pub init: Option<PathOption>,
+    /// `when = path`.
+    pub when: Option<PathOption>,
+    /// `timeout_ms = N`.
+    pub timeout_ms: Option<Count>,
+}
+
+/// The value of a `key = path` option.
+pub struct PathOption {
+    /// The span of the key (`init`).
+    pub key: Span,
+    /// The path as written.
+    pub path: Path,
 }
 
 /// The value of a `key = N` option, already checked to be at least 1.
@@ -63,7 +87,7 @@ pub struct Count {
     /// The literal as written, for its span.
     pub lit: LitInt,
     /// Its value.
-    pub value: usize,
+    pub value: u64,
 }
 
 impl Parse for Args {
@@ -115,6 +139,29 @@ impl Parse for Args {
             } else if lookahead.peek(kw::source) {
                 let key = input.parse::<kw::source>()?;
                 set(&mut args.source, key.span, key.span, "source", &mut errors);
+            } else if lookahead.peek(kw::stream) {
+                let key = input.parse::<kw::stream>()?;
+                set(&mut args.stream, key.span, key.span, "stream", &mut errors);
+            } else if lookahead.peek(kw::init) {
+                let key = input.parse::<kw::init>()?;
+                let value = parse_path(input, key.span)?;
+                set(&mut args.init, value, key.span, "init", &mut errors);
+            } else if lookahead.peek(kw::when) {
+                let key = input.parse::<kw::when>()?;
+                let value = parse_path(input, key.span)?;
+                set(&mut args.when, value, key.span, "when", &mut errors);
+            } else if lookahead.peek(kw::timeout_ms) {
+                let key = input.parse::<kw::timeout_ms>()?;
+                let count = parse_count(input, key.span, "timeout_ms", &mut errors)?;
+                if let Some(count) = count {
+                    set(
+                        &mut args.timeout_ms,
+                        count,
+                        key.span,
+                        "timeout_ms",
+                        &mut errors,
+                    );
+                }
             } else if input.peek(Ident::peek_any) {
                 let unknown = input.call(Ident::parse_any)?;
                 errors.push(unknown_option(&unknown));
@@ -144,8 +191,20 @@ fn set<T>(slot: &mut Option<T>, value: T, key: Span, name: &str, errors: &mut Er
     }
 }
 
-/// Parses `= N` after `workers` or `queue`; a value of 0 is recorded as an error at the
-/// literal and gives `None`.
+/// Parses `= path` after `init` or `when`.
+fn parse_path(input: ParseStream<'_>, key: Span) -> syn::Result<PathOption> {
+    input.parse::<Token![=]>()?;
+    if !(input.peek(Ident::peek_any) || input.peek(Token![::])) {
+        let message = "expected the path of a function, e.g. `init = connect`; write a closure \
+                       as a named `fn`";
+        return Err(input.error(message));
+    }
+    let path = input.call(Path::parse_mod_style)?;
+    Ok(PathOption { key, path })
+}
+
+/// Parses `= N` after `workers`, `queue` or `timeout_ms`; a value of 0 is recorded as an
+/// error at the literal and gives `None`.
 fn parse_count(
     input: ParseStream<'_>,
     key: Span,
@@ -154,7 +213,7 @@ fn parse_count(
 ) -> syn::Result<Option<Count>> {
     input.parse::<Token![=]>()?;
     let lit: LitInt = input.parse()?;
-    let value: usize = lit.base10_parse()?;
+    let value: u64 = lit.base10_parse()?;
     if value == 0 {
         let message = format!("`{name}` must be at least 1; write `{name} = 1` or more");
         errors.push(syn::Error::new(lit.span(), message));
@@ -167,7 +226,10 @@ fn parse_count(
 fn unknown_option(option: &Ident) -> syn::Error {
     let name = option.unraw().to_string();
     let message = if LATER.contains(&name.as_str()) {
-        format!("the `{name}` option of `#[stage]` is not supported yet")
+        format!(
+            "the `{name}` option of `#[stage]` is not supported yet; remove it, and the stage \
+             passes whole items to the next one"
+        )
     } else {
         format!("unknown option `{name}`; the options of `#[stage]` are {VALID}")
     };

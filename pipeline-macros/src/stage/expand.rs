@@ -19,9 +19,17 @@
 //!     }
 //! }
 //! ```
+//!
+//! The options that can be misused with a type rustc must judge (`subprocess` on items that
+//! cannot cross a process boundary, `when` on a stage that changes the type, an `init` that
+//! returns something else than the state) go through a trait declared inside the
+//! constructor, with `#[diagnostic::on_unimplemented]` and spanned at the option, so that the
+//! error names the stage and its types at the token to change.
 
-use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::Type;
+use syn::spanned::Spanned;
 
 use super::valid::{Form, Plan, Role};
 use crate::paths;
@@ -46,8 +54,7 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
         Some(input) => quote!(#private::Stage<#input, #output>),
         None => quote!(#private::Source<#output>),
     };
-    let body = constructor(plan);
-    let options = options(plan);
+    let body = options(plan, constructor(plan));
     quote! {
         #item
 
@@ -63,7 +70,7 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
             /// The stage made of the function of the same name, for `pipeline!`.
             #[doc(hidden)]
             pub fn #stage_fn(#(#bound),*) -> #returns {
-                #body #options
+                #body
             }
         }
     }
@@ -73,29 +80,14 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
 /// matching builder for the stage's form.
 fn constructor(plan: &Plan) -> TokenStream {
     let private = paths::private();
-    let (ident, name) = (&plan.sig.ident, &plan.name);
-    let item = paths::local("__forkpipe_item");
-    let emit = paths::local("__forkpipe_emit");
-    let args = plan
-        .sig
-        .params
-        .iter()
-        .zip(&plan.roles)
-        .map(|(param, role)| match role {
-            Role::Item => quote!(#item),
-            Role::Emit => quote!(#emit),
-            Role::Bound if plan.form == Form::Source => {
-                let name = &param.name;
-                quote!(#name)
-            }
-            Role::Bound => {
-                let name = &param.name;
-                quote!(::core::clone::Clone::clone(&#name))
-            }
-        });
-    let call = quote!(#ident(#(#args),*));
+    let name = &plan.name;
+    let (item, emit) = (local_item(), local_emit());
+    let call = call(plan);
     let input = &plan.input;
     let output = &plan.output;
+    if let Some(state) = &plan.state {
+        return stateful(plan, state, &call);
+    }
     let builder = match plan.form {
         Form::Map => quote!(map),
         Form::TryMap => quote!(try_map),
@@ -103,6 +95,11 @@ fn constructor(plan: &Plan) -> TokenStream {
         Form::Emit => quote!(emit),
         Form::TryEmit => quote!(try_emit),
         Form::Source => return quote!(#private::Source::new(#name, move || #call)),
+        Form::Stream => {
+            return quote! {
+                #private::Stage::stream(#name, move |#item: #private::Items<#input>| #call)
+            };
+        }
     };
     let closure = match plan.form {
         Form::Emit | Form::TryEmit => {
@@ -113,26 +110,263 @@ fn constructor(plan: &Plan) -> TokenStream {
     quote!(#private::Stage::#builder(#name, #closure))
 }
 
-/// `.subprocess().workers(4).unordered().queue(8)`, each spanned at its option so that an
-/// unmet bound (an item that cannot cross a process boundary) points at it.
-fn options(plan: &Plan) -> TokenStream {
+/// The call of the user's function in the stage's closure: `add_n(item, Clone::clone(&n))`.
+fn call(plan: &Plan) -> TokenStream {
+    let ident = &plan.sig.ident;
+    let args = plan
+        .sig
+        .params
+        .iter()
+        .zip(&plan.roles)
+        .map(|(param, role)| match role {
+            Role::Item => local_item(),
+            Role::Emit => local_emit(),
+            Role::State => local_state(),
+            // A source is called once: its parameters move into it.
+            Role::Bound if plan.form == Form::Source => param.name.to_token_stream(),
+            Role::Bound => {
+                let name = &param.name;
+                quote!(::core::clone::Clone::clone(&#name))
+            }
+        });
+    quote!(#ident(#(#args),*))
+}
+
+/// The closure parameter that holds the item (for a stream, the items).
+fn local_item() -> TokenStream {
+    paths::local("__forkpipe_item").into_token_stream()
+}
+
+/// The closure parameter that holds the `&mut Emit<T>`.
+fn local_emit() -> TokenStream {
+    paths::local("__forkpipe_emit").into_token_stream()
+}
+
+/// The closure parameter that holds the `&mut S` state.
+fn local_state() -> TokenStream {
+    paths::local("__forkpipe_state").into_token_stream()
+}
+
+/// A stage with `init`: `Stage::stateful`, whose function takes the item, the state and an
+/// `Emit`; each form of the user's function is adapted to that shape.
+///
+/// ```text
+/// Stage::stateful("count", || InitResult::<Counter>::into_init(new_counter()),
+///     move |item: u64, state: &mut Counter, emit: &mut Emit<u64>| {
+///         emit.emit(count(item, state));
+///         Ok::<(), Infallible>(())
+///     })
+/// ```
+fn stateful(plan: &Plan, state: &Type, call: &TokenStream) -> TokenStream {
+    let private = paths::private();
+    let (name, input, output) = (&plan.name, &plan.input, &plan.output);
+    let (item, emit, state_local) = (local_item(), local_emit(), local_state());
+    let init = match &plan.args.init {
+        Some(init) => &init.path,
+        None => return TokenStream::new(),
+    };
+    let value = paths::local("__forkpipe_value");
+    let ok = quote!(::core::result::Result::Ok::<(), ::core::convert::Infallible>(()));
+    let body = match plan.form {
+        Form::Map => quote!({
+            #private::Emit::emit(#emit, #call);
+            #ok
+        }),
+        Form::TryMap => quote!({
+            ::core::result::Result::map(#call, |#value| #private::Emit::emit(#emit, #value))
+        }),
+        Form::FilterMap => quote!({
+            if let ::core::option::Option::Some(#value) = #call {
+                #private::Emit::emit(#emit, #value);
+            }
+            #ok
+        }),
+        Form::Emit => quote!({
+            #call;
+            #ok
+        }),
+        Form::TryEmit => quote!(#call),
+        Form::Source | Form::Stream => return TokenStream::new(),
+    };
+    let (check, call_init) = init_check(plan, init, state);
+    quote! {{
+        #check
+        #private::Stage::stateful(
+            #name,
+            || #call_init,
+            move |#item: #input, #state_local: &mut #state, #emit: &mut #private::Emit<#output>| #body,
+        )
+    }}
+}
+
+/// The call of the `init` function, through a trait that accepts `S` and `Result<S, E>`
+/// (as the runtime's `InitResult` does) and says in words what `init` must return when it
+/// returns something else.
+fn init_check(plan: &Plan, init: &syn::Path, state: &Type) -> (TokenStream, TokenStream) {
+    let private = paths::private();
+    let check = format_ident!("__ForkpipeInit", span = Span::mixed_site());
+    let name = escape(&plan.name.value());
+    let path = escape(&type_text(init));
+    let message = format!(
+        "`init = {path}` must return the state `{{S}}` or `Result<{{S}}, E>` with `E: Display`, \
+         but returns `{{Self}}`"
+    );
+    let label = format!("`{name}` takes `&mut {{S}}`, made by `{path}`");
+    let note = format!(
+        "make `{path}` return `{{S}}` or `Result<{{S}}, E>`, or change the `&mut` parameter of \
+         `{name}` to the type it returns"
+    );
+    let tokens = quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #check<S> {
+            fn __forkpipe_init(self) -> ::core::result::Result<S, ::std::string::String>;
+        }
+        #[diagnostic::do_not_recommend]
+        impl<S, T: #private::InitResult<S>> #check<S> for T {
+            fn __forkpipe_init(self) -> ::core::result::Result<S, ::std::string::String> {
+                #private::InitResult::into_init(self)
+            }
+        }
+    };
+    let span = init.span();
+    let check = format_ident!("__ForkpipeInit", span = at(span));
+    let call = quote_spanned!(span=> <_ as #check<#state>>::__forkpipe_init(#init()));
+    (tokens, call)
+}
+
+/// `text` with its braces doubled, as `on_unimplemented` formats its strings.
+fn escape(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}
+
+/// A path as written, for a message.
+fn type_text(path: &syn::Path) -> String {
+    path.to_token_stream().to_string().replace(' ', "")
+}
+
+/// The options applied to the stage `made`: `.subprocess().workers(4).unordered().queue(8)`,
+/// `.when(det)`, `.timeout(..)`.
+///
+/// `subprocess` and `when` go through a trait made for this stage, spanned at the option, so
+/// that a type that cannot cross a process boundary, or a `when` on a stage that changes the
+/// type, is reported at the option and in words about the stage.
+fn options(plan: &Plan, made: TokenStream) -> TokenStream {
     let args = &plan.args;
-    let mut options = TokenStream::new();
-    if let Some(span) = args.subprocess {
-        options.extend(quote_spanned!(span=> .subprocess()));
+    let mut stage = made;
+    let mut checks = TokenStream::new();
+    if let (Some(span), Some(_)) = (args.subprocess, &plan.input) {
+        let (check, call) = crosses_check(span);
+        checks.extend(check);
+        // The argument is a local spanned at `subprocess`: rustc points at it.
+        let made = format_ident!("__forkpipe_made", span = at(span));
+        stage = quote_spanned!(span=> {
+            let #made = #stage;
+            #call(#made)
+        });
+    }
+    if let (Some(when), Some(_)) = (&args.when, &plan.input) {
+        let (check, call) = when_check(plan, when.key);
+        checks.extend(check);
+        // A closure, so that the determiner's parameter may be a deref target of the item
+        // (`fn(&str) -> bool` for `String` items, as clippy's `ptr_arg` asks).
+        let (det, input) = (&when.path, &plan.input);
+        let item = paths::local("__forkpipe_item");
+        let at_det = format_ident!("__forkpipe_item", span = at(det.span()));
+        let det = quote_spanned!(det.span()=> #det(#at_det));
+        stage = quote_spanned!(when.key=> #call(#stage, move |#item: &#input| #det));
     }
     if let Some(workers) = &args.workers {
-        let n = proc_macro2::Literal::usize_suffixed(workers.value);
+        let n = proc_macro2::Literal::u64_unsuffixed(workers.value);
         let span = workers.lit.span();
-        options.extend(quote_spanned!(span=> .workers(#n)));
+        stage.extend(quote_spanned!(span=> .workers(#n)));
     }
     if let Some(span) = args.unordered {
-        options.extend(quote_spanned!(span=> .unordered()));
+        stage.extend(quote_spanned!(span=> .unordered()));
     }
     if let Some(queue) = &args.queue {
-        let n = proc_macro2::Literal::usize_suffixed(queue.value);
+        let n = proc_macro2::Literal::u64_unsuffixed(queue.value);
         let span = queue.lit.span();
-        options.extend(quote_spanned!(span=> .queue(#n)));
+        stage.extend(quote_spanned!(span=> .queue(#n)));
     }
-    options
+    if let Some(timeout) = &args.timeout_ms {
+        let n = proc_macro2::Literal::u64_unsuffixed(timeout.value);
+        let span = timeout.lit.span();
+        stage.extend(quote_spanned!(span=> .timeout(::core::time::Duration::from_millis(#n))));
+    }
+    quote!(#checks #stage)
+}
+
+/// The trait that lets `subprocess` through only for items that can cross a process
+/// boundary, and says so in words when they cannot; and the function that applies
+/// `.subprocess()` under its bound.
+fn crosses_check(span: Span) -> (TokenStream, TokenStream) {
+    let private = paths::private();
+    let wire = paths::wire();
+    let check = format_ident!("__ForkpipeCrosses", span = Span::mixed_site());
+    let call = format_ident!("__forkpipe_subprocess", span = at(span));
+    let message = "`{Self}` cannot cross a process boundary: a `subprocess` stage needs \
+                   `Serialize + Deserialize` items (derive them with serde)";
+    let label = "the items of this stage travel between processes as bytes";
+    let note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`, or remove \
+                `subprocess` to run the stage on a thread";
+    let tokens = quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #check: #wire {}
+        #[diagnostic::do_not_recommend]
+        impl<T: #wire> #check for T {}
+        fn #call<In: #check, Out: #check>(
+            stage: #private::Stage<In, Out>,
+        ) -> #private::Stage<In, Out> {
+            stage.subprocess()
+        }
+    };
+    (tokens, call.into_token_stream())
+}
+
+/// The trait that lets `when` through only for a stage whose output type is its input
+/// type, and names both types when they differ; and the function that applies `.when(det)`.
+fn when_check(plan: &Plan, span: Span) -> (TokenStream, TokenStream) {
+    let private = paths::private();
+    let check = format_ident!("__ForkpipeWhen", span = Span::mixed_site());
+    let name = escape(&plan.name.value());
+    let message = format!(
+        "`when` needs a stage whose output type is its input type: `{name}` takes `{{Self}}` \
+         but produces `{{Out}}`"
+    );
+    let label = "items that `when` rejects skip the stage unchanged, so they must already be \
+                 of its output type";
+    let note = format!(
+        "remove `when`, or filter with a stage of its own before `{name}` that returns \
+         `Option<{{Self}}>`"
+    );
+    let tokens = quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #check<Out>: ::core::marker::Sized {
+            fn __forkpipe_when<D>(stage: #private::Stage<Self, Out>, det: D) -> #private::Stage<Self, Out>
+            where
+                D: ::core::ops::Fn(&Self) -> bool
+                    + ::core::marker::Send
+                    + ::core::marker::Sync
+                    + 'static;
+        }
+        impl<T: ::core::marker::Send + 'static> #check<T> for T {
+            fn __forkpipe_when<D>(stage: #private::Stage<T, T>, det: D) -> #private::Stage<T, T>
+            where
+                D: ::core::ops::Fn(&T) -> bool
+                    + ::core::marker::Send
+                    + ::core::marker::Sync
+                    + 'static,
+            {
+                stage.when(det)
+            }
+        }
+    };
+    let check = format_ident!("__ForkpipeWhen", span = at(span));
+    let call = quote_spanned!(span=> <_ as #check<_>>::__forkpipe_when);
+    (tokens, call)
+}
+
+/// A span of generated code that rustc shows at the user's token `span`.
+fn at(span: Span) -> Span {
+    Span::mixed_site().located_at(span)
 }

@@ -19,7 +19,8 @@ use crate::errors::Errors;
 /// A stage function's signature, as far as the expansion needs it.
 ///
 /// Accepts a free `fn` without `async`, `unsafe`, generic parameters, a `where` clause,
-/// `impl Trait` parameters, a `self` receiver or variadics.
+/// a `self` receiver or variadics (`impl Trait` parameters are for `valid` to judge: the
+/// item of a `stream` stage is one).
 pub struct Sig {
     /// The function's name.
     pub ident: Ident,
@@ -44,6 +45,11 @@ pub struct Param {
     pub ty: Type,
     /// `Some(T)` when the type is `&mut Emit<T>`.
     pub emit: Option<Emit>,
+    /// `Some(S)` when the type is `&mut S` and not `&mut Emit<T>`: per-worker state.
+    pub state: Option<Type>,
+    /// The first `impl Trait` in the type, if any: only the item of a `stream` stage may
+    /// have one.
+    pub impl_trait: Option<Type>,
 }
 
 /// A `&mut Emit<T>` parameter.
@@ -127,15 +133,17 @@ impl Sig {
                     errors.push(syn::Error::new(receiver.self_token.span, message));
                 }
                 FnArg::Typed(typed) => {
-                    if let Some(impl_trait) = find_impl_trait(&typed.ty) {
-                        let message = "an `impl Trait` parameter makes a stage generic; write \
-                                       the concrete type";
-                        errors.push(syn::Error::new_spanned(impl_trait, message));
-                    }
+                    let emit = emit_param(&typed.ty);
+                    let state = match emit {
+                        Some(_) => None,
+                        None => mut_param(&typed.ty),
+                    };
                     params.push(Param {
                         name: param_name(&typed.pat, index),
                         ty: (*typed.ty).clone(),
-                        emit: emit_param(&typed.ty),
+                        emit,
+                        state,
+                        impl_trait: find_impl_trait(&typed.ty).cloned(),
                     });
                 }
             }
@@ -173,6 +181,23 @@ fn emit_param(ty: &Type) -> Option<Emit> {
     reference.mutability?;
     let item = single_type_arg(strip(&reference.elem), "Emit")?;
     Some(Emit { item })
+}
+
+/// `S` when `ty` is `&mut S`.
+fn mut_param(ty: &Type) -> Option<Type> {
+    let Type::Reference(reference) = strip(ty) else {
+        return None;
+    };
+    reference.mutability?;
+    Some((*reference.elem).clone())
+}
+
+/// `T` when `ty` is `impl Iterator<Item = T>` or `impl IntoIterator<Item = T>`.
+pub fn impl_iterator_item(ty: &Type) -> Option<Type> {
+    let Type::ImplTrait(impl_trait) = strip(ty) else {
+        return None;
+    };
+    impl_trait.bounds.iter().find_map(iterator_item)
 }
 
 /// Classifies a return type.

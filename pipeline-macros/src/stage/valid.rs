@@ -1,14 +1,16 @@
 //! The rules that combine a stage's options with its signature, and the resulting plan.
 //!
 //! [`Plan::new`] decides the stage's form (`map`, `try_map`, `filter_map`, `emit`,
-//! `try_emit`, or a source), its input and output types, and what each parameter of the
-//! function becomes; every rule that fails is reported, together, at the token to change.
+//! `try_emit`, a `source` or a `stream`), its input and output types, and what each parameter
+//! of the function becomes; every rule that fails is reported, together, at the token to
+//! change.
 
+use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{LitStr, Type};
 
 use super::args::Args;
-use super::sig::{Output, Sig};
+use super::sig::{Output, Param, Sig, impl_iterator_item};
 use crate::errors::Errors;
 
 /// Everything the expansion needs, checked.
@@ -25,11 +27,14 @@ pub struct Plan {
     pub input: Option<Type>,
     /// The output type.
     pub output: Type,
+    /// `S` of the `&mut S` state parameter, for a stage with `init`.
+    pub state: Option<Type>,
     /// What each parameter of the function is, in order.
     pub roles: Vec<Role>,
 }
 
-/// The builder a stage is made with.
+/// The builder a stage is made with (with `init`, each of the first five goes through
+/// `Stage::stateful`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     /// `Stage::map`: returns `T` or `()`.
@@ -44,15 +49,19 @@ pub enum Form {
     TryEmit,
     /// `Source::new`: `#[stage(source)]`.
     Source,
+    /// `Stage::stream`: `#[stage(stream)]`.
+    Stream,
 }
 
 /// What one parameter of a stage function is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The item (the first parameter, except for a source).
+    /// The item (the first parameter, except for a source); for a stream, the items.
     Item,
     /// The `&mut Emit<T>` output channel.
     Emit,
+    /// The `&mut S` per-worker state made by `init`.
+    State,
     /// A parameter bound when composing: `add_n(7)`.
     Bound,
 }
@@ -68,48 +77,125 @@ impl Plan {
                 LitStr::new(&ident.to_string(), ident.span())
             }
         };
-        let (form, input, output, roles) = if args.source.is_some() {
-            source(&args, &sig, &mut errors)
+        options(&args, &mut errors);
+        let decided = if args.source.is_some() {
+            source(&sig, &mut errors)
+        } else if args.stream.is_some() {
+            stream(&sig, &mut errors)
         } else {
-            stage(&sig, &mut errors)
+            stage(&args, &sig, &mut errors)
         };
         errors.finish(Plan {
             args,
             sig,
             name,
-            form,
-            input,
-            output,
-            roles,
+            form: decided.form,
+            input: decided.input,
+            output: decided.output,
+            state: decided.state,
+            roles: decided.roles,
         })
     }
 }
 
-type Decided = (Form, Option<Type>, Type, Vec<Role>);
+/// What the signature makes of a stage.
+struct Decided {
+    form: Form,
+    input: Option<Type>,
+    output: Type,
+    state: Option<Type>,
+    roles: Vec<Role>,
+}
 
-/// The rules of `#[stage(source)]`: no item, no `Emit`, an iterator returned, and none of the
-/// options that configure workers.
-fn source(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
-    let not_for_source = [
-        (args.subprocess, "subprocess"),
-        (args.workers.as_ref().map(|count| count.key), "workers"),
-        (args.unordered, "unordered"),
-        (args.queue.as_ref().map(|count| count.key), "queue"),
-    ];
-    for (span, option) in not_for_source {
-        if let Some(span) = span {
-            let message = format!(
-                "`{option}` does not apply to a `source` stage, which runs on one thread of the \
-                 caller; remove `{option}`"
-            );
-            errors.push(syn::Error::new(span, message));
+/// The rules between options: what `source` and `stream` exclude, and what `timeout_ms`
+/// needs.
+fn options(args: &Args, errors: &mut Errors) {
+    let key = |option: &Option<super::args::PathOption>| option.as_ref().map(|path| path.key);
+    let count = |option: &Option<super::args::Count>| option.as_ref().map(|count| count.key);
+    if let Some(source) = args.source {
+        let not_for_source = [
+            (args.subprocess, "subprocess"),
+            (count(&args.workers), "workers"),
+            (args.unordered, "unordered"),
+            (count(&args.queue), "queue"),
+            (key(&args.init), "init"),
+            (key(&args.when), "when"),
+            (count(&args.timeout_ms), "timeout_ms"),
+        ];
+        for (span, option) in not_for_source {
+            if let Some(span) = span {
+                let message = format!(
+                    "`{option}` does not apply to a `source` stage, which runs on one thread \
+                     of the caller; remove `{option}`"
+                );
+                errors.push(syn::Error::new(span, message));
+            }
+        }
+        if let Some(stream) = args.stream {
+            let message = "a stage is either a `source` (no input) or a `stream` (the whole \
+                           input); remove one of them";
+            let mut error = syn::Error::new(stream, message);
+            error.combine(syn::Error::new(source, message));
+            errors.push(error);
+        }
+        return;
+    }
+    if args.stream.is_some() {
+        let not_for_stream = [
+            (
+                key(&args.init),
+                "init",
+                "a `stream` stage runs once per worker, so it keeps its state in locals of the \
+                 function",
+            ),
+            (
+                key(&args.when),
+                "when",
+                "`when` chooses single items, and a `stream` stage takes the whole input; \
+                 filter inside the function",
+            ),
+            (
+                count(&args.timeout_ms),
+                "timeout_ms",
+                "`timeout_ms` limits the time of one item, and a `stream` stage takes the whole \
+                 input",
+            ),
+        ];
+        for (span, option, why) in not_for_stream {
+            if let Some(span) = span {
+                let message = format!(
+                    "`{option}` does not apply to a `stream` stage: {why}; remove `{option}`"
+                );
+                errors.push(syn::Error::new(span, message));
+            }
         }
     }
+    if let (Some(timeout), None) = (&args.timeout_ms, args.subprocess) {
+        let message = "`timeout_ms` needs `subprocess`: a thread cannot be killed; add \
+                       `subprocess` or remove `timeout_ms`";
+        errors.push(syn::Error::new(timeout.key, message));
+    }
+}
+
+/// The rules of `#[stage(source)]`: every parameter is bound, no `Emit`, no state, an
+/// iterator returned.
+fn source(sig: &Sig, errors: &mut Errors) -> Decided {
     for param in &sig.params {
         if param.emit.is_some() {
             let message = "a `source` stage has no `Emit` parameter; return the items as \
                            `impl Iterator<Item = T>`";
             errors.push(syn::Error::new_spanned(&param.ty, message));
+        } else if param.state.is_some() {
+            let message = "a `source` stage has no per-worker state; keep the state in the \
+                           iterator it returns, and take bound parameters by value";
+            errors.push(syn::Error::new_spanned(&param.ty, message));
+        } else if impl_iterator_item(&param.ty).is_some() {
+            let message = "a `source` stage has no input, only parameters bound when \
+                           composing; for a stage that takes the whole input, write \
+                           `#[stage(stream)]`";
+            errors.push(syn::Error::new_spanned(&param.ty, message));
+        } else {
+            impl_trait_parameter(param, errors);
         }
     }
     let output = match &sig.output {
@@ -119,50 +205,154 @@ fn source(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
             errors.push(syn::Error::new(sig.ident.span(), message));
             unit()
         }
+        output => iterator_output(output, "source", errors),
+    };
+    Decided {
+        form: Form::Source,
+        input: None,
+        output,
+        state: None,
+        roles: sig.params.iter().map(|_| Role::Bound).collect(),
+    }
+}
+
+/// The rules of `#[stage(stream)]`: the items as `impl Iterator<Item = T>` first, then bound
+/// parameters; the outputs returned as an iterator.
+fn stream(sig: &Sig, errors: &mut Errors) -> Decided {
+    let mut roles = Vec::with_capacity(sig.params.len());
+    let mut input = None;
+    for (index, param) in sig.params.iter().enumerate() {
+        if param.emit.is_some() {
+            let message = "a `stream` stage returns its outputs; remove `&mut Emit<T>` and \
+                           return `impl Iterator<Item = T>`";
+            errors.push(syn::Error::new_spanned(&param.ty, message));
+            roles.push(Role::Emit);
+            continue;
+        }
+        if param.state.is_some() && index > 0 {
+            let message = "a `stream` stage has no per-worker state; keep the state in locals \
+                           of the function, and take bound parameters by value";
+            errors.push(syn::Error::new_spanned(&param.ty, message));
+            roles.push(Role::Bound);
+            continue;
+        }
+        if index > 0 {
+            impl_trait_parameter(param, errors);
+            roles.push(Role::Bound);
+            continue;
+        }
+        match impl_iterator_item(&param.ty) {
+            Some(item) => input = Some(item),
+            None => {
+                let message = "a `stream` stage takes `impl Iterator<Item = T>`: its whole \
+                               input, e.g. `titles: impl Iterator<Item = String>`";
+                errors.push(syn::Error::new_spanned(&param.ty, message));
+            }
+        }
+        roles.push(Role::Item);
+    }
+    if sig.params.is_empty() {
+        let message = "a `stream` stage takes its input as its first parameter, e.g. \
+                       `titles: impl Iterator<Item = String>`";
+        errors.push(syn::Error::new(sig.parens, message));
+    }
+    let output = match &sig.output {
+        Output::Unit => {
+            let message = "a `stream` stage returns its outputs; write \
+                           `-> impl Iterator<Item = T>` (or any `IntoIterator`)";
+            errors.push(syn::Error::new(sig.ident.span(), message));
+            unit()
+        }
+        output => iterator_output(output, "stream", errors),
+    };
+    Decided {
+        form: Form::Stream,
+        input: Some(input.unwrap_or_else(unit)),
+        output,
+        state: None,
+        roles,
+    }
+}
+
+/// The item type of a returned iterator: `T` of `impl Iterator<Item = T>`, or
+/// `<R as IntoIterator>::Item` of a concrete `R`.
+fn iterator_output(output: &Output, form: &str, errors: &mut Errors) -> Type {
+    match output {
+        Output::Unit => unit(),
         Output::Opaque {
             item: Some(item), ..
         } => item.clone(),
         Output::Opaque { ty, item: None } => {
-            let message = "write `impl Iterator<Item = T>` or `impl IntoIterator<Item = T>` so \
-                           that the item type of this `source` is known";
+            let message = format!(
+                "write `impl Iterator<Item = T>` or `impl IntoIterator<Item = T>` so that the \
+                 item type of this `{form}` is known"
+            );
             errors.push(syn::Error::new_spanned(ty, message));
             unit()
         }
         Output::Result { ty, .. } | Output::Option { ty, .. } | Output::Plain(ty) => {
             syn::parse_quote!(<#ty as ::core::iter::IntoIterator>::Item)
         }
-    };
-    let roles = sig.params.iter().map(|_| Role::Bound).collect();
-    (Form::Source, None, output, roles)
+    }
 }
 
-/// The rules of a stage that takes items: the item first, at most one `Emit`, and a return
-/// type that fits the form.
-fn stage(sig: &Sig, errors: &mut Errors) -> Decided {
+/// The rules of a stage that takes items one by one: the item first, at most one `Emit`, a
+/// `&mut S` state exactly when there is an `init`, and a return type that fits the form.
+fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
     let mut roles = Vec::with_capacity(sig.params.len());
     let mut emit: Option<Type> = None;
+    let mut state: Option<Type> = None;
     for (index, param) in sig.params.iter().enumerate() {
-        let role = match &param.emit {
-            Some(_) if index == 0 => {
-                let message = "the first parameter of a stage is its item; put the item \
-                               before `&mut Emit<T>`, e.g. `fn words(line: String, out: &mut \
-                               Emit<String>)`";
-                errors.push(syn::Error::new_spanned(&param.ty, message));
-                Role::Emit
-            }
-            Some(param_emit) if emit.is_none() => {
+        if index == 0 {
+            first_parameter(param, errors);
+        } else {
+            impl_trait_parameter(param, errors);
+        }
+        let role = match (&param.emit, &param.state) {
+            (Some(_), _) if index == 0 => Role::Emit,
+            (Some(param_emit), _) if emit.is_none() => {
                 emit = Some(param_emit.item.clone());
                 Role::Emit
             }
-            Some(_) => {
-                let message = "a stage has at most one `&mut Emit<T>` parameter; remove this one";
+            (Some(_), _) => {
+                let message = "a stage has at most one `&mut Emit<T>` parameter; remove this one, and \
+                               emit an `enum` if the stage makes outputs of two kinds";
                 errors.push(syn::Error::new_spanned(&param.ty, message));
                 Role::Emit
             }
-            None if index == 0 => Role::Item,
-            None => Role::Bound,
+            (None, _) if index == 0 => Role::Item,
+            (None, Some(param_state)) => {
+                match (&args.init, &state) {
+                    (None, _) => {
+                        let message = format!(
+                            "a `&mut` parameter is per-worker state, made once in each worker by \
+                             an `init` function: add `init = make_state` to `#[stage(...)]`, with \
+                             `fn make_state() -> {}`",
+                            type_text(param_state)
+                        );
+                        errors.push(syn::Error::new_spanned(&param.ty, message));
+                    }
+                    (Some(_), None) => state = Some(param_state.clone()),
+                    (Some(_), Some(_)) => {
+                        let message = "a stage has at most one `&mut` state parameter; put \
+                                       everything `init` makes into one type and remove this \
+                                       parameter";
+                        errors.push(syn::Error::new_spanned(&param.ty, message));
+                    }
+                }
+                Role::State
+            }
+            (None, None) => Role::Bound,
         };
         roles.push(role);
+    }
+    if let (Some(init), None) = (&args.init, &state) {
+        let message = format!(
+            "`init` makes per-worker state for a `&mut S` parameter, and `{}` has none; add one \
+             after the item, e.g. `state: &mut S`, or remove `init`",
+            syn::ext::IdentExt::unraw(&sig.ident)
+        );
+        errors.push(syn::Error::new(init.key, message));
     }
     let input = match sig.params.first() {
         Some(param) => param.ty.clone(),
@@ -194,17 +384,65 @@ fn stage(sig: &Sig, errors: &mut Errors) -> Decided {
         (None, Output::Opaque { ty, .. }) => {
             let message = "a stage's output type must have a name; return a concrete type \
                            instead of `impl Trait` (or, for a stage without input, write \
-                           `#[stage(source)]`)";
+                           `#[stage(source)]`; for one that takes the whole input, \
+                           `#[stage(stream)]`)";
             errors.push(syn::Error::new_spanned(ty, message));
             (Form::Map, unit())
         }
         (None, Output::Plain(ty)) => (Form::Map, ty.clone()),
     };
-    (form, Some(input), output, roles)
+    Decided {
+        form,
+        input: Some(input),
+        output,
+        state,
+        roles,
+    }
+}
+
+/// The item of a stage that takes items one by one: by value, not `Emit`, not `impl Trait`.
+fn first_parameter(param: &Param, errors: &mut Errors) {
+    if param.emit.is_some() {
+        let message = "the first parameter of a stage is its item; put the item before `&mut \
+                       Emit<T>`, e.g. `fn words(line: String, out: &mut Emit<String>)`";
+        errors.push(syn::Error::new_spanned(&param.ty, message));
+    } else if param.state.is_some() {
+        let message = "a stage takes its item by value, e.g. `fn bump(x: u64) -> u64`; \
+                       per-worker state (`&mut S`, made by `init`) comes after the item";
+        errors.push(syn::Error::new_spanned(&param.ty, message));
+    } else if impl_iterator_item(&param.ty).is_some() {
+        let message = "a stage that takes `impl Iterator<Item = T>` sees the whole input: write \
+                       `#[stage(stream)]`, or take one item, e.g. `x: u64`";
+        errors.push(syn::Error::new_spanned(&param.ty, message));
+    } else {
+        impl_trait_parameter(param, errors);
+    }
+}
+
+/// The error for an `impl Trait` in a parameter's type.
+fn impl_trait_parameter(param: &Param, errors: &mut Errors) {
+    if let Some(impl_trait) = &param.impl_trait {
+        let message = "an `impl Trait` parameter makes a stage generic; write the concrete type";
+        errors.push(syn::Error::new_spanned(impl_trait, message));
+    }
+}
+
+/// A type as the user would write it, for a message.
+fn type_text(ty: &Type) -> String {
+    let text = quote::ToTokens::to_token_stream(ty).to_string();
+    // `TokenStream`'s text puts spaces around every token; undo the common ones.
+    text.replace(" < ", "<")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace("& ", "&")
 }
 
 /// Where to point at a return type.
-fn output_span(output: &Output, sig: &Sig) -> proc_macro2::Span {
+fn output_span(output: &Output, sig: &Sig) -> Span {
     match output {
         Output::Unit => sig.ident.span(),
         Output::Result { ty, .. }
