@@ -953,3 +953,134 @@ pub(crate) fn dead_notice(epoch: u32, failure: &[u8]) -> Vec<u8> {
     m.extend_from_slice(failure);
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        sys::seqpacket_pair().expect("socketpair")
+    }
+
+    /// Sends raw messages to a receiver and reads them all.
+    fn receive(msgs: &[Vec<u8>]) -> Result<Vec<(u64, u8, Vec<u8>)>, Corrupt> {
+        let (a, b) = pair();
+        for m in msgs {
+            sys::send(a.as_fd(), m, false).expect("send");
+        }
+        drop(a);
+        let mut rx = LinkReceiver::new(vec![b]);
+        let mut out = Vec::new();
+        let mut extra = Vec::new();
+        while !rx.finished() {
+            rx.fill(true, &mut extra)?;
+            while let Some(r) = rx.next()? {
+                out.push((r.seq, r.tag, rx.payload(&r).to_vec()));
+                rx.done(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn batch(records: &[(u64, u8, &[u8])]) -> Vec<u8> {
+        let mut m = vec![MSG_BATCH];
+        m.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for (seq, tag, payload) in records {
+            let at = begin_record(&mut m, *seq, *tag);
+            m.extend_from_slice(payload);
+            end_record(&mut m, at).expect("small");
+        }
+        m
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let got = receive(&[
+            batch(&[(3, TAG_ONE, b"ab"), (4, TAG_ONE, b"")]),
+            batch(&[(5, TAG_DROPPED, b"xyzw")]),
+        ])
+        .expect("valid stream");
+        assert_eq!(
+            got,
+            [
+                (3, TAG_ONE, b"ab".to_vec()),
+                (4, TAG_ONE, vec![]),
+                (5, TAG_DROPPED, b"xyzw".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_chunked_length_is_refused_before_allocating() {
+        let mut m = vec![MSG_BIG_FIRST];
+        m.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        m.extend_from_slice(&[0; 16]);
+        let e = receive(&[m]).expect_err("2^40 bytes announced");
+        assert!(e.0.contains("exceeds the limit"), "{}", e.0);
+        let mut m = vec![MSG_BIG_FIRST];
+        m.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(receive(&[m]).is_err());
+    }
+
+    #[test]
+    fn record_longer_than_its_message_is_refused() {
+        let mut m = batch(&[(1, TAG_ONE, b"abc")]);
+        let len_at = BATCH_HEADER + 9;
+        m[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = receive(&[m]).expect_err("length beyond the message");
+        assert!(e.0.contains("exceeds its message"), "{}", e.0);
+    }
+
+    #[test]
+    fn record_count_beyond_the_message_is_refused() {
+        let mut m = batch(&[(1, TAG_ONE, b"abc")]);
+        m[1..5].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(receive(&[m]).is_err());
+    }
+
+    #[test]
+    fn unknown_message_kind_is_refused() {
+        assert!(receive(&[vec![0xEE, 1, 2, 3]]).is_err());
+    }
+
+    #[test]
+    fn chunked_record_is_reassembled() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut rec = Vec::new();
+        let at = begin_record(&mut rec, 9, TAG_ONE);
+        rec.extend_from_slice(&payload);
+        end_record(&mut rec, at).expect("fits the frame limit");
+        let (a, b) = pair();
+        let mut tx = LinkSender::new(vec![a], 16);
+        assert_eq!(tx.reserve().expect("credit"), Commit::Ready);
+        tx.push(9, |out| out.extend_from_slice(&rec)).expect("send");
+        drop(tx);
+        let mut rx = LinkReceiver::new(vec![b]);
+        let mut extra = Vec::new();
+        rx.fill(true, &mut extra).expect("valid");
+        let r = rx.next().expect("valid").expect("one record");
+        assert_eq!((r.seq, r.tag), (9, TAG_ONE));
+        assert_eq!(rx.payload(&r), &payload[..]);
+    }
+
+    /// D11: arbitrary bytes never panic the decoder and never allocate past the limits.
+    #[test]
+    fn arbitrary_messages_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let n = (next() % 64) as usize;
+            let mut m: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if let Some(k) = m.first_mut() {
+                *k = [MSG_BATCH, MSG_BIG_FIRST, MSG_BIG_MORE, MSG_ACK, 0x77][(next() % 5) as usize];
+            }
+            let _ = receive(&[m]);
+        }
+    }
+}
