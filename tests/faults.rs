@@ -1,1 +1,55 @@
-fn main() {}
+//! Fault tests: the catalogue of /work/shared/FAULTS.md (sections A–K), each case provoked
+//! for real and its exact outcome asserted — the error's stage, item, worker pid and cause,
+//! exactly one outcome per item, the order of the rest, and nothing left behind.
+//!
+//! Runs with libtest-mimic on one test thread (each test checks that the whole process is
+//! clean afterwards: no child or zombie, descriptors and threads back to the baseline),
+//! every body under a watchdog. Cases that kill or signal the *caller* run in a victim: this
+//! binary re-executed with `FORKPIPE_VICTIM=<scenario>`, in its own process group.
+
+#[path = "faults/codec.rs"]
+mod codec;
+mod common;
+#[path = "faults/concurrency.rs"]
+mod concurrency;
+#[path = "faults/crash.rs"]
+mod crash;
+#[path = "faults/hang.rs"]
+mod hang;
+#[path = "faults/load.rs"]
+mod load;
+#[path = "faults/model.rs"]
+mod model;
+#[path = "faults/parent.rs"]
+mod parent;
+#[path = "faults/supervise.rs"]
+mod supervise;
+#[path = "faults/support.rs"]
+mod support;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    if let Ok(scenario) = std::env::var(support::VICTIM_VAR) {
+        common::set_no_core_dumps();
+        parent::victim_main(&scenario);
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    common::set_no_core_dumps();
+    let dir = support::run_dir().to_path_buf();
+
+    let mut trials: Vec<Trial> = Vec::new();
+    crash::trials(&mut trials);
+    hang::trials(&mut trials);
+    supervise::trials(&mut trials);
+    codec::trials(&mut trials);
+    load::trials(&mut trials);
+    parent::trials(&mut trials);
+    concurrency::trials(&mut trials);
+    model::trials(&mut trials);
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    let _ = std::fs::remove_dir_all(dir);
+    conclusion.exit();
+}

@@ -1,0 +1,405 @@
+//! Helpers of the fault tests: trials under a watchdog with a clean check, error
+//! assertions, signals, process liveness, victim processes and item types with
+//! misbehaving `serde` impls.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use forkpipe::{Error, Worker};
+use libtest_mimic::Trial;
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::common::{self, Baseline};
+
+/// Environment variable that turns the test binary into a victim process.
+pub const VICTIM_VAR: &str = "FORKPIPE_VICTIM";
+
+/// A fault test: baseline, the body under a watchdog of `secs` seconds, then *clean* (no
+/// children or zombies, descriptors ±2, threads back to the baseline).
+pub fn fault(name: &'static str, secs: u64, body: fn()) -> Trial {
+    Trial::test(name, move || {
+        common::set_no_core_dumps();
+        let base = Baseline::now();
+        common::with_deadline(secs, body);
+        settle(&base);
+        base.assert_clean(name, true);
+        Ok(())
+    })
+}
+
+/// A fault test kept but ignored because the runtime does not meet the contract yet; the
+/// reason is in the report and next to the registration.
+pub fn known_bug(name: &'static str, secs: u64, body: fn()) -> Trial {
+    fault(name, secs, body).with_ignored_flag(true)
+}
+
+/// Gives exiting threads a moment to disappear from `/proc/self/task` (a joined thread is
+/// gone, but a thread that was only told to stop may still be on its way out).
+fn settle(base: &Baseline) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !base.problems(true).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `f` every 5 ms until it returns true or `within` has passed.
+pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// This process's id.
+pub fn my_pid() -> u32 {
+    std::process::id()
+}
+
+/// The parent of this process.
+pub fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Sends `sig` to `pid` (a process of this test: a worker, a supervisor or a victim).
+pub fn signal(pid: u32, sig: i32) {
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// True if `pid` exists and has not exited (a zombie is dead).
+pub fn alive(pid: u32) -> bool {
+    matches!(common::stat_of(pid), Some((_, s)) if s != 'Z' && s != 'X')
+}
+
+/// Waits until none of `pids` is alive; `Err` lists the survivors.
+pub fn wait_dead(pids: &[u32], within: Duration) -> Result<(), String> {
+    if wait_until(within, || pids.iter().all(|&p| !alive(p))) {
+        return Ok(());
+    }
+    let left: Vec<_> = pids
+        .iter()
+        .filter(|&&p| alive(p))
+        .map(|&p| (p, common::stat_of(p)))
+        .collect();
+    Err(format!("still alive after {within:?}: {left:?}"))
+}
+
+/// Asserts that `e` is a worker death of `stage` on `item` whose cause contains `cause`,
+/// with the whole sentence of DESIGN §2.4; returns the worker's pid.
+#[track_caller]
+pub fn expect_died(e: &Error, stage: &str, item: u64, cause: &str) -> u32 {
+    let Error::Died {
+        stage: s,
+        item: i,
+        worker,
+        cause: c,
+    } = e
+    else {
+        panic!("item {item}: expected a death of stage '{stage}' ({cause}), got {e:?}");
+    };
+    let Worker::Process(pid) = *worker else {
+        panic!("a dead worker is a process: {e:?}");
+    };
+    assert_eq!(s, stage, "{e}");
+    assert_eq!(*i, item, "{e}");
+    assert!(c.contains(cause), "cause {c:?} should contain {cause:?}");
+    let text = e.to_string();
+    let want = format!("stage '{stage}' (worker pid {pid}) died on item {item}: {cause}");
+    assert!(
+        text.contains(&want),
+        "message {text:?} should contain {want:?}"
+    );
+    assert_ne!(pid, my_pid(), "{e}");
+    pid
+}
+
+/// Asserts the results of an ordered run over `0..n` whose `Ok` values start with their
+/// item number: one outcome per item, in input order. Returns the errors by item.
+#[track_caller]
+pub fn by_item<T: std::fmt::Debug>(
+    results: &[Result<T, Error>],
+    n: u64,
+    id: impl Fn(&T) -> u64,
+) -> BTreeMap<u64, Error> {
+    assert_eq!(
+        results.len() as u64,
+        n,
+        "one outcome per item (exactly once)"
+    );
+    let mut errors = BTreeMap::new();
+    for (i, r) in results.iter().enumerate() {
+        let i = i as u64;
+        match r {
+            Ok(v) => assert_eq!(id(v), i, "outcome {i} is item {i} (order kept): {v:?}"),
+            Err(e) => {
+                assert_eq!(e.item(), Some(i), "outcome {i} is item {i}: {e}");
+                errors.insert(i, e.clone());
+            }
+        }
+    }
+    errors
+}
+
+/// The pid a stage reports in its output, and that of its parent (the supervisor).
+pub fn who() -> (u32, u32) {
+    (my_pid(), parent_pid())
+}
+
+// ---------------------------------------------------------------------------------------
+// Victims: this test binary re-executed with `FORKPIPE_VICTIM=<scenario>`
+// ---------------------------------------------------------------------------------------
+
+/// A victim process in its own process group, its stdout read line by line.
+pub struct Victim {
+    pub child: Child,
+    lines: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    reaped: bool,
+}
+
+impl Victim {
+    pub fn spawn(scenario: &str) -> Victim {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut child = Command::new(exe)
+            .env(VICTIM_VAR, scenario)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the victim");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Victim {
+            child,
+            lines: rx,
+            reader: Some(reader),
+            reaped: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line starting with `tag ` (other lines are skipped), without the tag.
+    pub fn expect_line(&mut self, tag: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if l == tag {
+                        return String::new();
+                    }
+                    if let Some(rest) = l.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) {
+                        return rest.to_string();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("victim: no '{tag}' line within {within:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    thread::sleep(Duration::from_millis(100));
+                    let st = self.child.try_wait();
+                    panic!("victim: output ended before a '{tag}' line; victim status {st:?}")
+                }
+            }
+        }
+    }
+
+    /// Numbers of a `PIDS` line.
+    pub fn expect_pids(&mut self, within: Duration) -> Vec<u32> {
+        self.expect_line("PIDS", within)
+            .split_whitespace()
+            .map(|s| s.parse().expect("a pid"))
+            .collect()
+    }
+
+    /// Waits for the victim's exit (bounded); its status.
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.reaped = true;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "victim did not exit in {within:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // Safety net: the whole group (the victim, its supervisor and workers).
+            // SAFETY: plain syscall on the victim's own process group.
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            // Ends when every holder of the pipe (workers included) is gone.
+            let (tx, rx) = std::sync::mpsc::channel();
+            thread::spawn(move || {
+                let _ = r.join();
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Item types
+// ---------------------------------------------------------------------------------------
+
+/// Bytes serialized as one bincode byte string (fast even in debug builds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// What a [`Marked`] value does when it is encoded or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Fine,
+    Err,
+    Panic,
+    Abort,
+}
+
+/// A `u64` whose `Serialize` misbehaves for `ENC_BAD` per `ENC` and whose `Deserialize`
+/// misbehaves for `DEC_BAD` per `DEC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marked<const ENC: u8, const DEC: u8>(pub u64);
+
+/// The value that misbehaves.
+pub const BAD: u64 = 13;
+
+fn act(code: u8) -> Act {
+    match code {
+        1 => Act::Err,
+        2 => Act::Panic,
+        3 => Act::Abort,
+        _ => Act::Fine,
+    }
+}
+
+/// `Act` codes for the const parameters of [`Marked`].
+pub const FINE: u8 = 0;
+pub const ERR: u8 = 1;
+pub const PANIC: u8 = 2;
+pub const ABORT: u8 = 3;
+
+impl<const ENC: u8, const DEC: u8> Serialize for Marked<ENC, DEC> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == BAD {
+            match act(ENC) {
+                Act::Fine => {}
+                Act::Err => return Err(serde::ser::Error::custom("refusing to encode 13")),
+                Act::Panic => panic!("Serialize panicked on 13"),
+                Act::Abort => std::process::abort(),
+            }
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de, const ENC: u8, const DEC: u8> Deserialize<'de> for Marked<ENC, DEC> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == BAD {
+            match act(DEC) {
+                Act::Fine => {}
+                Act::Err => return Err(de::Error::custom("refusing to decode 13")),
+                Act::Panic => panic!("Deserialize panicked on 13"),
+                Act::Abort => std::process::abort(),
+            }
+        }
+        Ok(Marked(v))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One-shot markers shared by the test process and its workers
+// ---------------------------------------------------------------------------------------
+
+static RUN_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// A scratch directory of this test run (made in `main`, before any fork, so workers
+/// inherit the path).
+pub fn run_dir() -> &'static std::path::Path {
+    RUN_DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("forkpipe-faults-{}", my_pid()));
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    })
+}
+
+/// True for the first caller with this tag in this test run, in any process.
+pub fn first_time(tag: &str) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(run_dir().join(tag))
+        .is_ok()
+}
+
+/// The index of this call among all calls with this tag in this test run, in any
+/// process (0, 1, 2, …).
+pub fn ticket_number(tag: &str) -> usize {
+    (0..)
+        .find(|n| first_time(&format!("{tag}.{n}")))
+        .expect("a free number")
+}
