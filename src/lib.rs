@@ -68,4 +68,8 @@ pub mod __private {
         Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
         Source, Stage, Wire,
     };
+    /// The traits `pipeline!` composes with (see the runtime's `compose` module).
+    pub mod compose {
+        pub use pipeline_runtime::{Append, Chain, Open, Part, Pending, input, kind, out};
+    }
 }

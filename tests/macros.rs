@@ -4,10 +4,10 @@
 #![deny(warnings, unused_qualifications, clippy::all)]
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, BufRead, Read, Write};
 
-use forkpipe::Worker;
 use forkpipe::prelude::*;
+use forkpipe::{Consumer, Producer, Worker};
 use serde::{Deserialize, Serialize};
 
 #[stage]
@@ -683,6 +683,148 @@ fn timeout_fails_the_slow_item_only() {
     assert_eq!(slow.stage(), Some("nap"));
     assert!(slow.to_string().contains("timed out"), "{slow}");
     assert_eq!(*v[2].as_ref().unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// `pipe_next`: a stage streams bytes to the next one, which reads them as they come
+// ---------------------------------------------------------------------------------------
+
+/// Writes `n` copies of `byte`: the producer of a thread pair, with two couples.
+#[stage(pipe_next, workers = 2)]
+fn repeat_byte(n: u64, out: &mut PipeWriter, byte: u8) -> io::Result<()> {
+    out.write_all(&vec![byte; n as usize])
+}
+
+/// Counts the bytes equal to `byte` while they are written: the `Result<T, E>` form.
+#[stage]
+fn count_byte(n: u64, bytes: &mut PipeReader, byte: u8) -> io::Result<(u64, usize)> {
+    let mut all = Vec::new();
+    bytes.read_to_end(&mut all)?;
+    Ok((n, all.iter().filter(|&&b| b == byte).count()))
+}
+
+/// Writes `n` lines, in a worker process: returns `()`, with every other option of a
+/// producer.
+#[stage(
+    pipe_next,
+    subprocess,
+    queue = 4,
+    timeout_ms = 10_000,
+    name = "write_lines"
+)]
+fn lines_for(n: u64, out: &mut PipeWriter) {
+    for i in 0..n {
+        writeln!(out, "line {i} of {n}").unwrap();
+    }
+}
+
+/// Emits each line it reads, in a worker process: the `&mut Emit<T>` form, the reader
+/// after the `Emit`, a bound parameter after both.
+#[stage(subprocess, queue = 8)]
+fn each_line(
+    _n: u64,
+    out: &mut Emit<String>,
+    bytes: &mut PipeReader,
+    prefix: String,
+) -> io::Result<()> {
+    for line in bytes.lines() {
+        out.emit(format!("{prefix}{}", line?));
+    }
+    Ok(())
+}
+
+/// Fails the item when the stream is longer than `limit`: `Result<T, String>`.
+#[stage(name = "at_most")]
+fn at_most(n: u64, bytes: &mut PipeReader, limit: usize) -> Result<u64, String> {
+    let mut all = Vec::new();
+    bytes.read_to_end(&mut all).map_err(|e| e.to_string())?;
+    if all.len() > limit {
+        return Err(format!("{} bytes for item {n}", all.len()));
+    }
+    Ok(n)
+}
+
+/// Keeps the items whose stream is not empty: the `Option<T>` form, `unordered`.
+#[stage(unordered)]
+fn nonempty(n: u64, bytes: &mut PipeReader) -> Option<u64> {
+    let mut first = [0u8; 1];
+    (bytes.read(&mut first).unwrap() == 1).then_some(n)
+}
+
+/// The stream's length: the plain `T` form.
+#[stage]
+fn stream_len(_n: u64, bytes: &mut PipeReader) -> u64 {
+    io::copy(bytes, &mut io::sink()).unwrap()
+}
+
+#[test]
+fn pipe_next_thread_pair_with_bound_parameters_and_two_couples() {
+    let p = pipeline![double | repeat_byte(b'x') | count_byte(b'x')];
+    let v = collect(p.run([0u64, 1, 2, 50_000]).unwrap());
+    assert_eq!(v, [(0, 0), (2, 2), (4, 4), (100_000, 100_000)]);
+}
+
+#[test]
+fn pipe_next_pair_in_worker_processes_emitting() {
+    let p = pipeline![numbers(4) | lines_for | each_line(String::from("> "))];
+    let v = collect(p.results().unwrap());
+    assert_eq!(
+        v,
+        [
+            "> line 0 of 1",
+            "> line 0 of 2",
+            "> line 1 of 2",
+            "> line 0 of 3",
+            "> line 1 of 3",
+            "> line 2 of 3",
+        ]
+    );
+}
+
+#[test]
+fn pipe_next_consumer_error_fails_the_item_only() {
+    let p = pipeline![double | repeat_byte(b'y') | at_most(3)];
+    let v: Vec<Result<u64, Error>> = p.run([0u64, 1, 2, 1]).unwrap().collect();
+    let ok: Vec<Option<u64>> = v.iter().map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(ok, [Some(0), Some(2), None, Some(2)]);
+    let failed = v[2].as_ref().unwrap_err();
+    assert_eq!(failed.stage(), Some("at_most"));
+    assert!(
+        failed.to_string().ends_with("4 bytes for item 4"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn pipe_next_consumer_filter_and_plain_forms() {
+    let p = pipeline![add_n(0) | repeat_byte(b'z') | nonempty];
+    let mut v = collect(p.run(0..5u64).unwrap());
+    v.sort_unstable();
+    assert_eq!(v, [1, 2, 3, 4]);
+    let p = pipeline![add_n(0) | lines_for | stream_len];
+    let v = collect(p.run([0u64, 2]).unwrap());
+    assert_eq!(v, [0, 2 * "line 0 of 2\n".len() as u64]);
+}
+
+#[test]
+fn pipe_next_in_the_middle_of_a_pipeline() {
+    let p = pipeline![numbers(3) | add_n(1) | repeat_byte(b'x') | stream_len | double];
+    assert_eq!(collect(p.results().unwrap()), [2, 4, 6]);
+}
+
+#[test]
+fn pipe_next_builder_equivalent() {
+    // What `pipeline![double | repeat_byte(b'x') | count_byte(b'x')]` expands to.
+    let byte = b'x';
+    let producer = Producer::new("repeat_byte", move |n: u64, w: &mut PipeWriter| {
+        repeat_byte(n, w, byte)
+    })
+    .workers(2);
+    let consumer = Consumer::new("count_byte", move |n: u64, r: &mut PipeReader| {
+        count_byte(n, r, byte)
+    });
+    let p = Pipeline::new(Stage::map("double", double)).then_pipe(producer, consumer);
+    assert_eq!(collect(p.run([3u64]).unwrap()), [(6, 6)]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ use proc_macro::TokenStream;
 /// | first parameter | the item (none for `source`; `impl Iterator<Item = T>` for `stream`) |
 /// | return `T` / `Result<T, E>` / `Option<T>` / `()` | one output / output or item error (`E: Display`) / output or dropped / a sink |
 /// | a `&mut Emit<T>` parameter | zero or more outputs per item, in order; return `()` or `Result<(), E>` |
+/// | a `&mut PipeWriter` parameter | with `pipe_next`: writes a byte stream for each item to the next stage |
+/// | a `&mut PipeReader` parameter | reads the byte stream of the `pipe_next` stage before it |
 /// | a `&mut S` parameter | per-worker state, made by `init` |
 /// | any other parameter | bound when composing, `add_n(7)`: `Clone + Send + Sync + 'static` |
 ///
@@ -69,8 +71,7 @@ use proc_macro::TokenStream;
 /// | `init = path` | per-worker state: `path() -> S` or `Result<S, E>`, passed as `&mut S` | `Stage::stateful` |
 /// | `when = path` | `path(&In) -> bool`: rejected items skip the stage unchanged (needs In = Out) | `.when(path)` |
 /// | `timeout_ms = N` | an item running longer than `N` ms fails and its worker is replaced (needs `subprocess`) | `.timeout(Duration::from_millis(N))` |
-///
-/// `pipe_next` (a byte stream between two stages) is not supported yet.
+/// | `pipe_next` | this stage and the next run at the same time on each item, joined by a byte stream | `Producer::new`, `Pipeline::then_pipe` |
 ///
 /// ## `subprocess`, `workers`, `unordered`, `queue`, `name`
 ///
@@ -251,14 +252,69 @@ use proc_macro::TokenStream;
 /// # Ok::<(), forkpipe::Error>(())
 /// ```
 ///
+/// ## `pipe_next`
+///
+/// A `pipe_next` stage takes a `&mut PipeWriter` after its item and writes bytes for each
+/// item; the next stage takes a `&mut PipeReader` and reads them while they are written (a
+/// shell pipe, per item). The producer hands each item on unchanged and returns `()` or
+/// `Result<(), E>`; the pair's output is the consumer's, in any of the forms above (`T`,
+/// `Result<T, E>`, `Option<T>`, `()`, `&mut Emit<T>`). If one side fails, the other sees an
+/// I/O error, and the item fails with the first cause.
+///
+/// The pair is one unit: it runs the producer's `workers` couples, in worker processes if
+/// either half is `subprocess`, and its items cross a socket between the halves, so they
+/// must be `Serialize + Deserialize` even on threads. The producer takes `subprocess`,
+/// `workers`, `queue`, `timeout_ms` and `name`; the consumer `subprocess`, `queue`,
+/// `timeout_ms`, `unordered` and `name`. A pipeline cannot start with a `pipe_next` stage.
+///
+/// ```
+/// use std::io::{self, Write};
+/// use forkpipe::prelude::*;
+/// use forkpipe::{Consumer, Producer};
+///
+/// #[stage(source)]
+/// fn sizes(n: u64) -> impl Iterator<Item = u64> {
+///     0..n
+/// }
+///
+/// #[stage(pipe_next, workers = 2)]
+/// fn repeat(n: u64, out: &mut PipeWriter, byte: u8) -> io::Result<()> {
+///     out.write_all(&vec![byte; n as usize * 1000])
+/// }
+///
+/// #[stage]
+/// fn count(n: u64, bytes: &mut PipeReader) -> io::Result<(u64, u64)> {
+///     Ok((n, io::copy(bytes, &mut io::sink())?))
+/// }
+///
+/// let out: Vec<(u64, u64)> = pipeline![sizes(3) | repeat(b'x') | count]
+///     .results()?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(out, [(0, 0), (1, 1000), (2, 2000)]);
+///
+/// // The same pipeline in builder code: the pair is appended at once.
+/// let byte = b'x';
+/// let producer = Producer::new("repeat", move |n: u64, w: &mut PipeWriter| repeat(n, w, byte))
+///     .workers(2);
+/// let consumer = Consumer::new("count", |n: u64, r: &mut PipeReader| count(n, r));
+/// let out: Vec<(u64, u64)> = Pipeline::new(Source::new("sizes", || sizes(3)))
+///     .then_pipe(producer, consumer)
+///     .results()?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(out, [(0, 0), (1, 1000), (2, 2000)]);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
 /// # Mistakes
 ///
 /// Mistakes are compile errors at the token to change, all reported by one build: an
 /// unknown or repeated option, `workers = 0`, an option that does not fit the form
-/// (`workers` on a `source`, `init` on a `stream`), `timeout_ms` without `subprocess`, an
-/// `init` without a `&mut S` parameter or the reverse, `when` on a stage that changes the
-/// type, an item type that cannot cross a process boundary. After a mistake, the function
-/// is still emitted unchanged, so its callers keep compiling.
+/// (`workers` on a `source`, `init` on a `stream`, `workers` on a stage that takes
+/// `&mut PipeReader`), `timeout_ms` without `subprocess`, an `init` without a `&mut S`
+/// parameter or the reverse, `pipe_next` without a `&mut PipeWriter` parameter or the
+/// reverse, `when` on a stage that changes the type, an item type that cannot cross a
+/// process boundary. After a mistake, the function is still emitted unchanged, so its
+/// callers keep compiling.
 #[proc_macro_attribute]
 pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
@@ -302,10 +358,18 @@ pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
 /// # Ok::<(), forkpipe::Error>(())
 /// ```
 ///
+/// A `#[stage(pipe_next)]` function and the stage after it, which takes a `&mut PipeReader`,
+/// are written as two stages, `pipeline![parse | compress | upload]`; the macro appends them
+/// as one pair (see [`macro@stage`]).
+///
 /// A stage whose input type differs from the previous stage's output is an error naming
 /// both stages and both types: ``stage `add_n` takes `u64` but `to_text` produces `String` ``;
 /// a `source` after the first place is `` `numbers` is a `source` stage; a source can only
-/// come first ``.
+/// come first ``. So are the mistakes of a pipe pair: `` the last stage `compress` is
+/// `pipe_next`: add a stage that takes `&mut PipeReader` after it ``, `` `compress` is a
+/// `pipe_next` stage: the stage after it must take `&mut PipeReader` ``, `` `upload` takes a
+/// `&mut PipeReader`: it must come right after a `pipe_next` stage ``, and a pipeline that
+/// starts with a `pipe_next` stage.
 #[proc_macro]
 pub fn pipeline(input: TokenStream) -> TokenStream {
     let input = syn::parse::<pipeline::Pipeline>(input);

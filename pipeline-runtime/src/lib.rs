@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod codec;
+mod compose;
 mod error;
 mod exec;
 mod fds;
@@ -20,6 +21,8 @@ mod sys;
 mod worker;
 
 pub use codec::{FRAME_LIMIT, Wire};
+#[doc(hidden)]
+pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
 pub use error::{Error, Worker};
 pub use pipe::{PipeReader, PipeWriter};
 pub use pipeline::{

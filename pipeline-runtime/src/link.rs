@@ -124,16 +124,21 @@ pub(crate) struct LinkSender<F> {
     ackbuf: Vec<u8>,
     /// This sender's epoch (its worker's incarnation); acks of other epochs are stale.
     epoch: u32,
-    /// Records acked so far, over all links.
-    acked_total: u64,
-    /// Records to send again (their receiver died before finishing them).
-    requeue: VecDeque<Vec<u8>>,
+    /// Records to send again (their receiver died before finishing them), with their tags.
+    requeue: VecDeque<(Vec<u8>, u64)>,
+    /// Tags of the records acked since the owner last looked ([`LinkSender::take_acked`]).
+    acked_tags: VecDeque<u64>,
 }
+
+/// The tag of a record whose sender does not track what its acks complete.
+pub(crate) const NO_TAG: u64 = u64::MAX;
 
 #[derive(Debug)]
 struct OutLink<F> {
     fd: F,
     batch: Vec<u8>,
+    /// Tags of the records in `batch`.
+    tags: Vec<u64>,
     count: u32,
     /// Messages sent and not fully acked (`records`, `acked` so far, bytes).
     sent: VecDeque<Sent>,
@@ -146,6 +151,8 @@ struct OutLink<F> {
 struct Sent {
     /// A batch message, or (when `big`) one bare record sent as chunks.
     data: Vec<u8>,
+    /// The tag of each record, in order.
+    tags: Vec<u64>,
     big: bool,
     records: u32,
     acked: u32,
@@ -167,6 +174,7 @@ impl<F: AsFd> LinkSender<F> {
             .map(|fd| OutLink {
                 fd,
                 batch: Vec::with_capacity(MAX_MSG),
+                tags: Vec::new(),
                 count: 0,
                 sent: VecDeque::new(),
                 unacked: 0,
@@ -184,8 +192,8 @@ impl<F: AsFd> LinkSender<F> {
             pool: Vec::new(),
             ackbuf: Vec::with_capacity(MAX_MSG),
             epoch: 0,
-            acked_total: 0,
             requeue: VecDeque::new(),
+            acked_tags: VecDeque::new(),
         }
     }
 
@@ -261,24 +269,24 @@ impl<F: AsFd> LinkSender<F> {
 
     /// Sends requeued records while some link has credit; true when none is left.
     pub(crate) fn pump(&mut self) -> io::Result<bool> {
-        while let Some(rec) = self.requeue.pop_front() {
+        while let Some((rec, tag)) = self.requeue.pop_front() {
             let Some(i) = self.pick().or_else(|| {
                 let _ = self.read_acks();
                 self.pick()
             }) else {
-                self.requeue.push_front(rec);
+                self.requeue.push_front((rec, tag));
                 return Ok(false);
             };
             self.chosen = Some(i);
-            self.push(0, |out| out.extend_from_slice(&rec))?;
+            self.push(tag, |out| out.extend_from_slice(&rec))?;
         }
         Ok(true)
     }
 
-    /// Appends one record for item `seq`, written by `write` (header and payload, see
-    /// [`begin_record`]), to the link chosen by the last [`LinkSender::reserve`].
-    pub(crate) fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
-        let _ = seq;
+    /// Appends one record, written by `write` (header and payload, see [`begin_record`]),
+    /// to the link chosen by the last [`LinkSender::reserve`]. `tag` comes back from
+    /// [`LinkSender::take_acked`] once the receiver acked the record ([`NO_TAG`]: don't).
+    pub(crate) fn push(&mut self, tag: u64, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let i = self.chosen.take().expect("reserve() before push()");
         let pool = &mut self.pool;
         let link = &mut self.links[i];
@@ -292,6 +300,7 @@ impl<F: AsFd> LinkSender<F> {
         link.unacked += 1;
         if link.batch.len() <= MAX_MSG {
             link.count += 1;
+            link.tags.push(tag);
             return Ok(());
         }
         // The record does not fit: send what came before it, then the record on its own.
@@ -302,13 +311,14 @@ impl<F: AsFd> LinkSender<F> {
             link.batch.extend_from_slice(&0u32.to_le_bytes());
             link.batch.extend_from_slice(&rec);
             link.count = 1;
+            link.tags.push(tag);
             Ok(())
         } else {
-            Self::send_big(link, rec)
+            Self::send_big(link, rec, tag)
         }
     }
 
-    fn send_big(link: &mut OutLink<F>, rec: Vec<u8>) -> io::Result<()> {
+    fn send_big(link: &mut OutLink<F>, rec: Vec<u8>, tag: u64) -> io::Result<()> {
         let mut msg = Vec::with_capacity(MAX_MSG);
         let mut off = 0;
         while off < rec.len() {
@@ -327,6 +337,7 @@ impl<F: AsFd> LinkSender<F> {
         link.unacked_bytes += rec.len();
         link.sent.push_back(Sent {
             data: rec,
+            tags: vec![tag],
             big: true,
             records: 1,
             acked: 0,
@@ -347,6 +358,7 @@ impl<F: AsFd> LinkSender<F> {
     fn flush_link(link: &mut OutLink<F>, pool: &mut Vec<Vec<u8>>) -> io::Result<()> {
         if link.count == 0 {
             link.batch.clear();
+            link.tags.clear();
             return Ok(());
         }
         let c = link.count.to_le_bytes();
@@ -356,8 +368,10 @@ impl<F: AsFd> LinkSender<F> {
         let batch = std::mem::replace(&mut link.batch, next);
         let r = Self::send_all(link, &batch);
         link.unacked_bytes += batch.len();
+        let tags = std::mem::take(&mut link.tags);
         link.sent.push_back(Sent {
             data: batch,
+            tags,
             big: false,
             records: link.count,
             acked: 0,
@@ -399,7 +413,7 @@ impl<F: AsFd> LinkSender<F> {
                             let ep =
                                 u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
                             if ep == self.epoch {
-                                self.acked_total += Self::apply_ack(l, n, &mut self.pool);
+                                Self::apply_ack(l, n, &mut self.pool, &mut self.acked_tags);
                             }
                         }
                         Some(&MSG_DEAD) if self.ackbuf.len() >= 5 => {
@@ -422,7 +436,7 @@ impl<F: AsFd> LinkSender<F> {
         l: &mut OutLink<F>,
         dead_epoch: u32,
         failure: &[u8],
-        requeue: &mut VecDeque<Vec<u8>>,
+        requeue: &mut VecDeque<(Vec<u8>, u64)>,
     ) -> io::Result<()> {
         let failed_seq = (failure.len() >= REC_HEADER)
             .then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
@@ -439,12 +453,13 @@ impl<F: AsFd> LinkSender<F> {
                     p = &p[end..];
                 }
             }
-            for rec in recs.into_iter().skip(sent.acked as usize) {
+            for (i, rec) in recs.into_iter().enumerate().skip(sent.acked as usize) {
                 let seq = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+                let tag = sent.tags.get(i).copied().unwrap_or(NO_TAG);
                 if Some(seq) == failed_seq {
-                    requeue.push_back(failure.to_vec());
+                    requeue.push_back((failure.to_vec(), tag));
                 } else {
-                    requeue.push_back(rec.to_vec());
+                    requeue.push_back((rec.to_vec(), tag));
                 }
             }
         }
@@ -463,18 +478,29 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
-    /// Records acked so far, over all links.
-    pub(crate) fn acked_total(&self) -> u64 {
-        self.acked_total
+    /// The tags of records acked since the last call.
+    pub(crate) fn take_acked(&mut self) -> std::collections::vec_deque::Drain<'_, u64> {
+        self.acked_tags.drain(..)
     }
 
-    fn apply_ack(l: &mut OutLink<F>, mut n: u64, pool: &mut Vec<Vec<u8>>) -> u64 {
+    fn apply_ack(
+        l: &mut OutLink<F>,
+        mut n: u64,
+        pool: &mut Vec<Vec<u8>>,
+        acked: &mut VecDeque<u64>,
+    ) -> u64 {
         let mut applied = 0;
         while n > 0 {
             let Some(front) = l.sent.front_mut() else {
                 break;
             };
             let take = (front.records - front.acked).min(n.min(u32::MAX as u64) as u32);
+            for i in front.acked..front.acked + take {
+                match front.tags.get(i as usize) {
+                    Some(&t) if t != NO_TAG => acked.push_back(t),
+                    _ => {}
+                }
+            }
             front.acked += take;
             n -= take as u64;
             applied += take as u64;
@@ -639,10 +665,14 @@ impl<F: AsFd> LinkReceiver<F> {
 
     /// The receiver of a replacement worker of epoch `epoch`: it skips each link's old
     /// records until that link's `RESYNC`.
-    pub(crate) fn replacement(fds: Vec<F>, epoch: u32) -> Self {
+    /// `sender_epochs` are the current epochs of the senders of its links (one of them may
+    /// have been replaced too, and the `HELLO` it sent was read by the worker this one
+    /// replaces): acks must carry them, or those senders would ignore them.
+    pub(crate) fn replacement(fds: Vec<F>, epoch: u32, sender_epochs: &[u32]) -> Self {
         let mut r = Self::new(fds);
-        for l in &mut r.links {
+        for (i, l) in r.links.iter_mut().enumerate() {
             l.skip_until = Some(epoch);
+            l.epoch = sender_epochs.get(i).copied().unwrap_or(0);
         }
         r
     }
@@ -1054,7 +1084,8 @@ mod tests {
         let (a, b) = pair();
         let mut tx = LinkSender::new(vec![a], 16);
         assert_eq!(tx.reserve().expect("credit"), Commit::Ready);
-        tx.push(9, |out| out.extend_from_slice(&rec)).expect("send");
+        tx.push(NO_TAG, |out| out.extend_from_slice(&rec))
+            .expect("send");
         drop(tx);
         let mut rx = LinkReceiver::new(vec![b]);
         let mut extra = Vec::new();

@@ -440,6 +440,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                             position: j,
                             of: s.opts().workers,
                             resync_inputs: true,
+                            in_epochs: Vec::new(),
                         };
                         Arc::clone(s).spawn_link_worker(ctx, &rt)?;
                     }

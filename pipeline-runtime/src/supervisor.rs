@@ -186,7 +186,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
         }
     }
     for k in 0..slots.len() {
-        if let Err(e) = spawn(&stages, &mut slots[k]) {
+        if let Err(e) = spawn(&stages, &mut slots[k], Vec::new()) {
             let msg = format!(
                 "fork failed for stage '{}': {e}",
                 stages[slots[k].stage].stage.name()
@@ -292,7 +292,16 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                     &ctl,
                 ));
             } else {
-                on_death(&stages, &mut slots[k], c.pid, &why, &mut restarts, &ctl);
+                let in_epochs = sender_epochs(&stages, &slots, &slots[k]);
+                on_death(
+                    &stages,
+                    &mut slots[k],
+                    c.pid,
+                    &why,
+                    &mut restarts,
+                    &ctl,
+                    in_epochs,
+                );
             }
         }
     }
@@ -396,7 +405,8 @@ fn on_couple_death(
     }
     for s in [pk, ck] {
         slots[s].epoch += 1;
-        if let Err(e) = spawn(stages, &mut slots[s]) {
+        let in_epochs = sender_epochs(stages, slots, &slots[s]);
+        if let Err(e) = spawn(stages, &mut slots[s], in_epochs) {
             tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
         }
     }
@@ -480,6 +490,7 @@ fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> 
 /// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
 /// replacement in its place — or, past the restart budget, a stand-in that fails every
 /// item fast.
+#[allow(clippy::too_many_arguments)]
 fn on_death(
     stages: &[ProcStage],
     slot: &mut Slot,
@@ -487,6 +498,7 @@ fn on_death(
     why: &str,
     restarts: &mut [VecDeque<Instant>],
     ctl: &OwnedFd,
+    in_epochs: Vec<u32>,
 ) {
     let st = &stages[slot.stage];
     let running = slot.state.running.swap(0, Ordering::AcqRel);
@@ -519,7 +531,7 @@ fn on_death(
         },
     );
     slot.epoch += 1;
-    if let Err(e) = spawn(stages, slot) {
+    if let Err(e) = spawn(stages, slot, in_epochs) {
         // No replacement possible (fork failed): stand in with... nothing. The senders
         // requeue into the other workers of the stage, if any.
         tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
@@ -629,8 +641,25 @@ fn kill_all(slots: &mut [Slot]) {
     }
 }
 
+/// The current epochs of the senders of a slot's input links: the workers of the previous
+/// stage when it is a process stage right before this one (mesh order), else 0 (the caller).
+fn sender_epochs(stages: &[ProcStage], slots: &[Slot], slot: &Slot) -> Vec<u32> {
+    let si = slot.stage;
+    let prev_adjacent = si > 0 && stages[si - 1].idx + 1 == stages[si].idx;
+    if !prev_adjacent || stages[si].couple == Some(false) {
+        return Vec::new();
+    }
+    let mut v: Vec<(usize, u32)> = slots
+        .iter()
+        .filter(|s| s.stage == si - 1)
+        .map(|s| (s.slot, s.epoch))
+        .collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, e)| e).collect()
+}
+
 /// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).
-fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
+fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io::Result<()> {
     let s = &stages[slot.stage];
     let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
     let me = nix::unistd::getpid();
@@ -663,6 +692,7 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot) -> std::io::Result<()> {
                 stream: stream.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
                 // A consumer replaced with its producer gets a fresh link: nothing to skip.
                 resync_inputs: s.couple != Some(false),
+                in_epochs,
                 idx: s.idx,
                 ins: own(ins),
                 outs: own(outs),

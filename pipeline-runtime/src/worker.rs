@@ -43,6 +43,8 @@ pub(crate) struct WorkerCtx<F> {
     /// A replacement skips its inputs' old records until `RESYNC` — except on links made
     /// fresh with it (a `pipe_next` consumer replaced with its producer).
     pub resync_inputs: bool,
+    /// The current epochs of the senders of its input links.
+    pub in_epochs: Vec<u32>,
 }
 
 /// Control messages from a worker to the supervisor.
@@ -97,6 +99,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         stream,
         resync_inputs: ctx_resync,
         position,
+        in_epochs,
         ..
     } = ctx;
     if ctl.is_some() {
@@ -118,21 +121,14 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     };
     tell(&ctl, &[CTL_INIT_OK]);
     let mut restart = false;
-    // A producer acks an item upstream only once its consumer acked it: until then the
-    // couple holds it, and if the couple dies the item is failed or requeued upstream.
-    let producer = matches!(stage.pipe, Some(PipeRole::Producer(_)));
-    let mut deferred: std::collections::VecDeque<(usize, u32)> = std::collections::VecDeque::new();
-    let mut credited = 0u64;
-    let sync_deferred = |rx: &mut LinkReceiver<F>,
-                         tx: &LinkSender<F>,
-                         deferred: &mut std::collections::VecDeque<(usize, u32)>,
-                         credited: &mut u64| {
-        while *credited < tx.acked_total() {
-            match deferred.pop_front() {
-                Some((link, epoch)) => rx.credit(link, epoch),
-                None => break,
-            }
-            *credited += 1;
+    // An item is acked upstream only once the next stage acked what this worker made of
+    // it: until the item leaves the process stages, its sender still holds it, so any death
+    // along the way (even two) fails or requeues it upstream, and nothing is lost. Each
+    // record pushed downstream carries the tag of the record it came from.
+    let tag_of = |link: usize, epoch: u32| ((link as u64) << 32) | u64::from(epoch);
+    let credit_acked = |rx: &mut LinkReceiver<F>, tx: &mut LinkSender<F>| {
+        for t in tx.take_acked() {
+            rx.credit((t >> 32) as usize, t as u32);
         }
     };
     let wire = stage.wire.expect("process stages have wire functions");
@@ -147,7 +143,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     } else {
         (
             if resync {
-                LinkReceiver::replacement(ins, epoch)
+                LinkReceiver::replacement(ins, epoch, &in_epochs)
             } else {
                 LinkReceiver::new(ins)
             },
@@ -163,10 +159,8 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     loop {
         if rx.is_empty() {
             tx.flush()?;
-            if producer {
-                tx.read_acks()?;
-                sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
-            }
+            tx.read_acks()?;
+            credit_acked(&mut rx, &mut tx);
             rx.send_acks();
             if tx.has_requeued() {
                 // A worker downstream died: resend what it held before anything else.
@@ -187,11 +181,14 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         let Some(r) = rx.next().map_err(corrupt)? else {
             continue;
         };
+        let (link, link_epoch) = LinkReceiver::<F>::origin(&r);
+        let tag = tag_of(link, link_epoch);
         loop {
             match tx.reserve()? {
                 Commit::Ready => break,
                 Commit::NeedCredit => {
                     tx.flush()?;
+                    credit_acked(&mut rx, &mut tx);
                     rx.send_acks();
                     tx.wait_credit(&mut extra)?;
                 }
@@ -209,10 +206,10 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 secs: g.secs,
                 cause: g.cause.clone(),
             };
-            tx.push(r.seq, |out| record::encode_failed(r.seq, idx, &e, out))?;
+            tx.push(tag, |out| record::encode_failed(r.seq, idx, &e, out))?;
         } else if let Some(PipeRole::Producer(pf)) = &stage.pipe {
             // Forward the item first, so the consumer reads while we write.
-            tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
+            tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
             tx.flush()?;
             if (r.tag == TAG_ONE || r.tag == TAG_MANY)
                 && let Ok(body) = record::decode(r.tag, rx.payload(&r), wire.decode_in)
@@ -244,9 +241,9 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 Body::Dropped(u32::MAX)
             };
             if matches!(body, Body::Dropped(u32::MAX)) {
-                tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
+                tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
             } else {
-                tx.push(r.seq, |out| {
+                tx.push(tag, |out| {
                     if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
                         let e = Error::Codec {
                             stage: stage.name.to_string(),
@@ -278,7 +275,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                     }),
                 ),
             };
-            tx.push(r.seq, |out| {
+            tx.push(tag, |out| {
                 if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
                     let e = Error::Codec {
                         stage: stage.name.to_string(),
@@ -291,20 +288,16 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 }
             })?;
         } else {
-            tx.push(r.seq, |out| out.extend_from_slice(rx.raw(&r)))?;
+            tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
         }
         slot.running.store(0, Ordering::Release);
         slot.panic_len.store(0, Ordering::Relaxed);
-        if producer {
-            deferred.push_back(LinkReceiver::<F>::origin(&r));
-            rx.release(r);
-        } else {
-            rx.done(r);
-        }
+        rx.release(r);
         if restart {
             // The state may be half-updated: hand over what is done, then be replaced.
             tx.flush()?;
             wait_acked(&mut tx)?;
+            credit_acked(&mut rx, &mut tx);
             rx.send_acks();
             rx.drain_acks();
             return Ok(WorkerEnd::Restart);
@@ -314,17 +307,13 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             // Keep the sender's credit flowing while a long local queue is processed.
             since_ack = 0;
             tx.flush()?;
-            if producer {
-                tx.read_acks()?;
-                sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
-            }
+            tx.read_acks()?;
+            credit_acked(&mut rx, &mut tx);
             rx.send_acks();
         }
     }
     tx.finish()?;
-    if producer {
-        sync_deferred(&mut rx, &tx, &mut deferred, &mut credited);
-    }
+    credit_acked(&mut rx, &mut tx);
     rx.drain_acks();
     tell(&ctl, &[CTL_FINISHED]);
     Ok(WorkerEnd::Finished)
@@ -455,13 +444,14 @@ fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         ctl,
         position,
         of,
+        in_epochs,
         ..
     } = ctx;
     let (rx, tx) = if epoch == 0 {
         (LinkReceiver::new(ins), LinkSender::new(outs, credit))
     } else {
         (
-            LinkReceiver::replacement(ins, epoch),
+            LinkReceiver::replacement(ins, epoch, &in_epochs),
             LinkSender::replacement(outs, credit, epoch)?,
         )
     };

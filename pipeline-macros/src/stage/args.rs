@@ -24,14 +24,13 @@ mod kw {
     syn::custom_keyword!(init);
     syn::custom_keyword!(when);
     syn::custom_keyword!(timeout_ms);
+    syn::custom_keyword!(pipe_next);
 }
 
 /// The options, as listed in the error for an unknown one.
 const VALID: &str = "`subprocess`, `workers = N`, `unordered`, `queue = N`, `name = \"...\"`, \
-                     `source`, `stream`, `init = path`, `when = path`, `timeout_ms = N`";
-
-/// Options that the design names but this version does not implement yet.
-const LATER: &[&str] = &["pipe_next"];
+                     `source`, `stream`, `init = path`, `when = path`, `timeout_ms = N`, \
+                     `pipe_next`";
 
 /// The options of `#[stage(...)]`, each parsed once.
 ///
@@ -47,6 +46,7 @@ const LATER: &[&str] = &["pipe_next"];
 ///         | 'init' '=' PATH
 ///         | 'when' '=' PATH
 ///         | 'timeout_ms' '=' INTEGER    (at least 1)
+///         | 'pipe_next'
 /// ```
 #[derive(Default)]
 pub struct Args {
@@ -70,6 +70,8 @@ pub struct Args {
     pub when: Option<PathOption>,
     /// `timeout_ms = N`.
     pub timeout_ms: Option<Count>,
+    /// `pipe_next`: the span of the keyword.
+    pub pipe_next: Option<Span>,
 }
 
 /// The value of a `key = path` option.
@@ -162,6 +164,15 @@ impl Parse for Args {
                         &mut errors,
                     );
                 }
+            } else if lookahead.peek(kw::pipe_next) {
+                let key = input.parse::<kw::pipe_next>()?;
+                set(
+                    &mut args.pipe_next,
+                    key.span,
+                    key.span,
+                    "pipe_next",
+                    &mut errors,
+                );
             } else if input.peek(Ident::peek_any) {
                 let unknown = input.call(Ident::parse_any)?;
                 errors.push(unknown_option(&unknown));
@@ -222,17 +233,10 @@ fn parse_count(
     Ok(Some(Count { key, lit, value }))
 }
 
-/// The error for an option that `#[stage]` does not know (or does not support yet).
+/// The error for an option that `#[stage]` does not know.
 fn unknown_option(option: &Ident) -> syn::Error {
     let name = option.unraw().to_string();
-    let message = if LATER.contains(&name.as_str()) {
-        format!(
-            "the `{name}` option of `#[stage]` is not supported yet; remove it, and the stage \
-             passes whole items to the next one"
-        )
-    } else {
-        format!("unknown option `{name}`; the options of `#[stage]` are {VALID}")
-    };
+    let message = format!("unknown option `{name}`; the options of `#[stage]` are {VALID}");
     syn::Error::new(option.span(), message)
 }
 

@@ -20,18 +20,22 @@
 //! }
 //! ```
 //!
+//! A `pipe_next` stage's constructor returns a `Producer<In>` instead, and a stage with a
+//! `&mut PipeReader` a `Consumer<In, Out>`; `pipeline!` joins them (see the runtime's
+//! `compose`).
+//!
 //! The options that can be misused with a type rustc must judge (`subprocess` on items that
 //! cannot cross a process boundary, `when` on a stage that changes the type, an `init` that
-//! returns something else than the state) go through a trait declared inside the
-//! constructor, with `#[diagnostic::on_unimplemented]` and spanned at the option, so that the
-//! error names the stage and its types at the token to change.
+//! returns something else than the state, the items of a `pipe_next` pair) go through a trait
+//! declared inside the constructor, with `#[diagnostic::on_unimplemented]` and spanned at
+//! the option, so that the error names the stage and its types at the token to change.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::Type;
 use syn::spanned::Spanned;
 
-use super::valid::{Form, Plan, Role};
+use super::valid::{Form, Plan, Role, Side};
 use crate::paths;
 
 /// The function and its hidden constructor.
@@ -50,9 +54,11 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
             quote!(#name: #ty)
         });
     let output = &plan.output;
-    let returns = match &plan.input {
-        Some(input) => quote!(#private::Stage<#input, #output>),
-        None => quote!(#private::Source<#output>),
+    let returns = match (&plan.input, plan.side) {
+        (Some(input), None) => quote!(#private::Stage<#input, #output>),
+        (Some(input), Some(Side::Producer)) => quote!(#private::Producer<#input>),
+        (Some(input), Some(Side::Consumer)) => quote!(#private::Consumer<#input, #output>),
+        (None, _) => quote!(#private::Source<#output>),
     };
     let body = options(plan, constructor(plan));
     quote! {
@@ -88,6 +94,9 @@ fn constructor(plan: &Plan) -> TokenStream {
     if let Some(state) = &plan.state {
         return stateful(plan, state, &call);
     }
+    if let Some(side) = plan.side {
+        return pipe(plan, side, &call);
+    }
     let builder = match plan.form {
         Form::Map => quote!(map),
         Form::TryMap => quote!(try_map),
@@ -95,6 +104,7 @@ fn constructor(plan: &Plan) -> TokenStream {
         Form::Emit => quote!(emit),
         Form::TryEmit => quote!(try_emit),
         Form::Source => return quote!(#private::Source::new(#name, move || #call)),
+        Form::Produce | Form::TryProduce => return TokenStream::new(),
         Form::Stream => {
             return quote! {
                 #private::Stage::stream(#name, move |#item: #private::Items<#input>| #call)
@@ -122,6 +132,8 @@ fn call(plan: &Plan) -> TokenStream {
             Role::Item => local_item(),
             Role::Emit => local_emit(),
             Role::State => local_state(),
+            Role::Writer => local_writer(),
+            Role::Reader => local_reader(),
             // A source is called once: its parameters move into it.
             Role::Bound if plan.form == Form::Source => param.name.to_token_stream(),
             Role::Bound => {
@@ -140,6 +152,16 @@ fn local_item() -> TokenStream {
 /// The closure parameter that holds the `&mut Emit<T>`.
 fn local_emit() -> TokenStream {
     paths::local("__forkpipe_emit").into_token_stream()
+}
+
+/// The closure parameter that holds the `&mut PipeWriter`.
+fn local_writer() -> TokenStream {
+    paths::local("__forkpipe_writer").into_token_stream()
+}
+
+/// The closure parameter that holds the `&mut PipeReader`.
+fn local_reader() -> TokenStream {
+    paths::local("__forkpipe_reader").into_token_stream()
 }
 
 /// The closure parameter that holds the `&mut S` state.
@@ -165,9 +187,26 @@ fn stateful(plan: &Plan, state: &Type, call: &TokenStream) -> TokenStream {
         Some(init) => &init.path,
         None => return TokenStream::new(),
     };
+    let body = emitting(plan.form, call);
+    let (check, call_init) = init_check(plan, init, state);
+    quote! {{
+        #check
+        #private::Stage::stateful(
+            #name,
+            || #call_init,
+            move |#item: #input, #state_local: &mut #state, #emit: &mut #private::Emit<#output>| #body,
+        )
+    }}
+}
+
+/// The body of a function that sends its outputs through the `Emit` local and returns
+/// `Result<(), E>`, around `call` of the user's function in the form `form`.
+fn emitting(form: Form, call: &TokenStream) -> TokenStream {
+    let private = paths::private();
+    let emit = local_emit();
     let value = paths::local("__forkpipe_value");
-    let ok = quote!(::core::result::Result::Ok::<(), ::core::convert::Infallible>(()));
-    let body = match plan.form {
+    let ok = ok_unit();
+    match form {
         Form::Map => quote!({
             #private::Emit::emit(#emit, #call);
             #ok
@@ -181,22 +220,119 @@ fn stateful(plan: &Plan, state: &Type, call: &TokenStream) -> TokenStream {
             }
             #ok
         }),
-        Form::Emit => quote!({
+        Form::Emit | Form::Produce => quote!({
             #call;
             #ok
         }),
-        Form::TryEmit => quote!(#call),
-        Form::Source | Form::Stream => return TokenStream::new(),
+        Form::TryEmit | Form::TryProduce => quote!(#call),
+        Form::Source | Form::Stream => TokenStream::new(),
+    }
+}
+
+/// `Ok::<(), Infallible>(())`: the result of a form that cannot fail.
+fn ok_unit() -> TokenStream {
+    quote!(::core::result::Result::Ok::<(), ::core::convert::Infallible>(()))
+}
+
+/// A half of a `pipe_next` pair: `Producer::new` for a `pipe_next` stage, whose function
+/// writes to the `&mut PipeWriter`, or `Consumer::emitting` for the stage after it, whose
+/// function reads the `&mut PipeReader` and sends its outputs through an `Emit` (each form of
+/// the user's function adapted to that shape, as for `init`).
+///
+/// ```text
+/// Producer::new("repeat",
+///     move |item: u64, writer: &mut PipeWriter| repeat(item, writer, Clone::clone(&times)))
+/// Consumer::emitting("count",
+///     move |item: u64, reader: &mut PipeReader, emit: &mut Emit<usize>| {
+///         Result::map(count(item, reader), |value| Emit::emit(emit, value))
+///     })
+/// ```
+///
+/// The builder is called through a function bounded by a trait that holds only for items
+/// that can cross a socket, and says so at `pipe_next` (or at the `&mut PipeReader`).
+fn pipe(plan: &Plan, side: Side, call: &TokenStream) -> TokenStream {
+    let private = paths::private();
+    let (name, output) = (&plan.name, &plan.output);
+    let Some(input) = &plan.input else {
+        return TokenStream::new();
     };
-    let (check, call_init) = init_check(plan, init, state);
-    quote! {{
-        #check
-        #private::Stage::stateful(
-            #name,
-            || #call_init,
-            move |#item: #input, #state_local: &mut #state, #emit: &mut #private::Emit<#output>| #body,
-        )
-    }}
+    let (item, emit) = (local_item(), local_emit());
+    let span = match side {
+        Side::Producer => plan.args.pipe_next,
+        Side::Consumer => plan
+            .sig
+            .params
+            .iter()
+            .zip(&plan.roles)
+            .find(|(_, role)| **role == Role::Reader)
+            .map(|(param, _)| param.ty.span()),
+    }
+    .unwrap_or_else(Span::call_site);
+    let body = emitting(plan.form, call);
+    let (check, make) = pipe_check(span, side);
+    match side {
+        Side::Producer => {
+            let writer = local_writer();
+            quote! {{
+                #check
+                #make(#name, move |#item: #input, #writer: &mut #private::PipeWriter| #body)
+            }}
+        }
+        Side::Consumer => {
+            let reader = local_reader();
+            quote! {{
+                #check
+                #make(
+                    #name,
+                    move |#item: #input,
+                          #reader: &mut #private::PipeReader,
+                          #emit: &mut #private::Emit<#output>| #body,
+                )
+            }}
+        }
+    }
+}
+
+/// The trait that lets only items that can cross a socket into a `pipe_next` pair, and says
+/// so in words at `span` when they cannot; and the function, under its bound, that makes the
+/// half `side` (`Producer::new` or `Consumer::emitting`).
+fn pipe_check(span: Span, side: Side) -> (TokenStream, TokenStream) {
+    let private = paths::private();
+    let wire = paths::wire();
+    let check = format_ident!("__ForkpipePipeItem", span = Span::mixed_site());
+    let make = format_ident!("__forkpipe_pipe", span = at(span));
+    let message = "`{Self}` cannot cross a socket: the two stages of a `pipe_next` pair need \
+                   `Serialize + Deserialize` items, even on threads (derive them with serde)";
+    let label = "the stages of a `pipe_next` pair pass each item between them as bytes";
+    let note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`";
+    let (generics, bound, returns, builder) = match side {
+        Side::Producer => (
+            quote!(In: #check),
+            quote!(F: ::core::ops::Fn(In, &mut #private::PipeWriter) -> ::core::result::Result<(), E>),
+            quote!(#private::Producer<In>),
+            quote!(#private::Producer::new),
+        ),
+        Side::Consumer => (
+            quote!(In: #check, Out: #check),
+            quote!(F: ::core::ops::Fn(In, &mut #private::PipeReader, &mut #private::Emit<Out>)
+                -> ::core::result::Result<(), E>),
+            quote!(#private::Consumer<In, Out>),
+            quote!(#private::Consumer::emitting),
+        ),
+    };
+    let tokens = quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #check: #wire {}
+        #[diagnostic::do_not_recommend]
+        impl<T: #wire> #check for T {}
+        fn #make<#generics, E: ::core::fmt::Display, F>(name: &'static str, f: F) -> #returns
+        where
+            #bound + ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            #builder(name, f)
+        }
+    };
+    (tokens, make.into_token_stream())
 }
 
 /// The call of the `init` function, through a trait that accepts `S` and `Result<S, E>`
@@ -254,7 +390,10 @@ fn options(plan: &Plan, made: TokenStream) -> TokenStream {
     let args = &plan.args;
     let mut stage = made;
     let mut checks = TokenStream::new();
-    if let (Some(span), Some(_)) = (args.subprocess, &plan.input) {
+    if let (Some(span), Some(_)) = (args.subprocess, plan.side) {
+        // A pair's items already went through its check of their own.
+        stage.extend(quote_spanned!(span=> .subprocess()));
+    } else if let (Some(span), Some(_)) = (args.subprocess, &plan.input) {
         let (check, call) = crosses_check(span);
         checks.extend(check);
         // The argument is a local spanned at `subprocess`: rustc points at it.

@@ -1,7 +1,8 @@
 //! Reading a stage's signature: what each parameter is and what the function returns.
 //!
 //! Everything here is decided from syntax alone, as the macro cannot see types: a parameter
-//! whose type is `&mut Emit<T>` (last path segment `Emit`) is the output channel, a return
+//! whose type is `&mut Emit<T>` (last path segment `Emit`) is the output channel, one whose
+//! type is `&mut PipeWriter` or `&mut PipeReader` is a half of a `pipe_next` pair, a return
 //! type whose last path segment is `Result` or `Option` picks the fallible or filtering form.
 //! Signatures a stage cannot have (`async`, generics, `self`) are rejected here; the rules
 //! that combine the signature with the options live in `valid`.
@@ -45,7 +46,9 @@ pub struct Param {
     pub ty: Type,
     /// `Some(T)` when the type is `&mut Emit<T>`.
     pub emit: Option<Emit>,
-    /// `Some(S)` when the type is `&mut S` and not `&mut Emit<T>`: per-worker state.
+    /// `Some(..)` when the type is `&mut PipeWriter` or `&mut PipeReader`.
+    pub pipe: Option<PipeEnd>,
+    /// `Some(S)` when the type is `&mut S` and none of the above: per-worker state.
     pub state: Option<Type>,
     /// The first `impl Trait` in the type, if any: only the item of a `stream` stage may
     /// have one.
@@ -56,6 +59,15 @@ pub struct Param {
 pub struct Emit {
     /// `T`.
     pub item: Type,
+}
+
+/// A `&mut PipeWriter` or `&mut PipeReader` parameter: which end of a `pipe_next` stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PipeEnd {
+    /// `&mut PipeWriter`: the stage is the producer of a `pipe_next` pair.
+    Writer,
+    /// `&mut PipeReader`: the stage is the consumer, after a `pipe_next` stage.
+    Reader,
 }
 
 /// What a stage function returns.
@@ -134,14 +146,16 @@ impl Sig {
                 }
                 FnArg::Typed(typed) => {
                     let emit = emit_param(&typed.ty);
-                    let state = match emit {
-                        Some(_) => None,
-                        None => mut_param(&typed.ty),
+                    let pipe = pipe_param(&typed.ty);
+                    let state = match (&emit, pipe) {
+                        (None, None) => mut_param(&typed.ty),
+                        _ => None,
                     };
                     params.push(Param {
                         name: param_name(&typed.pat, index),
                         ty: (*typed.ty).clone(),
                         emit,
+                        pipe,
                         state,
                         impl_trait: find_impl_trait(&typed.ty).cloned(),
                     });
@@ -181,6 +195,24 @@ fn emit_param(ty: &Type) -> Option<Emit> {
     reference.mutability?;
     let item = single_type_arg(strip(&reference.elem), "Emit")?;
     Some(Emit { item })
+}
+
+/// Which end of a pipe `ty` is, when it is `&mut PipeWriter` or `&mut PipeReader`.
+fn pipe_param(ty: &Type) -> Option<PipeEnd> {
+    let Type::Reference(reference) = strip(ty) else {
+        return None;
+    };
+    reference.mutability?;
+    let Type::Path(path) = strip(&reference.elem) else {
+        return None;
+    };
+    if last_ident_is(path, "PipeWriter") {
+        Some(PipeEnd::Writer)
+    } else if last_ident_is(path, "PipeReader") {
+        Some(PipeEnd::Reader)
+    } else {
+        None
+    }
 }
 
 /// `S` when `ty` is `&mut S`.

@@ -1,16 +1,16 @@
 //! The rules that combine a stage's options with its signature, and the resulting plan.
 //!
 //! [`Plan::new`] decides the stage's form (`map`, `try_map`, `filter_map`, `emit`,
-//! `try_emit`, a `source` or a `stream`), its input and output types, and what each parameter
-//! of the function becomes; every rule that fails is reported, together, at the token to
-//! change.
+//! `try_emit`, a `source`, a `stream`, or a `pipe_next` producer), whether it is a half of a
+//! `pipe_next` pair, its input and output types, and what each parameter of the function
+//! becomes; every rule that fails is reported, together, at the token to change.
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{LitStr, Type};
 
 use super::args::Args;
-use super::sig::{Output, Param, Sig, impl_iterator_item};
+use super::sig::{Output, Param, PipeEnd, Sig, impl_iterator_item};
 use crate::errors::Errors;
 
 /// Everything the expansion needs, checked.
@@ -23,6 +23,8 @@ pub struct Plan {
     pub name: LitStr,
     /// Which builder makes the stage.
     pub form: Form,
+    /// The half of a `pipe_next` pair the stage is, if any.
+    pub side: Option<Side>,
     /// The input type; `None` for a source.
     pub input: Option<Type>,
     /// The output type.
@@ -51,6 +53,20 @@ pub enum Form {
     Source,
     /// `Stage::stream`: `#[stage(stream)]`.
     Stream,
+    /// `Producer::new`: `#[stage(pipe_next)]`, returns `()`.
+    Produce,
+    /// `Producer::new`: `#[stage(pipe_next)]`, returns `Result<(), E>`.
+    TryProduce,
+}
+
+/// The halves of a `pipe_next` pair. A consumer's [`Form`] is the form of its return type
+/// (`Map` to `TryEmit`), made with `Consumer::emitting`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `#[stage(pipe_next)]`, with a `&mut PipeWriter` parameter.
+    Producer,
+    /// A stage with a `&mut PipeReader` parameter.
+    Consumer,
 }
 
 /// What one parameter of a stage function is.
@@ -62,6 +78,10 @@ pub enum Role {
     Emit,
     /// The `&mut S` per-worker state made by `init`.
     State,
+    /// The `&mut PipeWriter` of a `pipe_next` stage.
+    Writer,
+    /// The `&mut PipeReader` of the stage after a `pipe_next` stage.
+    Reader,
     /// A parameter bound when composing: `add_n(7)`.
     Bound,
 }
@@ -77,19 +97,29 @@ impl Plan {
                 LitStr::new(&ident.to_string(), ident.span())
             }
         };
-        options(&args, &mut errors);
-        let decided = if args.source.is_some() {
+        let side = if args.pipe_next.is_some() {
+            Some(Side::Producer)
+        } else if sig.params.iter().any(|p| p.pipe == Some(PipeEnd::Reader)) {
+            Some(Side::Consumer)
+        } else {
+            None
+        };
+        options(&args, side, &mut errors);
+        let decided = if side.is_some() {
+            stage(&args, &sig, side, &mut errors)
+        } else if args.source.is_some() {
             source(&sig, &mut errors)
         } else if args.stream.is_some() {
             stream(&sig, &mut errors)
         } else {
-            stage(&args, &sig, &mut errors)
+            stage(&args, &sig, None, &mut errors)
         };
         errors.finish(Plan {
             args,
             sig,
             name,
             form: decided.form,
+            side,
             input: decided.input,
             output: decided.output,
             state: decided.state,
@@ -107,12 +137,94 @@ struct Decided {
     roles: Vec<Role>,
 }
 
-/// The rules between options: what `source` and `stream` exclude, and what `timeout_ms`
-/// needs.
-fn options(args: &Args, errors: &mut Errors) {
+/// The rules between options: what `source`, `stream` and the halves of a `pipe_next` pair
+/// exclude, and what `timeout_ms` needs.
+fn options(args: &Args, side: Option<Side>, errors: &mut Errors) {
     let key = |option: &Option<super::args::PathOption>| option.as_ref().map(|path| path.key);
     let count = |option: &Option<super::args::Count>| option.as_ref().map(|count| count.key);
-    if let Some(source) = args.source {
+    if let Some(side) = side {
+        let (stage, not_for_pipe) = match side {
+            Side::Producer => (
+                "a `pipe_next` stage",
+                [
+                    (
+                        args.source,
+                        "source",
+                        "a `source` takes no item, and a `pipe_next` stage writes bytes for \
+                         each item it takes",
+                    ),
+                    (
+                        args.stream,
+                        "stream",
+                        "a `stream` stage takes its whole input at once, and a `pipe_next` \
+                         stage writes bytes for each item",
+                    ),
+                    (
+                        key(&args.init),
+                        "init",
+                        "the halves of a `pipe_next` pair keep no per-worker state",
+                    ),
+                    (
+                        key(&args.when),
+                        "when",
+                        "an item that skipped the stage would leave the stage after it \
+                         nothing to read",
+                    ),
+                    (
+                        args.unordered,
+                        "unordered",
+                        "the stage after it reads the items in the order they are written; \
+                         move `unordered` to that stage",
+                    ),
+                ],
+            ),
+            Side::Consumer => (
+                "a stage that takes `&mut PipeReader`",
+                [
+                    (
+                        count(&args.workers),
+                        "workers",
+                        "a consumer runs as many workers as its `pipe_next` producer; set \
+                         `workers` there",
+                    ),
+                    (
+                        args.source,
+                        "source",
+                        "a `source` takes no item, and this stage reads the bytes written for \
+                         each item",
+                    ),
+                    (
+                        args.stream,
+                        "stream",
+                        "a `stream` stage takes its whole input at once, and this stage reads \
+                         the bytes written for each item",
+                    ),
+                    (
+                        key(&args.init),
+                        "init",
+                        "the halves of a `pipe_next` pair keep no per-worker state",
+                    ),
+                    (
+                        key(&args.when),
+                        "when",
+                        "an item that skipped the stage would leave the bytes written for it \
+                         unread",
+                    ),
+                ],
+            ),
+        };
+        for (span, option, why) in not_for_pipe {
+            if let Some(span) = span {
+                let what_to_do = if why.contains("there") || why.contains("move") {
+                    String::new()
+                } else {
+                    format!("; remove `{option}`")
+                };
+                let message = format!("`{option}` does not apply to {stage}: {why}{what_to_do}");
+                errors.push(syn::Error::new(span, message));
+            }
+        }
+    } else if let Some(source) = args.source {
         let not_for_source = [
             (args.subprocess, "subprocess"),
             (count(&args.workers), "workers"),
@@ -139,8 +251,7 @@ fn options(args: &Args, errors: &mut Errors) {
             errors.push(error);
         }
         return;
-    }
-    if args.stream.is_some() {
+    } else if args.stream.is_some() {
         let not_for_stream = [
             (
                 key(&args.init),
@@ -185,6 +296,8 @@ fn source(sig: &Sig, errors: &mut Errors) -> Decided {
             let message = "a `source` stage has no `Emit` parameter; return the items as \
                            `impl Iterator<Item = T>`";
             errors.push(syn::Error::new_spanned(&param.ty, message));
+        } else if param.pipe.is_some() {
+            writer_without_pipe_next(param, errors);
         } else if param.state.is_some() {
             let message = "a `source` stage has no per-worker state; keep the state in the \
                            iterator it returns, and take bound parameters by value";
@@ -227,6 +340,11 @@ fn stream(sig: &Sig, errors: &mut Errors) -> Decided {
                            return `impl Iterator<Item = T>`";
             errors.push(syn::Error::new_spanned(&param.ty, message));
             roles.push(Role::Emit);
+            continue;
+        }
+        if param.pipe.is_some() {
+            writer_without_pipe_next(param, errors);
+            roles.push(Role::Writer);
             continue;
         }
         if param.state.is_some() && index > 0 {
@@ -297,19 +415,41 @@ fn iterator_output(output: &Output, form: &str, errors: &mut Errors) -> Type {
 }
 
 /// The rules of a stage that takes items one by one: the item first, at most one `Emit`, a
-/// `&mut S` state exactly when there is an `init`, and a return type that fits the form.
-fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
+/// `&mut S` state exactly when there is an `init`, and a return type that fits the form. A
+/// `pipe_next` producer (`side`) has exactly one `&mut PipeWriter` and returns `()` or
+/// `Result<(), E>`; a consumer has exactly one `&mut PipeReader`; neither has state.
+fn stage(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Decided {
     let mut roles = Vec::with_capacity(sig.params.len());
     let mut emit: Option<Type> = None;
     let mut state: Option<Type> = None;
+    let mut pipe_end = false;
     for (index, param) in sig.params.iter().enumerate() {
         if index == 0 {
             first_parameter(param, errors);
         } else {
             impl_trait_parameter(param, errors);
         }
+        if let Some(end) = param.pipe {
+            if index > 0 {
+                pipe_parameter(param, end, side, &mut pipe_end, errors);
+            } else {
+                // Reported by `first_parameter`; it counts as the stage's end of the pipe.
+                pipe_end = true;
+            }
+            roles.push(match end {
+                PipeEnd::Writer => Role::Writer,
+                PipeEnd::Reader => Role::Reader,
+            });
+            continue;
+        }
         let role = match (&param.emit, &param.state) {
             (Some(_), _) if index == 0 => Role::Emit,
+            (Some(_), _) if side == Some(Side::Producer) => {
+                let message = "a `pipe_next` stage hands its item to the next stage and writes \
+                               bytes to its `&mut PipeWriter`; remove `&mut Emit<T>`";
+                errors.push(syn::Error::new_spanned(&param.ty, message));
+                Role::Emit
+            }
             (Some(param_emit), _) if emit.is_none() => {
                 emit = Some(param_emit.item.clone());
                 Role::Emit
@@ -321,6 +461,13 @@ fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
                 Role::Emit
             }
             (None, _) if index == 0 => Role::Item,
+            (None, Some(_)) if side.is_some() => {
+                let message = "the halves of a `pipe_next` pair have no per-worker state; keep \
+                               state in locals of the function, and take bound parameters by \
+                               value";
+                errors.push(syn::Error::new_spanned(&param.ty, message));
+                Role::State
+            }
             (None, Some(param_state)) => {
                 match (&args.init, &state) {
                     (None, _) => {
@@ -346,13 +493,21 @@ fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
         };
         roles.push(role);
     }
-    if let (Some(init), None) = (&args.init, &state) {
+    if let (Some(init), None, None) = (&args.init, &state, side) {
         let message = format!(
             "`init` makes per-worker state for a `&mut S` parameter, and `{}` has none; add one \
              after the item, e.g. `state: &mut S`, or remove `init`",
             syn::ext::IdentExt::unraw(&sig.ident)
         );
         errors.push(syn::Error::new(init.key, message));
+    }
+    if let (Some(pipe_next), false) = (args.pipe_next, pipe_end) {
+        let message = format!(
+            "`pipe_next` streams bytes to the next stage through a `&mut PipeWriter`, and `{}` \
+             has none; add one after the item, e.g. `out: &mut PipeWriter`",
+            syn::ext::IdentExt::unraw(&sig.ident)
+        );
+        errors.push(syn::Error::new(pipe_next, message));
     }
     let input = match sig.params.first() {
         Some(param) => param.ty.clone(),
@@ -363,6 +518,25 @@ fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
             unit()
         }
     };
+    if side == Some(Side::Producer) {
+        let form = match &sig.output {
+            Output::Unit => Form::Produce,
+            Output::Result { ok: Some(ok), .. } if is_unit(ok) => Form::TryProduce,
+            output => {
+                let message = "a `pipe_next` stage writes its output to its `&mut PipeWriter` \
+                               and hands its item on unchanged; return `()` or `Result<(), E>`";
+                errors.push(syn::Error::new(output_span(output, sig), message));
+                Form::Produce
+            }
+        };
+        return Decided {
+            form,
+            output: input.clone(),
+            input: Some(input),
+            state: None,
+            roles,
+        };
+    }
     let (form, output) = match (emit, &sig.output) {
         (Some(item), Output::Unit) => (Form::Emit, item),
         (Some(item), Output::Result { ok: Some(ok), .. }) if is_unit(ok) => (Form::TryEmit, item),
@@ -400,9 +574,78 @@ fn stage(args: &Args, sig: &Sig, errors: &mut Errors) -> Decided {
     }
 }
 
-/// The item of a stage that takes items one by one: by value, not `Emit`, not `impl Trait`.
+/// A `&mut PipeWriter` or `&mut PipeReader` after the item: one of them, matching the
+/// stage's half of a `pipe_next` pair; `found` says whether the stage's end was seen already.
+fn pipe_parameter(
+    param: &Param,
+    end: PipeEnd,
+    side: Option<Side>,
+    found: &mut bool,
+    errors: &mut Errors,
+) {
+    let message = match (end, side) {
+        (PipeEnd::Writer, Some(Side::Producer)) | (PipeEnd::Reader, Some(Side::Consumer))
+            if !*found =>
+        {
+            *found = true;
+            return;
+        }
+        (PipeEnd::Writer, Some(Side::Producer)) => {
+            "a `pipe_next` stage has one `&mut PipeWriter`; remove this one"
+        }
+        (PipeEnd::Reader, Some(Side::Consumer)) => {
+            "a stage has at most one `&mut PipeReader`; remove this one"
+        }
+        (PipeEnd::Writer, Some(Side::Consumer)) => {
+            "a stage cannot take both `&mut PipeReader` and `&mut PipeWriter`: it reads the bytes \
+             of the `pipe_next` stage before it, and cannot also write bytes for the stage \
+             after it; split it into two stages"
+        }
+        (PipeEnd::Reader, Some(Side::Producer)) => {
+            "a `pipe_next` stage cannot also take `&mut PipeReader`: a stage reads the bytes of \
+             the stage before it or writes bytes for the stage after it, not both; split it \
+             into two stages"
+        }
+        (_, None) => return writer_without_pipe_next(param, errors),
+    };
+    errors.push(syn::Error::new_spanned(&param.ty, message));
+}
+
+/// The error for a `&mut PipeWriter` on a stage without `pipe_next`.
+fn writer_without_pipe_next(param: &Param, errors: &mut Errors) {
+    let message = match param.pipe {
+        Some(PipeEnd::Reader) => {
+            "a `&mut PipeReader` reads the bytes of a `pipe_next` stage, one item at a time; \
+             a `source` or `stream` stage cannot take one"
+        }
+        _ => {
+            "a `&mut PipeWriter` writes bytes for the next stage to read: add `pipe_next` to \
+             `#[stage(...)]`"
+        }
+    };
+    errors.push(syn::Error::new_spanned(&param.ty, message));
+}
+
+/// The item of a stage that takes items one by one: by value, not `Emit`, not `impl Trait`,
+/// not an end of a pipe.
 fn first_parameter(param: &Param, errors: &mut Errors) {
-    if param.emit.is_some() {
+    if let Some(end) = param.pipe {
+        let (ty, example) = match end {
+            PipeEnd::Writer => (
+                "PipeWriter",
+                "fn compress(path: String, out: &mut PipeWriter)",
+            ),
+            PipeEnd::Reader => (
+                "PipeReader",
+                "fn upload(path: String, bytes: &mut PipeReader)",
+            ),
+        };
+        let message = format!(
+            "the first parameter of a stage is its item; put the item before `&mut {ty}`, e.g. \
+             `{example}`"
+        );
+        errors.push(syn::Error::new_spanned(&param.ty, message));
+    } else if param.emit.is_some() {
         let message = "the first parameter of a stage is its item; put the item before `&mut \
                        Emit<T>`, e.g. `fn words(line: String, out: &mut Emit<String>)`";
         errors.push(syn::Error::new_spanned(&param.ty, message));

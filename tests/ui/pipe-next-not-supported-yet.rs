@@ -1,8 +1,0 @@
-use forkpipe::prelude::*;
-
-#[stage(subprocess, pipe_next)]
-fn produce(x: u64) -> u64 {
-    x
-}
-
-fn main() {}

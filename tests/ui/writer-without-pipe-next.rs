@@ -1,0 +1,10 @@
+use std::io::Write;
+
+use forkpipe::prelude::*;
+
+#[stage]
+fn repeat(n: u64, out: &mut PipeWriter) -> std::io::Result<()> {
+    out.write_all(&vec![b'x'; n as usize])
+}
+
+fn main() {}
