@@ -38,7 +38,11 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
 /// Appends the encoding of `value` to `out`.
 #[inline]
 pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| e.to_string())
+    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| match e {
+        // A `Serialize` impl's own error: its text, not bincode's wrapping of it.
+        bincode::error::EncodeError::OtherString(s) => s,
+        e => e.to_string(),
+    })
 }
 
 /// Decodes one value that must fill `bytes` exactly.

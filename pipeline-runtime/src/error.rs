@@ -130,9 +130,12 @@ pub enum Error {
         /// How many outputs it had.
         count: usize,
     },
-    /// The input iterator panicked; the items before it were delivered.
-    #[error("input iterator panicked after item {item}: {message}")]
+    /// The input iterator (or the `source` stage) panicked; the items before it were
+    /// delivered.
+    #[error("{} panicked after item {item}: {message}", match stage { Some(s) => format!("source '{s}'"), None => "input iterator".to_string() })]
     Input {
+        /// The `source` stage, if the pipeline starts with one.
+        stage: Option<String>,
         /// Items pulled before the panic.
         item: u64,
         /// The panic message.
@@ -167,6 +170,7 @@ impl Error {
             | Error::GaveUp { stage, .. }
             | Error::Init { stage, .. }
             | Error::NoOutput { stage, .. } => Some(stage),
+            Error::Input { stage: Some(s), .. } => Some(s),
             _ => None,
         }
     }

@@ -808,7 +808,10 @@ impl<In, Out> crate::stream::StreamIo<In, Out> for ChanPull<In, Out> {
 pub(crate) enum Feed<In> {
     Iter(Box<dyn Iterator<Item = In> + Send>),
     /// A source: the iterator is made on the feeding thread.
-    Lazy(Box<dyn FnOnce() -> Box<dyn Iterator<Item = In> + Send> + Send>),
+    Lazy(
+        String,
+        Box<dyn FnOnce() -> Box<dyn Iterator<Item = In> + Send> + Send>,
+    ),
     Chan(Receiver<(u64, In)>),
 }
 
@@ -822,8 +825,10 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
     rt.threads.spawn("feeder", move || {
         let window = &shared.window;
         let mut chunk = 1usize;
+        let mut source: Option<String> = None;
         let feed = match feed {
-            Feed::Lazy(make) => {
+            Feed::Lazy(name, make) => {
+                source = Some(name);
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
                     Ok(it) => Feed::Iter(it),
                     Err(p) => {
@@ -837,7 +842,7 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
             f => f,
         };
         let ok = match feed {
-            Feed::Lazy(_) => unreachable!("made into an iterator above"),
+            Feed::Lazy(..) => unreachable!("made into an iterator above"),
             Feed::Iter(mut it) => {
                 let mut seq = 0u64;
                 loop {
@@ -878,7 +883,11 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
                             }
                             Err(p) => {
                                 let message = crate::error::panic_message(p.as_ref());
-                                let e = Error::Input { item: seq, message };
+                                let e = Error::Input {
+                                    stage: source.clone(),
+                                    item: seq,
+                                    message,
+                                };
                                 batch.push(Rec {
                                     seq,
                                     body: Body::Failed(u32::MAX, Box::new(e)),

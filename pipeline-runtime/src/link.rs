@@ -51,6 +51,11 @@ const MSG_BATCH: u8 = 1;
 const MSG_BIG_FIRST: u8 = 2;
 const MSG_BIG_MORE: u8 = 3;
 const MSG_ACK: u8 = 4;
+
+/// A message with fewer records than this is "small": its sender is not streaming in bulk
+/// (work items, slow stages), so the receiver passes each output on at once — an item
+/// finished before a later one hangs or crashes is delivered, not held back in a batch.
+const SMALL_MSG: u32 = 64;
 const MSG_HELLO: u8 = 5;
 const MSG_RESYNC: u8 = 6;
 const MSG_DEAD: u8 = 7;
@@ -101,6 +106,9 @@ pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
 pub(crate) struct RecRef {
     pub link: usize,
     epoch: u32,
+    /// It came in a small message (its sender is not streaming in bulk): its outputs should
+    /// be passed on at once, not batched.
+    pub small: bool,
     pub seq: u64,
     pub tag: u8,
     start: usize,
@@ -633,6 +641,8 @@ struct InLink<F> {
 #[derive(Debug)]
 struct Msg {
     link: usize,
+    /// Records the message held when it arrived.
+    total: u32,
     /// The link's sender epoch when the message arrived (acks go only to that sender).
     epoch: u32,
     data: Vec<u8>,
@@ -798,6 +808,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 let left = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
                 self.queue.push_back(Msg {
                     link,
+                    total: left,
                     epoch,
                     data: buf,
                     pos: BATCH_HEADER,
@@ -843,6 +854,7 @@ impl<F: AsFd> LinkReceiver<F> {
             let epoch = self.links[link].epoch;
             self.queue.push_back(Msg {
                 link,
+                total: 1,
                 epoch,
                 data,
                 pos: BATCH_HEADER,
@@ -884,6 +896,7 @@ impl<F: AsFd> LinkReceiver<F> {
             return Ok(Some(RecRef {
                 link: m.link,
                 epoch: m.epoch,
+                small: m.total < SMALL_MSG,
                 seq,
                 tag,
                 start,

@@ -117,6 +117,7 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
     fn into_pipeline(self) -> Pipeline<(), Out> {
         let name = self.name.to_string();
         let make = self.make;
+        let feed_name = name.clone();
         Pipeline {
             stages: Vec::new(),
             source: Some(name),
@@ -124,7 +125,7 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
                 let out = *out
                     .downcast::<Output<Out>>()
                     .expect("output of the source type");
-                exec::spawn_feeder(Feed::Lazy(make), out, rt)
+                exec::spawn_feeder(Feed::Lazy(feed_name, make), out, rt)
             }),
             _types: PhantomData,
         }
@@ -351,10 +352,18 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                     },
                 })
                 .collect();
+            crate::stage::install_panic_hook();
             // SAFETY: the child is the supervisor: it only uses its own data, raw syscalls and
             // allocation (glibc resets its malloc locks at fork), and leaves with `_exit`.
             match unsafe { fds::fork() }.map_err(|e| start_err("fork failed", e))? {
-                fds::Fork::Child(inherited) => supervisor::run(inherited, c_sup.as_raw_fd(), plan),
+                fds::Fork::Child(inherited) => {
+                    // Nothing may unwind past this point: the stack below is the caller's.
+                    let ctl = c_sup.as_raw_fd();
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        supervisor::run(inherited, ctl, plan);
+                    }));
+                    sys::exit_now(1)
+                }
                 fds::Fork::Parent(pid) => {
                     drop(plan);
                     drop(c_sup);
@@ -364,7 +373,27 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                         w_out[i].clear();
                         streams[i].clear();
                     }
-                    match supervisor::recv_msg(&c_caller) {
+                    // The supervisor says it is alive at once; if it does not, it is stuck on
+                    // a lock another thread held when we forked: do not hang with it.
+                    let mut p = [libc::pollfd {
+                        fd: c_caller.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }];
+                    if sys::poll(&mut p, Some(Duration::from_secs(10))).unwrap_or(0) == 0 {
+                        sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        let _ = sys::wait_pid(pid, false);
+                        return Err(Error::Start(
+                            "the supervisor process did not start within 10 s (a lock held by another \
+                             thread when it was forked?)"
+                                .into(),
+                        ));
+                    }
+                    let mut first = supervisor::recv_msg(&c_caller);
+                    if matches!(first, Some(SupMsg::Alive)) {
+                        first = supervisor::recv_msg(&c_caller);
+                    }
+                    match first {
                         Some(SupMsg::Ready) => supervisor = Some((pid, Arc::new(c_caller))),
                         other => {
                             drop(c_caller);
@@ -528,7 +557,7 @@ fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
                 }
             }
             SupMsg::Done => done = true,
-            SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
+            SupMsg::Alive | SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
         }
     }
     let status = sys::wait_pid(pid, false).ok().flatten();

@@ -19,7 +19,8 @@ pub(crate) type Enc<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
 pub(crate) type Dec<T> = fn(&[u8]) -> Result<T, String>;
 
 /// Encodes `body` of item `seq` as one record appended to `out`. On an encoding failure
-/// `out` is restored and the codec's message returned.
+/// — an error, or a panic in the item's `Serialize` — `out` is restored and the message
+/// returned.
 pub(crate) fn encode<T>(
     seq: u64,
     body: &Body<T>,
@@ -27,7 +28,15 @@ pub(crate) fn encode<T>(
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     let mark = out.len();
-    let r = encode_inner(seq, body, enc, out);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        encode_inner(seq, body, enc, &mut *out)
+    }))
+    .unwrap_or_else(|p| {
+        Err(format!(
+            "panicked: {}",
+            crate::error::panic_message(p.as_ref())
+        ))
+    });
     if r.is_err() {
         out.truncate(mark);
     }
@@ -91,9 +100,22 @@ pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) 
     }
 }
 
-/// Decodes a record's payload. `Err` carries the codec's message (the item is then failed
-/// by the caller, with its sequence number, which sits outside the payload).
+/// Decodes a record's payload. `Err` carries the codec's message, or the panic message of
+/// the item's `Deserialize` (the item is then failed by the caller, with its sequence
+/// number, which sits outside the payload).
 pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_inner(tag, payload, dec)
+    }))
+    .unwrap_or_else(|p| {
+        Err(format!(
+            "panicked: {}",
+            crate::error::panic_message(p.as_ref())
+        ))
+    })
+}
+
+fn decode_inner<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>, String> {
     match tag {
         TAG_ONE => dec(payload).map(Body::One),
         TAG_MANY => {

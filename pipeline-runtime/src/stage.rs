@@ -684,10 +684,30 @@ thread_local! {
     static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
-/// In worker processes (set by the supervisor, inherited by every worker): a panic in a
-/// stage prints nothing — it becomes the item's error, with its location.
-pub(crate) fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
+/// True in forkpipe's own processes (the supervisor and its workers).
+pub(crate) static IN_FORKED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Installs, once per process and in the caller (never in a forked child: the hook's lock
+/// may have been held by another thread at fork time), a panic hook that in forkpipe's
+/// processes prints nothing — a stage's panic becomes the item's error, with its location —
+/// and elsewhere hands over to the hook that was there before.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_FORKED.load(std::sync::atomic::Ordering::Relaxed) {
+                record_panic(info);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
+    {
         let at = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
@@ -709,7 +729,7 @@ pub(crate) fn quiet_panics() {
             unsafe { &*slot }.set_panic(&text);
         }
         PANIC_AT.with(|p| *p.borrow_mut() = at);
-    }));
+    }
 }
 
 /// The shared state of the worker slot this process serves (null outside workers).

@@ -51,6 +51,8 @@ use crate::{codec, link, record, sys};
 /// Messages from the supervisor to the caller.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SupMsg {
+    /// The supervisor is set up (sent before it forks the workers).
+    Alive,
     /// Every worker was forked.
     Ready,
     /// The pipeline could not start; the supervisor cleaned up and exits.
@@ -158,10 +160,11 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
     }
     sys::child_setup(false, Pid::from_raw(0), &keep, &inherited);
     fds::child_reset(&keep);
-    crate::stage::quiet_panics();
+    crate::stage::IN_FORKED.store(true, Ordering::Relaxed);
     // SAFETY: `ctl` is this pipeline's control socket, kept open above and owned by nobody
     // else in this process (the caller-side objects that mention it are never dropped here).
     let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
+    send_msg(&ctl, &SupMsg::Alive);
 
     let total: usize = stages.iter().map(|s| s.workers.len()).sum();
     let states = match sys::shared_slots(total) {
@@ -203,7 +206,19 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
     }
     send_msg(&ctl, &SupMsg::Ready);
 
-    let mut restarts: Vec<VecDeque<Instant>> = stages.iter().map(|_| VecDeque::new()).collect();
+    let mut restarts: Vec<Budget> = stages
+        .iter()
+        .enumerate()
+        .map(|(si, _)| Budget {
+            restarts: VecDeque::new(),
+            done_base: 0,
+            states: slots
+                .iter()
+                .filter(|s| s.stage == si)
+                .map(|s| s.state)
+                .collect(),
+        })
+        .collect();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let mut who: Vec<usize> = Vec::new();
     loop {
@@ -317,7 +332,7 @@ fn on_couple_death(
     k: usize,
     pid: Pid,
     why: &str,
-    restarts: &mut [VecDeque<Instant>],
+    restarts: &mut [Budget],
     ctl: &OwnedFd,
 ) -> Vec<usize> {
     let (si, j) = (slots[k].stage, slots[k].slot);
@@ -399,7 +414,7 @@ fn on_couple_death(
             stages[c_si].streams[j] = Some(fds::into_raw(sb));
         }
         _ => {
-            tracing::error!("forkpipe supervisor: no sockets for a replacement pipe_next couple");
+            // (No logging here: a forked process must not take the caller's locks.)
             return vec![pk, ck];
         }
     }
@@ -407,7 +422,7 @@ fn on_couple_death(
         slots[s].epoch += 1;
         let in_epochs = sender_epochs(stages, slots, &slots[s]);
         if let Err(e) = spawn(stages, &mut slots[s], in_epochs) {
-            tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
+            let _ = e; // the senders requeue into the other workers, if any
         }
     }
     vec![pk, ck]
@@ -415,29 +430,62 @@ fn on_couple_death(
 
 /// Counts a restart against the stage's budget; past it, the slot's next worker is a
 /// stand-in that fails every item fast. Returns whether this was a real restart.
-fn count_restart(st: &ProcStage, slot: &mut Slot, why: &str, hist: &mut VecDeque<Instant>) -> bool {
+fn count_restart(st: &ProcStage, slot: &mut Slot, why: &str, hist: &mut Budget) -> bool {
     let now = Instant::now();
+    // Items this stage finished so far (each worker keeps its count in shared memory).
+    hist.done_base += slot.state.done.swap(0, Ordering::Relaxed);
+    let done = hist.done_base + hist.live_done();
     while hist
+        .restarts
         .front()
-        .is_some_and(|t| now.duration_since(*t) > BUDGET_WINDOW)
+        .is_some_and(|(t, _)| now.duration_since(*t) > BUDGET_WINDOW)
     {
-        hist.pop_front();
+        hist.restarts.pop_front();
     }
     let budget = (5 * st.workers.len()).max(10);
-    let restarted = slot.give_up.is_none() && hist.len() < budget;
+    // Past the budget, a stage still gets its workers back while it makes progress: at
+    // least as many items finished as restarts in the window (a steady 1% crash rate goes
+    // on; a stage that crashes on every item gives up, with no fork storm).
+    let progress = hist.restarts.front().is_some_and(|&(_, done_then)| {
+        done.saturating_sub(done_then) >= hist.restarts.len() as u64
+    });
+    let restarted = slot.give_up.is_none() && (hist.restarts.len() < budget || progress);
     if restarted {
-        hist.push_back(now);
+        hist.restarts.push_back((now, done));
+        while hist.restarts.len() > budget {
+            hist.restarts.pop_front();
+        }
     } else if slot.give_up.is_none() {
         let secs = hist
+            .restarts
             .front()
-            .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
+            .map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64());
         slot.give_up = Some(GiveUp {
-            restarts: hist.len() as u32,
+            restarts: hist.restarts.len() as u32,
             secs,
             cause: why.to_string(),
         });
     }
     restarted
+}
+
+/// A stage's restart history: when each restart happened, and how many items the stage
+/// had finished by then.
+struct Budget {
+    restarts: VecDeque<(Instant, u64)>,
+    /// Items finished by workers that are gone.
+    done_base: u64,
+    /// The stage's slots (their live `done` counters).
+    states: Vec<&'static SlotState>,
+}
+
+impl Budget {
+    fn live_done(&self) -> u64 {
+        self.states
+            .iter()
+            .map(|s| s.done.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Grace between SIGTERM and SIGKILL for a worker whose item timed out.
@@ -496,7 +544,7 @@ fn on_death(
     slot: &mut Slot,
     pid: Pid,
     why: &str,
-    restarts: &mut [VecDeque<Instant>],
+    restarts: &mut [Budget],
     ctl: &OwnedFd,
     in_epochs: Vec<u32>,
 ) {
@@ -534,7 +582,7 @@ fn on_death(
     if let Err(e) = spawn(stages, slot, in_epochs) {
         // No replacement possible (fork failed): stand in with... nothing. The senders
         // requeue into the other workers of the stage, if any.
-        tracing::error!("forkpipe supervisor: replacement fork failed: {e}");
+        let _ = e;
     }
 }
 
@@ -703,7 +751,13 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
                 position: slot.slot,
                 of: s.workers.len(),
             };
-            match s.stage.worker_main(ctx) {
+            // Nothing may unwind past this point: the stack below is a copy of the caller's.
+            let end =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stage.worker_main(ctx)));
+            let Ok(end) = end else {
+                sys::exit_now(EXIT_PANIC)
+            };
+            match end {
                 Ok(WorkerEnd::Finished) => sys::exit_now(0),
                 Ok(WorkerEnd::Restart) => sys::exit_now(EXIT_RESTART),
                 Ok(WorkerEnd::InitFailed) => sys::exit_now(EXIT_INIT_FAILED),
@@ -735,5 +789,8 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
 
 /// Exit code of a worker whose links failed (its neighbours went away).
 const EXIT_LINK_ERROR: i32 = 122;
+/// Exit code of a worker whose runtime code panicked (a bug; never user code, which is
+/// caught per item).
+const EXIT_PANIC: i32 = 125;
 /// Exit code of a worker whose `init` failed (it said why on its control socket).
 const EXIT_INIT_FAILED: i32 = 124;

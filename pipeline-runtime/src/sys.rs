@@ -239,6 +239,8 @@ pub(crate) struct SlotState {
     pub running: std::sync::atomic::AtomicU64,
     /// When that item started (`CLOCK_MONOTONIC` ns), for timeouts.
     pub since: std::sync::atomic::AtomicU64,
+    /// Items this worker finished (for the restart budget's progress rule).
+    pub done: std::sync::atomic::AtomicU64,
     /// The last panic message of the running item (written by the worker's panic hook, so
     /// it survives a `panic = "abort"` build's abort): length, then bytes.
     pub panic_len: std::sync::atomic::AtomicU32,
@@ -280,6 +282,7 @@ impl Default for SlotState {
         SlotState {
             running: Default::default(),
             since: Default::default(),
+            done: Default::default(),
             panic_len: Default::default(),
             panic_msg: std::array::from_fn(|_| Default::default()),
         }

@@ -153,6 +153,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     let mut emit = Emit::new();
     let mut extra = Vec::new();
     let mut since_ack = 0usize;
+    let mut finished = 0u64;
     // Start times are only read by the supervisor's timeout check.
     let timed = stage.opts.timeout.is_some();
     let corrupt = |c: crate::link::Corrupt| io::Error::new(io::ErrorKind::InvalidData, c.0);
@@ -183,6 +184,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         };
         let (link, link_epoch) = LinkReceiver::<F>::origin(&r);
         let tag = tag_of(link, link_epoch);
+        let small = r.small;
         loop {
             match tx.reserve()? {
                 Commit::Ready => break,
@@ -198,6 +200,8 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             slot.since.store(sys::now_ns(), Ordering::Relaxed);
         }
         slot.running.store(r.seq + 1, Ordering::Release);
+        // Whether the stage function ran on this record and succeeded (restart budget).
+        let mut ran_ok = false;
         if let (Some(g), true) = (&give_up, r.tag == TAG_ONE || r.tag == TAG_MANY) {
             let e = Error::GaveUp {
                 stage: stage.name.to_string(),
@@ -260,6 +264,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
                 Ok(body) => {
                     let out = apply(&mut f, idx, &stage.name, me, r.seq, body, &mut emit);
+                    ran_ok = !matches!(out, Body::Failed(..));
                     restart = stage.opts.stateful
                         && matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
                     out
@@ -292,7 +297,14 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         }
         slot.running.store(0, Ordering::Release);
         slot.panic_len.store(0, Ordering::Relaxed);
+        if ran_ok {
+            finished += 1;
+            slot.done.store(finished, Ordering::Relaxed);
+        }
         rx.release(r);
+        if small {
+            tx.flush()?;
+        }
         if restart {
             // The state may be half-updated: hand over what is done, then be replaced.
             tx.flush()?;

@@ -8,18 +8,14 @@ use forkpipe::prelude::*;
 use forkpipe::{FRAME_LIMIT, Running, Worker};
 use libtest_mimic::Trial;
 
-use crate::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, known_bug, my_pid};
+use crate::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, my_pid};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("d01_input_cannot_be_encoded", 30, d01_encode_err));
     t.push(fault("d01b_100_bad_100_good_inputs", 30, d01b_many_bad));
     // D2: a panicking `Serialize` of an input kills the feeder thread: no hang, but every
     // item (good ones too) ends `ShutDown` and the panic message is lost. Kept strict.
-    t.push(known_bug(
-        "d02_input_serialize_panics_BUG_feeder_dies_every_item_shut_down",
-        30,
-        d02_encode_panics,
-    ));
+    t.push(fault("d02_input_serialize_panics", 30, d02_encode_panics));
     t.push(fault(
         "d03_input_cannot_be_decoded_worker_stays",
         30,
@@ -35,8 +31,8 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         d05a_out_decode_err,
     ));
-    t.push(known_bug(
-        "d05b_output_deserialize_panics_in_parent_BUG_merger_dies_every_item_shut_down",
+    t.push(fault(
+        "d05b_output_deserialize_panics_in_parent",
         30,
         d05b_out_decode_panics,
     ));

@@ -33,7 +33,7 @@ fn h01() {
     const PER: u64 = 1000;
     let running = Pipeline::new(
         Stage::map("maybe_abort", |x: u64| {
-            if x % 97 == 0 {
+            if x.is_multiple_of(97) {
                 std::process::abort();
             }
             scramble(x)

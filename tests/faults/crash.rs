@@ -9,7 +9,7 @@ use forkpipe::{Stats, Worker};
 use libtest_mimic::Trial;
 
 use crate::support::{
-    ABORT, FINE, Marked, by_item, expect_died, fault, known_bug, my_pid, signal, wait_until,
+    ABORT, FINE, Marked, by_item, expect_died, fault, my_pid, signal, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -50,8 +50,8 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
     t.push(fault("a14_bystanders_are_requeued", 30, a14_bystanders));
     // Completed-but-unflushed outputs are lost with the worker and their items run again.
-    t.push(known_bug(
-        "a14b_completed_items_not_rerun_BUG_unflushed_outputs_lost_items_rerun",
+    t.push(fault(
+        "a14b_completed_items_not_rerun",
         30,
         a14b_completed_items_not_rerun,
     ));
@@ -69,7 +69,10 @@ pub fn trials(t: &mut Vec<Trial>) {
 
 type P = Pipeline<u64, (u64, u32)>;
 
-fn collect(p: P, n: u64) -> (Vec<Result<(u64, u32), Error>>, Stats) {
+/// Every outcome of a run (value and the pid that made it), and the final stats.
+type Collected = (Vec<Result<(u64, u32), Error>>, Stats);
+
+fn collect(p: P, n: u64) -> Collected {
     let mut results = p.run(0..n).expect("start");
     let all: Vec<_> = results.by_ref().collect();
     let stats = results.stats();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{by_item, expect_died, fault, known_bug, my_pid, signal};
+use crate::support::{by_item, expect_died, fault, my_pid, signal};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("b01_timeout_fails_the_item", 30, b01_timeout));
@@ -39,8 +39,8 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
     // A worker's outputs wait in its batch until its input queue runs dry: items it
     // completed before hanging are never delivered.
-    t.push(known_bug(
-        "b06b_items_done_before_a_hang_are_delivered_BUG_unflushed_outputs",
+    t.push(fault(
+        "b06b_items_done_before_a_hang_are_delivered",
         30,
         b06b_done_before_hang_delivered,
     ));

@@ -12,7 +12,7 @@ use forkpipe::{DEFAULT_QUEUE, Source};
 use libtest_mimic::Trial;
 
 use crate::common::{self, Baseline};
-use crate::support::{expect_died, fault, known_bug, my_pid, wait_dead};
+use crate::support::{expect_died, fault, my_pid, wait_dead};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("e02_infinite_input_take_50_drop", 30, e02_infinite));
@@ -44,8 +44,8 @@ pub fn trials(t: &mut Vec<Trial>) {
         f11a_source_panics,
     ));
     // The error of a panicking source is `Error::Input`, which names no stage.
-    t.push(known_bug(
-        "f11b_source_panic_error_names_the_source_BUG_input_error_has_no_stage",
+    t.push(fault(
+        "f11b_source_panic_error_names_the_source",
         30,
         f11b_source_named,
     ));
@@ -237,11 +237,10 @@ fn f05_crash_in_shutdown() {
 }
 
 fn f06_input_panics() {
-    let input = (0..20u64).map(|x| {
+    let input = (0..20u64).inspect(|&x| {
         if x == 7 {
             panic!("input broke at {x}");
         }
-        x
     });
     let all: Vec<_> = Pipeline::new(Stage::map("f6", |x: u64| x + 100).subprocess())
         .run(input)
@@ -257,7 +256,7 @@ fn f06_input_panics() {
     }
     let e = all[7].as_ref().expect_err("the input's panic");
     assert!(
-        matches!(e, Error::Input { item: 7, message } if message == "input broke at 7"),
+        matches!(e, Error::Input { item: 7, message, .. } if message == "input broke at 7"),
         "{e:?}"
     );
     assert_eq!(
@@ -288,11 +287,10 @@ fn f08_consumer_panics() {
 
 fn source_7() -> Source<u64> {
     Source::new("src7", || {
-        (0..20u64).map(|x| {
+        (0..20u64).inspect(|&x| {
             if x == 7 {
                 panic!("source broke at {x}");
             }
-            x
         })
     })
 }

@@ -9,24 +9,14 @@ use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
 use crate::support::{
-    by_item, expect_died, fault, known_bug, my_pid, parent_pid, signal, ticket_number, wait_dead,
-    wait_until,
+    by_item, expect_died, fault, my_pid, parent_pid, signal, ticket_number, wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("c01_poison_stage_gives_up", 30, c01_poison));
-    // C2 is kept strict (FAULTS: restarts = 100, no give-up) but the default budget of
-    // max(10, 5 × workers) restarts per 10 s trips on a steady 1 % crash rate: see the report.
-    t.push(known_bug(
-        "c02_crash_rate_under_budget_BUG_budget_trips_on_1pct_crashes",
-        60,
-        c02_rate,
-    ));
-    t.push(fault(
-        "c02b_crash_rate_observed_budget_behaviour",
-        60,
-        c02b_rate_observed,
-    ));
+    // C2 (FAULTS: restarts = 100, no give-up): past the budget, a stage that still makes
+    // progress (as many items finished as restarts in the window) keeps its workers.
+    t.push(fault("c02_crash_rate_under_budget", 60, c02_rate));
     t.push(fault(
         "c04a_init_fails_at_start_process",
         30,
@@ -131,39 +121,6 @@ fn c02_rate() {
     }
     assert_eq!(errors.len(), 100);
     assert_eq!(stats.stages[0].restarts, 100, "{stats:?}");
-}
-
-/// What the runtime does today with C2's load: every item still has exactly one outcome,
-/// crashing items never succeed, and once the budget trips the rest fail fast with
-/// `GaveUp` (no hang, no fork storm).
-fn c02b_rate_observed() {
-    const N: u64 = 10_000;
-    let t0 = Instant::now();
-    let mut results = rate_pipeline().run(0..N).expect("start");
-    let all: Vec<_> = results.by_ref().collect();
-    let took = t0.elapsed();
-    let stats = results.stats();
-    drop(results);
-    let errors = by_item(&all, N, |v| *v);
-    let (mut died, mut gave_up) = (0, 0);
-    for (&i, e) in &errors {
-        match e {
-            Error::Died { .. } => {
-                assert_eq!(i % 100, 50, "{e}");
-                expect_died(e, "one_in_100", i, "killed by SIGABRT");
-                died += 1;
-            }
-            Error::GaveUp { .. } => gave_up += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    eprintln!(
-        "c02b: {died} deaths, {gave_up} GaveUp, {} ok, restarts {}, {took:?}",
-        N as usize - errors.len(),
-        stats.stages[0].restarts
-    );
-    assert!(died <= 12, "the budget bounds the deaths: {died}");
-    assert!(took < Duration::from_secs(30));
 }
 
 // --- C4 / C5 ----------------------------------------------------------------------------------
