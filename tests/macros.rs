@@ -851,3 +851,44 @@ fn hygiene_with_forkpipe_under_another_name() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+// `stream` with several workers: each worker runs the function on its share of the items.
+
+/// How many items this worker saw.
+#[stage(stream, workers = 3)]
+fn count_share(items: impl Iterator<Item = u64>) -> impl Iterator<Item = usize> {
+    std::iter::once(items.count())
+}
+
+/// How many items this worker process saw.
+#[stage(stream, subprocess, workers = 2)]
+fn count_share_in_processes(items: impl Iterator<Item = u64>) -> impl Iterator<Item = usize> {
+    std::iter::once(items.count())
+}
+
+#[test]
+fn stream_with_several_workers_splits_the_stream() {
+    let counts: Vec<usize> = pipeline![count_share]
+        .run(0..3000u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counts.len(), 3, "one output per worker: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        3000,
+        "every item seen once: {counts:?}"
+    );
+
+    let counts: Vec<usize> = pipeline![count_share_in_processes]
+        .run(0..3000u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counts.len(), 2, "one output per worker: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        3000,
+        "every item seen once: {counts:?}"
+    );
+}
