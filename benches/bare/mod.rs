@@ -65,9 +65,10 @@ fn stage(mut input: UnixStream, mut output: UnixStream) {
     }
 }
 
-/// Items per second through `hops` bare process stages (`x + 1`), batched.
-pub fn chain_throughput(items: u64, hops: usize) -> f64 {
-    let mut pairs: Vec<(UnixStream, UnixStream)> =
+/// Forks `hops` bare stages joined in a chain; returns the chain's first input, its last
+/// output and the children's pids.
+fn spawn_chain(hops: usize) -> (UnixStream, UnixStream, Vec<libc::pid_t>) {
+    let pairs: Vec<(UnixStream, UnixStream)> =
         (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
     let mut pids = Vec::new();
     for h in 0..hops {
@@ -84,13 +85,15 @@ pub fn chain_throughput(items: u64, hops: usize) -> f64 {
             }
             stage(input, output);
         }));
-        drop(pairs[h].1.try_clone()); // keep the ends alive in the parent until the loop ends
     }
-    let mut first = pairs[0].0.try_clone().unwrap();
-    let mut last = pairs[hops].1.try_clone().unwrap();
-    for (a, b) in pairs.drain(..) {
-        drop((a, b));
-    }
+    let first = pairs[0].0.try_clone().unwrap();
+    let last = pairs[hops].1.try_clone().unwrap();
+    (first, last, pids)
+}
+
+/// Items per second through `hops` bare process stages (`x + 1`), batched.
+pub fn chain_throughput(items: u64, hops: usize) -> f64 {
+    let (mut first, mut last, pids) = spawn_chain(hops);
     let t = Instant::now();
     let writer = std::thread::spawn(move || {
         let mut buf = Vec::with_capacity(FRAME);
@@ -135,27 +138,7 @@ fn fd(s: &UnixStream) -> i32 {
 
 /// Round-trip latencies (ns) of one u64 through `hops` bare process stages, one item at a time.
 pub fn chain_latencies(rounds: usize, hops: usize) -> Vec<u64> {
-    let pairs: Vec<(UnixStream, UnixStream)> =
-        (0..=hops).map(|_| UnixStream::pair().unwrap()).collect();
-    let mut pids = Vec::new();
-    for h in 0..hops {
-        let input = pairs[h].1.try_clone().unwrap();
-        let output = pairs[h + 1].0.try_clone().unwrap();
-        let all: Vec<i32> = pairs.iter().flat_map(|(a, b)| [fd(a), fd(b)]).collect();
-        let keep = [fd(&input), fd(&output)];
-        pids.push(fork_child(move || {
-            for f in all {
-                if !keep.contains(&f) {
-                    // SAFETY: closing inherited descriptors this child does not use.
-                    unsafe { libc::close(f) };
-                }
-            }
-            stage(input, output);
-        }));
-    }
-    let mut first = pairs[0].0.try_clone().unwrap();
-    let mut last = pairs[hops].1.try_clone().unwrap();
-    drop(pairs);
+    let (mut first, mut last, pids) = spawn_chain(hops);
     let mut lat = Vec::with_capacity(rounds);
     let mut buf = Vec::new();
     let mut inb = Vec::new();

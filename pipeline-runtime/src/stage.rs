@@ -744,25 +744,40 @@ fn run_one<In, Out>(
     x: In,
     emit: &mut Emit<Out>,
 ) -> Result<(), Box<Error>> {
-    match catch_unwind(AssertUnwindSafe(|| f(x, emit))) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(Box::new(Error::Failed {
+    match guarded(stage, worker, seq, || f(x, emit)) {
+        None => Ok(()),
+        Some(e) => Err(Box::new(e)),
+    }
+}
+
+/// Runs user code `f` for item `seq`, catching a panic: `None` if it succeeded, else the
+/// item's error (`Failed` with its message, or `Panicked` with the panic message and, in
+/// worker processes, its location).
+pub(crate) fn guarded(
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    f: impl FnOnce() -> Result<(), String>,
+) -> Option<Error> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(Error::Failed {
             stage: stage.to_string(),
             item: seq,
             worker,
             message,
-        })),
+        }),
         Err(payload) => {
             let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
             if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
                 message = format!("{message} (at {at})");
             }
-            Err(Box::new(Error::Panicked {
+            Some(Error::Panicked {
                 stage: stage.to_string(),
                 item: seq,
                 worker,
                 message,
-            }))
+            })
         }
     }
 }

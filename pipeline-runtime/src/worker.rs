@@ -350,22 +350,7 @@ fn produce<In>(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> io::Result<()> {
     let mut w = PipeWriter::new(fd, seq);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pf(x, &mut w)));
-    let failure = match r {
-        Ok(Ok(())) => None,
-        Ok(Err(message)) => Some(Error::Failed {
-            stage: stage.to_string(),
-            item: seq,
-            worker: me,
-            message,
-        }),
-        Err(p) => Some(Error::Panicked {
-            stage: stage.to_string(),
-            item: seq,
-            worker: me,
-            message: crate::error::panic_message(p.as_ref()),
-        }),
-    };
+    let failure = crate::stage::guarded(stage, me, seq, || pf(x, &mut w));
     w.finish(failure.as_ref())
 }
 
@@ -385,26 +370,11 @@ fn consume<In, Out>(
     let mut failed: Option<(u32, Box<Error>)> = None;
     for x in elements(body) {
         let mut reader = PipeReader::new(fd, seq);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cf(x, &mut reader, emit)));
+        let consumer_failure = crate::stage::guarded(stage, me, seq, || cf(x, &mut reader, emit));
         let (end, read_to_end) = reader.finish()?;
         if failed.is_some() {
             continue;
         }
-        let consumer_failure = match r {
-            Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(Error::Failed {
-                stage: stage.to_string(),
-                item: seq,
-                worker: me,
-                message,
-            }),
-            Err(p) => Some(Error::Panicked {
-                stage: stage.to_string(),
-                item: seq,
-                worker: me,
-                message: crate::error::panic_message(p.as_ref()),
-            }),
-        };
         failed = match (end, consumer_failure) {
             // The producer failed on its own while the consumer was still reading: its
             // cause wins, even if the consumer returned `Ok` on the cut stream.
