@@ -80,6 +80,21 @@ fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> 
     }
 }
 
+/// Encodes `body` as a record, or — if it cannot be encoded — a failure record for the
+/// item made by `error` from the codec's message (stage index `stage`).
+pub(crate) fn encode_or_fail<T>(
+    seq: u64,
+    body: &Body<T>,
+    enc: Enc<T>,
+    out: &mut Vec<u8>,
+    stage: u32,
+    error: impl FnOnce(String) -> Error,
+) {
+    if let Err(message) = encode(seq, body, enc, out) {
+        encode_failed(seq, stage, &error(message), out);
+    }
+}
+
 /// Encodes a failure record. Errors are plain strings and numbers; a message too long for
 /// a frame is cut.
 pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) {

@@ -232,13 +232,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                     }
                     Err(message) => Body::Failed(
                         idx,
-                        Box::new(Error::Codec {
-                            stage: stage.name.to_string(),
-                            item: r.seq,
-                            worker: me,
-                            what: "decode".into(),
-                            message,
-                        }),
+                        Box::new(codec_error(&stage.name, r.seq, me, "decode", message)),
                     ),
                 }
             } else {
@@ -248,16 +242,8 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
             } else {
                 tx.push(tag, |out| {
-                    if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
-                        let e = Error::Codec {
-                            stage: stage.name.to_string(),
-                            item: r.seq,
-                            worker: me,
-                            what: "encode the output of".into(),
-                            message,
-                        };
-                        record::encode_failed(r.seq, idx, &e, out);
-                    }
+                    let e = |m| codec_error(&stage.name, r.seq, me, "encode the output of", m);
+                    record::encode_or_fail(r.seq, &body, wire.encode_out, out, idx, e);
                 })?;
             }
         } else if r.tag == TAG_ONE || r.tag == TAG_MANY {
@@ -271,26 +257,12 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 }
                 Err(message) => Body::Failed(
                     idx,
-                    Box::new(Error::Codec {
-                        stage: stage.name.to_string(),
-                        item: r.seq,
-                        worker: me,
-                        what: "decode".into(),
-                        message,
-                    }),
+                    Box::new(codec_error(&stage.name, r.seq, me, "decode", message)),
                 ),
             };
             tx.push(tag, |out| {
-                if let Err(message) = record::encode(r.seq, &body, wire.encode_out, out) {
-                    let e = Error::Codec {
-                        stage: stage.name.to_string(),
-                        item: r.seq,
-                        worker: me,
-                        what: "encode the output of".into(),
-                        message,
-                    };
-                    record::encode_failed(r.seq, idx, &e, out);
-                }
+                let e = |m| codec_error(&stage.name, r.seq, me, "encode the output of", m);
+                record::encode_or_fail(r.seq, &body, wire.encode_out, out, idx, e);
             })?;
         } else {
             tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
@@ -582,13 +554,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                         Ok(Body::Many(vs)) => self.vals.extend(vs),
                         Ok(_) => {}
                         Err(message) => {
-                            let e = Error::Codec {
-                                stage: self.name.clone(),
-                                item: r.seq,
-                                worker: self.me,
-                                what: "decode".into(),
-                                message,
-                            };
+                            let e = codec_error(&self.name, r.seq, self.me, "decode", message);
                             let (seq, idx) = (self.new_seq(), self.idx);
                             self.send(seq, |out| record::encode_failed(seq, idx, &e, out));
                         }
@@ -624,16 +590,8 @@ impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F>
         let seq = self.new_seq();
         let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
         self.send(seq, |out| {
-            if let Err(message) = record::encode(seq, &Body::One(value), enc, out) {
-                let e = Error::Codec {
-                    stage: name,
-                    item: seq,
-                    worker: me,
-                    what: "encode the output of".into(),
-                    message,
-                };
-                record::encode_failed(seq, idx, &e, out);
-            }
+            let e = |m| codec_error(&name, seq, me, "encode the output of", m);
+            record::encode_or_fail(seq, &Body::One(value), enc, out, idx, e);
         });
     }
 
@@ -654,5 +612,16 @@ impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F>
             self.error = Some(e);
         }
         self.rx.drain_acks();
+    }
+}
+
+/// The error of an item that could not be encoded or decoded.
+fn codec_error(stage: &str, item: u64, worker: Worker, what: &str, message: String) -> Error {
+    Error::Codec {
+        stage: stage.to_string(),
+        item,
+        worker,
+        what: what.into(),
+        message,
     }
 }
