@@ -16,6 +16,8 @@ mod concurrency;
 mod crash;
 #[path = "faults/hang.rs"]
 mod hang;
+#[path = "faults/init.rs"]
+mod init;
 #[path = "faults/load.rs"]
 mod load;
 #[path = "faults/model.rs"]
@@ -45,6 +47,7 @@ fn main() {
     supervise::trials(&mut trials);
     codec::trials(&mut trials);
     load::trials(&mut trials);
+    init::trials(&mut trials);
     parent::trials(&mut trials);
     concurrency::trials(&mut trials);
     model::trials(&mut trials);
