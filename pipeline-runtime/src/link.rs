@@ -213,7 +213,9 @@ impl<F: AsFd> LinkSender<F> {
         msg[0] = MSG_HELLO;
         msg[1..5].copy_from_slice(&epoch.to_le_bytes());
         for l in &mut s.links {
-            Self::send_all(l, &msg)?;
+            // A link its predecessor had already closed (it was killed after finishing) is
+            // marked broken; the others carry on.
+            let _ = Self::send_all(l, &msg);
         }
         Ok(s)
     }
