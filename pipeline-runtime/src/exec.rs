@@ -96,7 +96,7 @@ impl<T> Output<T> {
                             }
                         }
                     }
-                    tx.push(rec.seq, |out| {
+                    tx.push(crate::link::NO_TAG, |out| {
                         if let Err(message) = record::encode(rec.seq, &rec.body, *enc, out) {
                             let e = Error::Codec {
                                 stage: stage.to_string(),

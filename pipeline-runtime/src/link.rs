@@ -106,6 +106,8 @@ pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
 pub(crate) struct RecRef {
     pub link: usize,
     epoch: u32,
+    /// Its position among the records of its link in this epoch.
+    index: u64,
     /// It came in a small message (its sender is not streaming in bulk): its outputs should
     /// be passed on at once, not batched.
     pub small: bool,
@@ -133,20 +135,24 @@ pub(crate) struct LinkSender<F> {
     /// This sender's epoch (its worker's incarnation); acks of other epochs are stale.
     epoch: u32,
     /// Records to send again (their receiver died before finishing them), with their tags.
-    requeue: VecDeque<(Vec<u8>, u64)>,
+    requeue: VecDeque<(Vec<u8>, Tag)>,
     /// Tags of the records acked since the owner last looked ([`LinkSender::take_acked`]).
-    acked_tags: VecDeque<u64>,
+    acked_tags: VecDeque<Tag>,
 }
 
+/// What a sender attaches to a record to learn, from the receiver's acks, that it is done:
+/// for a worker, the link, epoch and index of the input record it came from.
+pub(crate) type Tag = u128;
+
 /// The tag of a record whose sender does not track what its acks complete.
-pub(crate) const NO_TAG: u64 = u64::MAX;
+pub(crate) const NO_TAG: Tag = u128::MAX;
 
 #[derive(Debug)]
 struct OutLink<F> {
     fd: F,
     batch: Vec<u8>,
     /// Tags of the records in `batch`.
-    tags: Vec<u64>,
+    tags: Vec<Tag>,
     count: u32,
     /// Messages sent and not fully acked (`records`, `acked` so far, bytes).
     sent: VecDeque<Sent>,
@@ -160,7 +166,7 @@ struct Sent {
     /// A batch message, or (when `big`) one bare record sent as chunks.
     data: Vec<u8>,
     /// The tag of each record, in order.
-    tags: Vec<u64>,
+    tags: Vec<Tag>,
     big: bool,
     records: u32,
     acked: u32,
@@ -296,7 +302,7 @@ impl<F: AsFd> LinkSender<F> {
     /// Appends one record, written by `write` (header and payload, see [`begin_record`]),
     /// to the link chosen by the last [`LinkSender::reserve`]. `tag` comes back from
     /// [`LinkSender::take_acked`] once the receiver acked the record ([`NO_TAG`]: don't).
-    pub(crate) fn push(&mut self, tag: u64, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+    pub(crate) fn push(&mut self, tag: Tag, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let i = self.chosen.take().expect("reserve() before push()");
         let pool = &mut self.pool;
         let link = &mut self.links[i];
@@ -328,7 +334,7 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
-    fn send_big(link: &mut OutLink<F>, rec: Vec<u8>, tag: u64) -> io::Result<()> {
+    fn send_big(link: &mut OutLink<F>, rec: Vec<u8>, tag: Tag) -> io::Result<()> {
         let mut msg = Vec::with_capacity(MAX_MSG);
         let mut off = 0;
         while off < rec.len() {
@@ -446,7 +452,7 @@ impl<F: AsFd> LinkSender<F> {
         l: &mut OutLink<F>,
         dead_epoch: u32,
         failure: &[u8],
-        requeue: &mut VecDeque<(Vec<u8>, u64)>,
+        requeue: &mut VecDeque<(Vec<u8>, Tag)>,
     ) -> io::Result<()> {
         let failed_seq = (failure.len() >= REC_HEADER)
             .then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
@@ -489,7 +495,7 @@ impl<F: AsFd> LinkSender<F> {
     }
 
     /// The tags of records acked since the last call.
-    pub(crate) fn take_acked(&mut self) -> std::collections::vec_deque::Drain<'_, u64> {
+    pub(crate) fn take_acked(&mut self) -> std::collections::vec_deque::Drain<'_, Tag> {
         self.acked_tags.drain(..)
     }
 
@@ -497,7 +503,7 @@ impl<F: AsFd> LinkSender<F> {
         l: &mut OutLink<F>,
         mut n: u64,
         pool: &mut Vec<Vec<u8>>,
-        acked: &mut VecDeque<u64>,
+        acked: &mut VecDeque<Tag>,
     ) -> u64 {
         let mut applied = 0;
         while n > 0 {
@@ -638,11 +644,20 @@ struct InLink<F> {
     epoch: u32,
     /// A replacement discards what it reads here until `RESYNC` of at least this epoch.
     skip_until: Option<u32>,
+    /// Records received on this link in this epoch (the next record's index).
+    received: u64,
+    /// Records counted done, in order: acks only ever cover a prefix of the link's records,
+    /// whatever order they finish in (they finish when the next stage acks them).
+    acked_upto: u64,
+    /// Records done beyond `acked_upto`.
+    done_ahead: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug)]
 struct Msg {
     link: usize,
+    /// Index (within its link and epoch) of the message's first record.
+    first: u64,
     /// Records the message held when it arrived.
     total: u32,
     /// The link's sender epoch when the message arrived (acks go only to that sender).
@@ -668,6 +683,9 @@ impl<F: AsFd> LinkReceiver<F> {
                     big: None,
                     epoch: 0,
                     skip_until: None,
+                    received: 0,
+                    acked_upto: 0,
+                    done_ahead: std::collections::BTreeSet::new(),
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -784,6 +802,9 @@ impl<F: AsFd> LinkReceiver<F> {
                 l.epoch = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
                 l.big = None;
                 l.pending_acks = 0;
+                l.received = 0;
+                l.acked_upto = 0;
+                l.done_ahead.clear();
                 self.recycle(buf);
                 return Ok(false);
             }
@@ -808,8 +829,11 @@ impl<F: AsFd> LinkReceiver<F> {
             Some(MSG_BATCH) if buf.len() >= BATCH_HEADER => {
                 self.links[link].big = None;
                 let left = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
+                let first = self.links[link].received;
+                self.links[link].received += u64::from(left);
                 self.queue.push_back(Msg {
                     link,
+                    first,
                     total: left,
                     epoch,
                     data: buf,
@@ -854,8 +878,11 @@ impl<F: AsFd> LinkReceiver<F> {
         if have == *total {
             let (_, data) = self.links[link].big.take().expect("big in progress");
             let epoch = self.links[link].epoch;
+            let first = self.links[link].received;
+            self.links[link].received += 1;
             self.queue.push_back(Msg {
                 link,
+                first,
                 total: 1,
                 epoch,
                 data,
@@ -894,10 +921,12 @@ impl<F: AsFd> LinkReceiver<F> {
                 )));
             }
             m.pos = end;
+            let index = m.first + u64::from(m.total - m.left);
             m.left -= 1;
             return Ok(Some(RecRef {
                 link: m.link,
                 epoch: m.epoch,
+                index,
                 small: m.total < SMALL_MSG,
                 seq,
                 tag,
@@ -920,21 +949,38 @@ impl<F: AsFd> LinkReceiver<F> {
     /// Marks a record finished: it is acked at the next [`LinkReceiver::send_acks`]. Only
     /// call `send_acks` once the record's outputs were flushed downstream.
     pub(crate) fn done(&mut self, r: RecRef) {
-        self.credit(r.link, r.epoch);
+        self.credit(r.link, r.epoch, r.index);
         self.release(r);
     }
 
-    /// Counts one record of `link` (received in `epoch`) as finished, for the next ack.
-    pub(crate) fn credit(&mut self, link: usize, epoch: u32) {
+    /// Counts record `index` of `link` (received in `epoch`) as finished. Acks cover only
+    /// the finished prefix of the link's records: the sender drops records from the front
+    /// of what it holds, so a record that finished early waits for those before it.
+    pub(crate) fn credit(&mut self, link: usize, epoch: u32, index: u64) {
         let l = &mut self.links[link];
-        if l.epoch == epoch {
+        if l.epoch != epoch || index < l.acked_upto {
+            return;
+        }
+        if index > l.acked_upto {
+            l.done_ahead.insert(index);
+            return;
+        }
+        l.acked_upto += 1;
+        l.pending_acks += 1;
+        while l.done_ahead.remove(&l.acked_upto) {
+            l.acked_upto += 1;
             l.pending_acks += 1;
         }
     }
 
-    /// The record's link and epoch, to [`LinkReceiver::credit`] it later.
-    pub(crate) fn origin(r: &RecRef) -> (usize, u32) {
-        (r.link, r.epoch)
+    /// A record's tag (link, epoch, index), to [`LinkReceiver::credit_tag`] it later.
+    pub(crate) fn origin(r: &RecRef) -> Tag {
+        ((r.link as u128) << 96) | (u128::from(r.epoch) << 64) | u128::from(r.index)
+    }
+
+    /// [`LinkReceiver::credit`] by a tag made by [`LinkReceiver::origin`].
+    pub(crate) fn credit_tag(&mut self, tag: Tag) {
+        self.credit((tag >> 96) as usize, (tag >> 64) as u32, tag as u64);
     }
 
     /// Lets go of a record's bytes without counting it finished (see `credit`).

@@ -125,10 +125,9 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     // it: until the item leaves the process stages, its sender still holds it, so any death
     // along the way (even two) fails or requeues it upstream, and nothing is lost. Each
     // record pushed downstream carries the tag of the record it came from.
-    let tag_of = |link: usize, epoch: u32| ((link as u64) << 32) | u64::from(epoch);
     let credit_acked = |rx: &mut LinkReceiver<F>, tx: &mut LinkSender<F>| {
         for t in tx.take_acked() {
-            rx.credit((t >> 32) as usize, t as u32);
+            rx.credit_tag(t);
         }
     };
     let wire = stage.wire.expect("process stages have wire functions");
@@ -182,8 +181,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         let Some(r) = rx.next().map_err(corrupt)? else {
             continue;
         };
-        let (link, link_epoch) = LinkReceiver::<F>::origin(&r);
-        let tag = tag_of(link, link_epoch);
+        let tag = LinkReceiver::<F>::origin(&r);
         let small = r.small;
         loop {
             match tx.reserve()? {
@@ -458,7 +456,7 @@ struct LinkPull<In, Out, F> {
 }
 
 impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
-    fn send(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) {
+    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.error.is_some() {
             return;
         }
@@ -473,7 +471,7 @@ impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
                     }
                 }
             }
-            self.tx.push(seq, write)
+            self.tx.push(crate::link::NO_TAG, write)
         })();
         if let Err(e) = r {
             self.error = Some(e);
@@ -490,7 +488,7 @@ impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
         if self.consumed > 0 {
             let n = std::mem::take(&mut self.consumed);
             let idx = self.idx;
-            self.send(crate::link::NO_SEQ, |out| {
+            self.send(|out| {
                 let _ = record::encode::<Out>(
                     crate::link::NO_SEQ,
                     &Body::Consumed(idx, n),
@@ -556,7 +554,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                         Err(message) => {
                             let e = codec_error(&self.name, r.seq, self.me, "decode", message);
                             let (seq, idx) = (self.new_seq(), self.idx);
-                            self.send(seq, |out| record::encode_failed(seq, idx, &e, out));
+                            self.send(|out| record::encode_failed(seq, idx, &e, out));
                         }
                     }
                 }
@@ -564,7 +562,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                     // Failed before this stage: pass it on under a new number.
                     let seq = self.new_seq();
                     let raw = self.rx.raw(&r).to_vec();
-                    self.send(seq, |out| {
+                    self.send(|out| {
                         let at = out.len();
                         out.extend_from_slice(&raw);
                         out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
@@ -572,7 +570,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                 }
                 crate::link::TAG_CONSUMED => {
                     let raw = self.rx.raw(&r).to_vec();
-                    self.send(r.seq, |out| out.extend_from_slice(&raw));
+                    self.send(|out| out.extend_from_slice(&raw));
                     self.rx.done(r);
                     continue;
                 }
@@ -589,7 +587,7 @@ impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F>
     fn emit(&mut self, value: Out) {
         let seq = self.new_seq();
         let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
-        self.send(seq, |out| {
+        self.send(|out| {
             let e = |m| codec_error(&name, seq, me, "encode the output of", m);
             record::encode_or_fail(seq, &Body::One(value), enc, out, idx, e);
         });
@@ -597,7 +595,7 @@ impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F>
 
     fn fail(&mut self, e: Error) {
         let (seq, idx) = (self.new_seq(), self.idx);
-        self.send(seq, |out| record::encode_failed(seq, idx, &e, out));
+        self.send(|out| record::encode_failed(seq, idx, &e, out));
     }
 
     fn position(&self) -> u64 {
