@@ -97,16 +97,14 @@ impl<T> Output<T> {
                         }
                     }
                     tx.push(crate::link::NO_TAG, |out| {
-                        if let Err(message) = record::encode(rec.seq, &rec.body, *enc, out) {
-                            let e = Error::Codec {
-                                stage: stage.to_string(),
-                                item: rec.seq,
-                                worker: Worker::Process(std::process::id()),
-                                what: "encode the input of".into(),
-                                message,
-                            };
-                            record::encode_failed(rec.seq, *stage_idx, &e, out);
-                        }
+                        let e = |message| Error::Codec {
+                            stage: stage.to_string(),
+                            item: rec.seq,
+                            worker: Worker::Process(std::process::id()),
+                            what: "encode the input of".into(),
+                            message,
+                        };
+                        record::encode_or_fail(rec.seq, &rec.body, *enc, out, *stage_idx, e);
                     })
                     .map_err(|_| Stopped)?;
                 }
