@@ -9,7 +9,7 @@ use forkpipe::{Stats, Worker};
 use libtest_mimic::Trial;
 
 use crate::support::{
-    ABORT, FINE, Marked, by_item, expect_died, fault, my_pid, signal, wait_until,
+    ABORT, FINE, Marked, by_item, expect_died, fault, my_pid, run_dir, signal, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -243,8 +243,17 @@ fn a07b_libc_exit_0() {
 
 fn a08_sigkill_mid_stream() {
     const N: u64 = 600;
+    const MARK: &str = "a08.pid";
     let p = Pipeline::new(
         Stage::map("steady", |x: u64| {
+            if x == 100 {
+                // Say who runs item 100, then stay in it: the kill below lands mid-item
+                // (a kill between two items would, rightly, fail nothing).
+                let tmp = run_dir().join("a08.pid.tmp");
+                std::fs::write(&tmp, my_pid().to_string()).expect("write the mark");
+                std::fs::rename(&tmp, run_dir().join(MARK)).expect("publish the mark");
+                thread::sleep(Duration::from_secs(5));
+            }
             thread::sleep(Duration::from_millis(2));
             (x, my_pid())
         })
@@ -252,21 +261,12 @@ fn a08_sigkill_mid_stream() {
         .workers(2),
     );
     let mut results = p.run(0..N).expect("start");
-    // The workers are the grandchildren (their parent, the supervisor, is our child). A
-    // worker sends its outputs when its local queue runs dry, so a pid read from the
-    // results would come too late: take it from the process tree, ~item 100 of 600 in.
-    let me = my_pid();
-    let mut workers = Vec::new();
-    assert!(wait_until(Duration::from_secs(2), || {
-        workers = crate::common::descendants_of_me()
-            .into_iter()
-            .filter(|&(_, ppid, _)| ppid != me)
-            .map(|(pid, _, _)| pid)
-            .collect();
-        workers.len() == 2
-    }));
-    thread::sleep(Duration::from_millis(100));
-    let killed = workers[0];
+    let mark = run_dir().join(MARK);
+    assert!(wait_until(Duration::from_secs(10), || mark.exists()));
+    let killed: u32 = std::fs::read_to_string(&mark)
+        .expect("read the mark")
+        .parse()
+        .expect("a pid");
     signal(killed, libc::SIGKILL);
     let all: Vec<_> = results.by_ref().collect();
     let stats = results.stats();
