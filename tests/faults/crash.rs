@@ -339,7 +339,9 @@ fn a11_kill_all_four() {
     let running = Pipeline::new(
         Stage::map("four", |x: u64| {
             if (1000..2000).contains(&x) {
-                thread::sleep(Duration::from_millis(300));
+                // Say "this worker is in a slow item" (see the wait below).
+                let _ = std::fs::File::create(run_dir().join(format!("a11.{}", my_pid())));
+                thread::sleep(Duration::from_millis(1000));
             }
             (x, my_pid())
         })
@@ -364,7 +366,13 @@ fn a11_kill_all_four() {
     let slow: Vec<_> = (1000..1012u64)
         .map(|x| (x, running.submit(x).expect("submit")))
         .collect();
-    thread::sleep(Duration::from_millis(100));
+    // Kill only once every worker is inside a slow item (each takes 1 s).
+    assert!(
+        wait_until(Duration::from_secs(5), || old
+            .iter()
+            .all(|pid| run_dir().join(format!("a11.{pid}")).exists())),
+        "all four workers took a slow item"
+    );
     for &pid in &old {
         signal(pid, libc::SIGKILL);
     }
