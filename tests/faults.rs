@@ -14,6 +14,10 @@ mod common;
 mod concurrency;
 #[path = "faults/crash.rs"]
 mod crash;
+#[path = "faults/death.rs"]
+mod death;
+#[path = "faults/flow.rs"]
+mod flow;
 #[path = "faults/hang.rs"]
 mod hang;
 #[path = "faults/init.rs"]
@@ -24,6 +28,8 @@ mod load;
 mod model;
 #[path = "faults/parent.rs"]
 mod parent;
+#[path = "faults/signals.rs"]
+mod signals;
 #[path = "faults/supervise.rs"]
 mod supervise;
 #[path = "faults/support.rs"]
@@ -51,6 +57,9 @@ fn main() {
     parent::trials(&mut trials);
     concurrency::trials(&mut trials);
     model::trials(&mut trials);
+    death::trials(&mut trials);
+    signals::trials(&mut trials);
+    flow::trials(&mut trials);
 
     let conclusion = libtest_mimic::run(&args, trials);
     let _ = std::fs::remove_dir_all(dir);
