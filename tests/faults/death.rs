@@ -41,8 +41,12 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         a18_grandchild,
     ));
-    // The item is re-run on the replacement: the worker clears `running` (and counts the
-    // item done) before its output is flushed, so a death at the flush requeues the item.
+    // Known bug: the item is re-run on the replacement (and succeeds there). The worker
+    // clears `running` and counts the item done (pipeline-runtime/src/worker.rs:268-272)
+    // before it flushes the output (:276), so a death at that flush fails nothing and the
+    // sender requeues the item. A stage that closes the fds on every run loops forever:
+    // each death counts as progress for the restart budget (supervisor.rs:449), ~260
+    // replacements/s and no outcome for the item.
     t.push(known_bug(
         "a19_stage_closes_every_descriptor",
         30,
