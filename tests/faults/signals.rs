@@ -44,6 +44,10 @@ pub fn trials(t: &mut Vec<Trial>) {
         i08,
     ));
     t.push(fault("c06a_fork_fails_at_start", 30, c06a));
+    // When the only worker of a stage cannot be replaced (fork fails), the supervisor
+    // ignores the error (supervisor.rs `on_death`), finds no child left and reports `Done`,
+    // then exits: the killed item's death and the held items are all reported as "shut
+    // down before completion", and the fork failure is never named.
     t.push(known_bug("c06b_replacement_fork_fails_mid_run", 30, c06b));
 }
 
