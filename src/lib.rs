@@ -64,6 +64,9 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    /// Fault injection for forkpipe's own tests (writes a corrupt frame on the calling
+    /// worker's output links). Not an API.
+    pub use pipeline_runtime::inject_corrupt_frame;
     pub use pipeline_runtime::{
         Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
         Source, Stage, Wire,

@@ -56,7 +56,11 @@ fn pipelines_start_and_recover_under_mimalloc_with_busy_threads() {
         let r = p.run(0..20u64).expect("start");
         let got: Vec<Result<u64, Error>> = r.collect();
         worst = worst.max(t0.elapsed());
-        assert!(t0.elapsed() < Duration::from_secs(10), "run {k} took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "run {k} took {:?}",
+            t0.elapsed()
+        );
         for (x, g) in got.iter().enumerate() {
             match g {
                 Ok(v) => assert_eq!(*v, x as u64 + k),

@@ -261,6 +261,9 @@ pub(crate) struct Shared {
     pub abort: Mutex<Option<Error>>,
     /// Set when the user's side stops the pipeline (drop, shutdown deadline).
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The control socket to the supervisor, once it is ready (weak: closing it is the
+    /// engine's business).
+    pub supervisor: std::sync::OnceLock<std::sync::Weak<RtFd>>,
     pub window: Window,
 }
 
@@ -277,6 +280,7 @@ impl Shared {
             issued: AtomicU64::new(0),
             abort: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            supervisor: std::sync::OnceLock::new(),
             window: Window::new(window),
         }
     }
@@ -327,6 +331,35 @@ impl Shared {
         if g.is_none() {
             *g = Some(e);
         }
+    }
+
+    /// A corrupt frame from a worker of process stage `stage` (on the caller's link `c.link`,
+    /// which is that worker's slot): the supervisor kills and replaces the worker, and `rx`
+    /// discards that link until the replacement says `HELLO`. Without a supervisor (it
+    /// never happens) the pipeline is stopped instead. Returns whether to carry on.
+    pub(crate) fn report_corrupt<F: std::os::fd::AsFd>(
+        &self,
+        stage: u32,
+        rx: &mut LinkReceiver<F>,
+        c: crate::link::Corrupt,
+        name: &str,
+    ) -> bool {
+        tracing::warn!(stage = %name, link = c.link, "forkpipe: corrupt frame from a worker: {}", c.what);
+        let Some(sup) = self.supervisor.get().and_then(std::sync::Weak::upgrade) else {
+            self.set_abort(Error::Start(format!(
+                "corrupt frame from stage '{name}': {}",
+                c.what
+            )));
+            return false;
+        };
+        let mut m = vec![crate::supervisor::CALLER_CORRUPT];
+        m.extend_from_slice(&stage.to_le_bytes());
+        m.extend_from_slice(&(c.link as u32).to_le_bytes());
+        m.extend_from_slice(&c.epoch.to_le_bytes());
+        m.extend_from_slice(c.what.as_bytes());
+        let _ = crate::sys::send(std::os::fd::AsFd::as_fd(&*sup), &m, false);
+        rx.void(c.link);
+        true
     }
 }
 
@@ -626,9 +659,9 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
                 if rx.finished() {
                     break;
                 }
-                if let Err(c) = rx.fill(true, &mut extra) {
-                    tracing::error!(stage = %name, "forkpipe: corrupt stream from a worker: {}", c.0);
-                    shared.set_abort(Error::Start(format!("corrupt stream from stage '{name}': {}", c.0)));
+                if let Err(c) = rx.fill(true, &mut extra)
+                    && !shared.report_corrupt(_idx, &mut rx, c, &name)
+                {
                     return;
                 }
                 let mut batch = Vec::new();
@@ -637,7 +670,9 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
                         Ok(Some(r)) => r,
                         Ok(None) => break,
                         Err(c) => {
-                            tracing::error!(stage = %name, "forkpipe: corrupt stream from a worker: {}", c.0);
+                            if shared.report_corrupt(_idx, &mut rx, c, &name) {
+                                continue;
+                            }
                             return;
                         }
                     };

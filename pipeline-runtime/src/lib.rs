@@ -29,3 +29,5 @@ pub use pipeline::{
     FirstStage, PipePending, Pipeline, Report, Results, Running, StageStats, Stats, Ticket,
 };
 pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
+#[doc(hidden)]
+pub use worker::inject_corrupt_frame;

@@ -651,6 +651,9 @@ struct InLink<F> {
     acked_upto: u64,
     /// Records done beyond `acked_upto`.
     done_ahead: std::collections::BTreeSet<u64>,
+    /// The sender wrote a corrupt frame: everything it sends is discarded until the `HELLO`
+    /// of its replacement.
+    void: bool,
 }
 
 #[derive(Debug)]
@@ -667,9 +670,25 @@ struct Msg {
     left: u32,
 }
 
-/// Why a link's stream could not be read.
+/// Why a link's stream could not be read: the link (its index in the receiver, which is
+/// the sending worker's slot in mesh order) and what was wrong.
 #[derive(Debug)]
-pub(crate) struct Corrupt(pub String);
+pub(crate) struct Corrupt {
+    pub link: usize,
+    /// The epoch of the link's sender that wrote it (from its `HELLO`; 0 for the first).
+    pub epoch: u32,
+    pub what: String,
+}
+
+impl Corrupt {
+    fn on(link: usize, what: impl Into<String>) -> Corrupt {
+        Corrupt {
+            link,
+            epoch: 0,
+            what: what.into(),
+        }
+    }
+}
 
 impl<F: AsFd> LinkReceiver<F> {
     pub(crate) fn new(fds: Vec<F>) -> Self {
@@ -686,6 +705,7 @@ impl<F: AsFd> LinkReceiver<F> {
                     received: 0,
                     acked_upto: 0,
                     done_ahead: std::collections::BTreeSet::new(),
+                    void: false,
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -714,6 +734,28 @@ impl<F: AsFd> LinkReceiver<F> {
         }
     }
 
+    /// Discards `link`'s stream until its sender's replacement says `HELLO`: its sender
+    /// wrote a corrupt frame, so nothing more it sent (queued here or still coming) can be
+    /// trusted. Call only when no record taken from [`LinkReceiver::next`] is outstanding.
+    /// The discarded records are never acked: the stage before the sender still holds their
+    /// items and runs them again once the sender is replaced.
+    pub(crate) fn void(&mut self, link: usize) {
+        let l = &mut self.links[link];
+        l.void = true;
+        l.big = None;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for m in self.queue.drain(..) {
+            if m.link == link {
+                if self.pool.len() < 16 && m.data.capacity() <= 2 * MAX_MSG {
+                    self.pool.push(m.data);
+                }
+            } else {
+                kept.push_back(m);
+            }
+        }
+        self.queue = kept;
+    }
+
     /// True when every link reached end of stream and every record was taken.
     pub(crate) fn finished(&self) -> bool {
         self.queue.is_empty() && self.links.iter().all(|l| l.eof)
@@ -732,7 +774,10 @@ impl<F: AsFd> LinkReceiver<F> {
         extra: &mut Vec<libc::pollfd>,
     ) -> Result<bool, Corrupt> {
         loop {
-            let got = self.read_available()?;
+            let got = self.read_available().map_err(|mut c| {
+                c.epoch = self.links[c.link].epoch;
+                c
+            })?;
             if got || !block || self.links.iter().all(|l| l.eof) {
                 return Ok(false);
             }
@@ -778,9 +823,10 @@ impl<F: AsFd> LinkReceiver<F> {
                     }
                     Ok(Some(n)) => {
                         if n > MAX_MSG {
-                            return Err(Corrupt(format!(
-                                "message of {n} bytes exceeds the limit of {MAX_MSG}"
-                            )));
+                            return Err(Corrupt::on(
+                                i,
+                                format!("message of {n} bytes exceeds the limit of {MAX_MSG}"),
+                            ));
                         }
                         if self.accept(i, buf)? {
                             got = true;
@@ -805,6 +851,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 l.received = 0;
                 l.acked_upto = 0;
                 l.done_ahead.clear();
+                l.void = false;
                 self.recycle(buf);
                 return Ok(false);
             }
@@ -819,8 +866,9 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             _ => {}
         }
-        if self.links[link].skip_until.is_some() {
-            // Sent to the worker this one replaces; the sender requeues it.
+        if self.links[link].skip_until.is_some() || self.links[link].void {
+            // Sent to the worker this one replaces (the sender requeues it), or by a sender
+            // that wrote a corrupt frame (it is being replaced; its items are run again).
             self.recycle(buf);
             return Ok(false);
         }
@@ -845,9 +893,10 @@ impl<F: AsFd> LinkReceiver<F> {
             Some(MSG_BIG_FIRST) if buf.len() >= BIG_HEADER => {
                 let total = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as usize;
                 if total > FRAME_LIMIT + REC_HEADER {
-                    return Err(Corrupt(format!(
-                        "corrupt frame (length {total} exceeds the limit {FRAME_LIMIT})"
-                    )));
+                    return Err(Corrupt::on(
+                        link,
+                        format!("length {total} exceeds the limit {FRAME_LIMIT}"),
+                    ));
                 }
                 let mut data = Vec::with_capacity(BATCH_HEADER + total);
                 data.push(MSG_BATCH);
@@ -859,13 +908,13 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             Some(MSG_BIG_MORE) => {
                 let Some((_, data)) = self.links[link].big.as_mut() else {
-                    return Err(Corrupt("chunk without a start".into()));
+                    return Err(Corrupt::on(link, "chunk without a start"));
                 };
                 data.extend_from_slice(&buf[1..]);
                 self.recycle(buf);
                 self.complete_big(link)
             }
-            _ => Err(Corrupt(format!("unknown message kind {kind:?}"))),
+            _ => Err(Corrupt::on(link, format!("unknown message kind {kind:?}"))),
         }
     }
 
@@ -873,7 +922,7 @@ impl<F: AsFd> LinkReceiver<F> {
         let (total, data) = self.links[link].big.as_ref().expect("big in progress");
         let have = data.len() - BATCH_HEADER;
         if have > *total {
-            return Err(Corrupt("chunks longer than announced".into()));
+            return Err(Corrupt::on(link, "chunks longer than announced"));
         }
         if have == *total {
             let (_, data) = self.links[link].big.take().expect("big in progress");
@@ -907,7 +956,9 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             let d = &m.data;
             if d.len() < m.pos + REC_HEADER {
-                return Err(Corrupt("truncated record header".into()));
+                let mut c = Corrupt::on(m.link, "truncated record header");
+                c.epoch = m.epoch;
+                return Err(c);
             }
             let seq = u64::from_le_bytes(d[m.pos..m.pos + 8].try_into().expect("8 bytes"));
             let tag = d[m.pos + 8];
@@ -916,9 +967,9 @@ impl<F: AsFd> LinkReceiver<F> {
             let start = m.pos + REC_HEADER;
             let end = start + len;
             if end > d.len() {
-                return Err(Corrupt(format!(
-                    "corrupt frame (record length {len} exceeds its message)"
-                )));
+                let mut c = Corrupt::on(m.link, format!("record length {len} exceeds its message"));
+                c.epoch = m.epoch;
+                return Err(c);
             }
             m.pos = end;
             let index = m.first + u64::from(m.total - m.left);
@@ -1033,6 +1084,35 @@ impl<F: AsFd> LinkReceiver<F> {
                 .collect();
             let _ = sys::poll(&mut p, Some(std::time::Duration::from_millis(100)));
         }
+    }
+}
+
+/// A deliberately corrupt message, for fault-injection tests ([`crate::worker::inject_corrupt_frame`]):
+/// 0: a chunked record claiming `u64::MAX` bytes; 1: claiming 2^40 bytes; 2: one byte over
+/// the frame limit; 3: a record longer than its message; 4: an unknown message kind;
+/// 5: a chunk without its start.
+pub(crate) fn corrupt_message(kind: u8) -> Vec<u8> {
+    let big = |total: u64| {
+        let mut m = vec![MSG_BIG_FIRST];
+        m.extend_from_slice(&total.to_le_bytes());
+        m.extend_from_slice(&[0u8; 64]);
+        m
+    };
+    match kind {
+        0 => big(u64::MAX),
+        1 => big(1 << 40),
+        2 => big((FRAME_LIMIT + REC_HEADER + 1) as u64),
+        3 => {
+            let mut m = vec![MSG_BATCH];
+            m.extend_from_slice(&1u32.to_le_bytes());
+            m.extend_from_slice(&0u64.to_le_bytes());
+            m.push(TAG_ONE);
+            m.extend_from_slice(&(1u32 << 30).to_le_bytes());
+            m.extend_from_slice(&[0u8; 16]);
+            m
+        }
+        4 => vec![0x77, 1, 2, 3],
+        _ => vec![MSG_BIG_MORE, 1, 2, 3],
     }
 }
 

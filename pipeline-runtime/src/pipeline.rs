@@ -394,7 +394,11 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                         first = supervisor::recv_msg(&c_caller);
                     }
                     match first {
-                        Some(SupMsg::Ready) => supervisor = Some((pid, Arc::new(c_caller))),
+                        Some(SupMsg::Ready) => {
+                            let c = Arc::new(c_caller);
+                            let _ = shared.supervisor.set(Arc::downgrade(&c));
+                            supervisor = Some((pid, c));
+                        }
                         other => {
                             drop(c_caller);
                             let _ = sys::wait_pid(pid, false);

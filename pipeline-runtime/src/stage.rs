@@ -575,11 +575,22 @@ impl<T: Send + 'static> Stage<T, T> {
     {
         let inner = Arc::clone(&self.make);
         let det = Arc::new(det);
+        let name = self.name.clone();
         self.make = Arc::new(move || {
             let mut f = inner()?;
             let det = Arc::clone(&det);
+            let name = name.clone();
             Ok(Box::new(move |x: T, e: &mut Emit<T>| {
-                if det(&x) {
+                let pass = match catch_unwind(AssertUnwindSafe(|| det(&x))) {
+                    Ok(pass) => pass,
+                    // Still a panic of this item (a stage with `init` state is replaced),
+                    // but one that says it was the determiner's.
+                    Err(p) => std::panic::resume_unwind(Box::new(format!(
+                        "determiner of stage '{name}' panicked: {}",
+                        panic_message(p.as_ref())
+                    ))),
+                };
+                if pass {
                     f(x, e)
                 } else {
                     e.emit(x);

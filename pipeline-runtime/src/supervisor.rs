@@ -44,7 +44,8 @@ use crate::exec::AnyStage;
 use crate::fds::{self, RtFd};
 use crate::sys::SlotState;
 use crate::worker::{
-    CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx, WorkerEnd,
+    CTL_CORRUPT, CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx,
+    WorkerEnd,
 };
 use crate::{codec, link, record, sys};
 
@@ -73,6 +74,10 @@ pub(crate) enum SupMsg {
     /// Every worker finished after end of input.
     Done,
 }
+
+/// The caller's report of a corrupt frame from a worker of the last process stage:
+/// `CALLER_CORRUPT | stage u32 | link u32 | what`.
+pub(crate) const CALLER_CORRUPT: u8 = 1;
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -104,6 +109,8 @@ struct Slot {
     child: Option<Child>,
     /// An item over its time limit: (`running` value, when to escalate to SIGKILL).
     overtime: Option<(u64, Instant)>,
+    /// It was killed for writing a corrupt frame (what its receiver found wrong).
+    blame: Option<String>,
 }
 
 struct Child {
@@ -113,6 +120,8 @@ struct Child {
     finished: bool,
     init_ok: bool,
     init_error: Option<String>,
+    /// Its receiver found a corrupt frame on these input links.
+    corrupt: Vec<CorruptReport>,
 }
 
 pub(crate) fn send_msg(fd: impl AsFd, msg: &SupMsg) {
@@ -185,6 +194,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                 give_up: None,
                 child: None,
                 overtime: None,
+                blame: None,
             });
         }
     }
@@ -253,9 +263,32 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             continue;
         }
         if pfds[0].revents != 0 {
-            // The caller closed the pipeline (or died): stop everything now.
-            kill_all(&mut slots);
-            sys::exit_now(0);
+            // A report from the caller's side, or the caller closed the pipeline (or died):
+            // then stop everything now.
+            let mut buf = Vec::with_capacity(64 * 1024);
+            loop {
+                match sys::recv(ctl.as_fd(), &mut buf, true) {
+                    Ok(None) => break,
+                    Ok(Some(n)) if n >= 13 && buf[0] == CALLER_CORRUPT => {
+                        let stage = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
+                        if let Some(r) = parse_corrupt(&buf[5..n])
+                            && let Some(k) = slots
+                                .iter()
+                                .position(|s| stages[s.stage].idx == stage && s.slot == r.link)
+                        {
+                            blame(
+                                &mut slots[k],
+                                r.epoch,
+                                format!("sent a corrupt frame ({}); worker killed", r.what),
+                            );
+                        }
+                    }
+                    _ => {
+                        kill_all(&mut slots);
+                        sys::exit_now(0);
+                    }
+                }
+            }
         }
         let mut replaced: Vec<usize> = Vec::new();
         for (n, &k) in who.iter().enumerate() {
@@ -268,6 +301,27 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             };
             if ctl_ev != 0 {
                 read_ctl(c);
+                for r in std::mem::take(&mut c.corrupt) {
+                    match corrupt_sender(&stages, &slots, k, r.link) {
+                        Some(sender) => blame(
+                            &mut slots[sender],
+                            r.epoch,
+                            format!("sent a corrupt frame ({}); worker killed", r.what),
+                        ),
+                        // The caller wrote it (a forkpipe bug): this worker starts afresh.
+                        None => {
+                            let epoch = slots[k].epoch;
+                            blame(
+                                &mut slots[k],
+                                epoch,
+                                format!(
+                                    "read a corrupt frame from the caller ({}); worker killed",
+                                    r.what
+                                ),
+                            );
+                        }
+                    }
+                }
             }
             if pid_ev == 0 {
                 continue;
@@ -291,6 +345,11 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                 (slots[k].overtime.take(), stages[slots[k].stage].timeout)
             {
                 why = format!("timed out after {} ms; worker killed", limit.as_millis());
+            }
+            if let Some(blamed) = slots[k].blame.take()
+                && matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _)))
+            {
+                why = blamed;
             }
             if let Some(msg) = slots[k].state.take_panic() {
                 // A panic that aborted (a `panic = "abort"` build, or a panic while panicking).
@@ -319,6 +378,57 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                 );
             }
         }
+    }
+}
+
+/// A corrupt-frame report: the link, the epoch of its sender that wrote it, what was wrong.
+struct CorruptReport {
+    link: usize,
+    epoch: u32,
+    what: String,
+}
+
+/// Reads `link u32 | epoch u32 | what` of a corrupt-frame report (`None` if too short).
+fn parse_corrupt(b: &[u8]) -> Option<CorruptReport> {
+    Some(CorruptReport {
+        link: u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize,
+        epoch: u32::from_le_bytes(b.get(4..8)?.try_into().ok()?),
+        what: String::from_utf8_lossy(&b[8..]).into_owned(),
+    })
+}
+
+/// The slot of the worker that writes input link `link` of slot `k`'s worker: a worker of
+/// the process stage right before (mesh order), or a `pipe_next` consumer's producer.
+/// `None` when the caller writes that link.
+fn corrupt_sender(stages: &[ProcStage], slots: &[Slot], k: usize, link: usize) -> Option<usize> {
+    let (si, j) = (slots[k].stage, slots[k].slot);
+    if si == 0 || stages[si - 1].idx + 1 != stages[si].idx {
+        return None;
+    }
+    let want = if stages[si].couple == Some(false) {
+        j
+    } else {
+        link
+    };
+    slots
+        .iter()
+        .position(|s| s.stage == si - 1 && s.slot == want)
+}
+
+/// A worker wrote a corrupt frame (or, when the sender is the caller, read one): it cannot
+/// be trusted with its stream any more. It is killed; its death fails the item it was
+/// running with `cause` and replaces it like any other death (the receiver discards that
+/// link until the replacement's `HELLO`).
+/// `epoch` is that of the worker that wrote the frame: a report about a worker already
+/// replaced (several receivers saw its frames) leaves the replacement alone.
+fn blame(slot: &mut Slot, epoch: u32, cause: String) {
+    if let Some(c) = &slot.child
+        && slot.blame.is_none()
+        && slot.epoch == epoch
+    {
+        // (Not reaped yet: the pid is still this worker's.)
+        sys::kill(c.pid, Signal::SIGKILL);
+        slot.blame = Some(cause);
     }
 }
 
@@ -615,6 +725,7 @@ fn read_ctl(c: &mut Child) {
             Some(&CTL_INIT_FAILED) => {
                 c.init_error = Some(String::from_utf8_lossy(&buf[1..]).into_owned())
             }
+            Some(&CTL_CORRUPT) => c.corrupt.extend(parse_corrupt(&buf[1..n])),
             _ => {}
         }
     }
@@ -781,6 +892,7 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
                 finished: false,
                 init_ok: false,
                 init_error: None,
+                corrupt: Vec::new(),
             });
             Ok(())
         }

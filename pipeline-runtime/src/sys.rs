@@ -64,6 +64,14 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Res
 
 /// Receives one message into `buf` (its capacity bounds the size). `Ok(None)`: would block.
 /// `Ok(Some(0))` is end of stream.
+/// [`send`] on a descriptor known only by number; the caller guarantees it is open.
+pub(crate) fn send_raw(fd: RawFd, buf: &[u8]) {
+    // SAFETY: the caller (fault injection in a worker) passes one of the worker's own
+    // output links, which stay open while its stage runs; a borrow for one call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = send(fd, buf, false);
+}
+
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,

@@ -51,6 +51,9 @@ pub(crate) struct WorkerCtx<F> {
 pub(crate) const CTL_FINISHED: u8 = 1;
 pub(crate) const CTL_INIT_OK: u8 = 2;
 pub(crate) const CTL_INIT_FAILED: u8 = 3;
+/// `CTL_CORRUPT | link u32 | sender epoch u32 | what`: a corrupt frame arrived on that
+/// input link.
+pub(crate) const CTL_CORRUPT: u8 = 4;
 
 /// Exit code of a worker that asks to be replaced (a panic in a stage with `init` state).
 pub(crate) const EXIT_RESTART: i32 = 123;
@@ -79,6 +82,43 @@ fn tell<F: AsFd>(ctl: &Option<F>, msg: &[u8]) {
     }
 }
 
+/// A corrupt frame arrived on an input link: the supervisor is told (it kills the sender,
+/// whose replacement starts the link afresh) and the link is discarded until then. A worker
+/// with no supervisor (none here) fails instead.
+fn report_corrupt<F: AsFd>(
+    ctl: &Option<F>,
+    rx: &mut LinkReceiver<F>,
+    c: crate::link::Corrupt,
+) -> io::Result<()> {
+    if ctl.is_none() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, c.what));
+    }
+    let mut m = vec![CTL_CORRUPT];
+    m.extend_from_slice(&(c.link as u32).to_le_bytes());
+    m.extend_from_slice(&c.epoch.to_le_bytes());
+    m.extend_from_slice(c.what.as_bytes());
+    tell(ctl, &m);
+    rx.void(c.link);
+    Ok(())
+}
+
+/// The output links of the worker this process runs (process workers only), for
+/// [`inject_corrupt_frame`].
+static OUTPUT_FDS: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Fault injection for tests: writes a corrupt message (see `link::corrupt_message` for the
+/// kinds) on every output link of the worker process running the calling stage, as a buggy
+/// or hostile worker would. Does nothing outside a worker process.
+#[doc(hidden)]
+pub fn inject_corrupt_frame(kind: u8) {
+    let fds = OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let m = crate::link::corrupt_message(kind);
+    for fd in fds {
+        // (Open: the stage calling this runs inside the worker's loop, which owns them.)
+        sys::send_raw(fd, &m);
+    }
+}
+
 pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
     ctx: WorkerCtx<F>,
@@ -104,6 +144,10 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     } = ctx;
     if ctl.is_some() {
         crate::stage::CURRENT_SLOT.store(std::ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
+        *OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()) = outs
+            .iter()
+            .map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()))
+            .collect();
     }
     let mut f = if give_up.is_some() || stage.pipe.is_some() {
         Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
@@ -155,7 +199,6 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     let mut finished = 0u64;
     // Start times are only read by the supervisor's timeout check.
     let timed = stage.opts.timeout.is_some();
-    let corrupt = |c: crate::link::Corrupt| io::Error::new(io::ErrorKind::InvalidData, c.0);
     loop {
         if rx.is_empty() {
             tx.flush()?;
@@ -172,14 +215,21 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             }
             extra.clear();
             tx.watch(&mut extra);
-            if rx.fill(true, &mut extra).map_err(corrupt)? {
-                tx.read_acks()?;
+            match rx.fill(true, &mut extra) {
+                Ok(true) => tx.read_acks()?,
+                Ok(false) => {}
+                Err(c) => report_corrupt(&ctl, &mut rx, c)?,
             }
             extra.clear();
             continue;
         }
-        let Some(r) = rx.next().map_err(corrupt)? else {
-            continue;
+        let r = match rx.next() {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(c) => {
+                report_corrupt(&ctl, &mut rx, c)?;
+                continue;
+            }
         };
         let tag = LinkReceiver::<F>::origin(&r);
         let small = r.small;
@@ -531,7 +581,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                         }
                     }
                     Ok(false) => {}
-                    Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.0)),
+                    Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what)),
                 }
                 extra.clear();
                 self.extra = extra;
@@ -541,7 +591,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(c) => {
-                    self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.0));
+                    self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what));
                     return None;
                 }
             };

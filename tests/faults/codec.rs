@@ -37,6 +37,16 @@ pub fn trials(t: &mut Vec<Trial>) {
         d05b_out_decode_panics,
     ));
     t.push(fault(
+        "d08a_corrupt_frame_between_process_stages_kills_its_sender",
+        60,
+        d08a_corrupt_mesh,
+    ));
+    t.push(fault(
+        "d08b_corrupt_frame_to_the_caller_kills_its_sender",
+        60,
+        d08b_corrupt_to_caller,
+    ));
+    t.push(fault(
         "d12_100_mib_items_through_3_process_stages",
         60,
         d12_big,
@@ -375,4 +385,78 @@ fn d14_empty() {
             .collect::<Result<_, _>>()
             .expect("ok");
     assert_eq!(out, tricky);
+}
+
+// --- D8 ------------------------------------------------------------------------------------
+
+/// What the receiver says about each injected corrupt message (see
+/// `forkpipe::__private::inject_corrupt_frame`).
+const CORRUPT: [&str; 6] = [
+    "length 18446744073709551615 exceeds the limit 1073741824",
+    "length 1099511627776 exceeds the limit 1073741824",
+    "length 1073741838 exceeds the limit 1073741824",
+    "record length 1073741824 exceeds its message",
+    "unknown message kind Some(119)",
+    "chunk without a start",
+];
+
+/// A worker of `first` writes a corrupt frame of `kind` while running item 10 (then waits to
+/// be killed): exactly item 10 fails, naming that worker and the corruption; the worker is
+/// replaced; every other item is delivered once with its right value, in order.
+fn corrupt_case(kind: u8, then_stage: bool) {
+    const N: u64 = 40;
+    let first = Stage::map("writer", move |x: u64| {
+        if x == 10 && crate::support::first_time(&format!("d08.{kind}.{then_stage}")) {
+            forkpipe::__private::inject_corrupt_frame(kind);
+            thread::sleep(Duration::from_secs(20)); // killed long before
+        }
+        (x, x * 3)
+    })
+    .subprocess()
+    .workers(2);
+    let p = Pipeline::new(first);
+    let mut results = if then_stage {
+        p.then(
+            Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1))
+                .subprocess()
+                .workers(2),
+        )
+        .run(0..N)
+        .expect("start")
+    } else {
+        p.then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
+            .run(0..N)
+            .expect("start")
+    };
+    let all: Vec<_> = results.by_ref().collect();
+    let stats = results.stats();
+    drop(results);
+    let errors = by_item(&all, N, |v| v.0);
+    for r in all.iter().flatten() {
+        assert_eq!(r.1, r.0 * 3 + 1, "kind {kind}: a value came through intact");
+    }
+    assert_eq!(errors.len(), 1, "kind {kind}: {errors:?}");
+    crate::support::expect_died(
+        &errors[&10],
+        "writer",
+        10,
+        &format!(
+            "sent a corrupt frame ({}); worker killed",
+            CORRUPT[kind as usize]
+        ),
+    );
+    assert_eq!(stats.stages[0].restarts, 1, "kind {kind}: {stats:?}");
+    assert_eq!(stats.stages[1].restarts, 0, "kind {kind}: {stats:?}");
+}
+
+fn d08a_corrupt_mesh() {
+    for kind in 0..6 {
+        corrupt_case(kind, true);
+    }
+}
+
+fn d08b_corrupt_to_caller() {
+    for kind in 0..6 {
+        corrupt_case(kind, false);
+    }
 }

@@ -41,16 +41,22 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         a18_grandchild,
     ));
-    // Known bug: the item is re-run on the replacement (and succeeds there). The worker
-    // clears `running` and counts the item done (pipeline-runtime/src/worker.rs:268-272)
-    // before it flushes the output (:276), so a death at that flush fails nothing and the
-    // sender requeues the item. A stage that closes the fds on every run loops forever:
-    // each death counts as progress for the restart budget (supervisor.rs:449), ~260
-    // replacements/s and no outcome for the item.
-    t.push(known_bug(
-        "a19_stage_closes_every_descriptor",
+    t.push(fault(
+        "a19_stage_closes_every_descriptor_item_runs_again",
         30,
         a19_close_every_fd,
+    ));
+    // Known bug: a worker that dies after its stage function returned (here: it closed its
+    // own links, so sending the output fails) resolves nothing; the item runs again on the
+    // replacement. The restart budget counts finished functions as progress, so a stage
+    // that does this on every run is replaced forever (~260 forks/s) instead of giving up.
+    // Counting only sent outputs as progress fixes this but makes a stage with a steady
+    // crash rate (C2) give up, because outputs are sent in batches; it needs a per-item
+    // requeue limit instead (not built).
+    t.push(known_bug(
+        "a19b_stage_closes_every_descriptor_on_every_run_gives_up",
+        60,
+        a19b_close_every_fd_always,
     ));
     t.push(fault(
         "a20a_thread_stage_panic_fails_that_item_without_pid",
@@ -67,9 +73,7 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         a21a_determiner_panic,
     ));
-    // The runtime reports a determiner's panic as the stage's own panic: nothing in the
-    // error says that the determiner (not the stage function) panicked.
-    t.push(known_bug(
+    t.push(fault(
         "a21b_determiner_panic_names_the_determiner",
         30,
         a21b_determiner_named,
@@ -531,13 +535,16 @@ fn a18_grandchild() {
 
 // --- A19 -----------------------------------------------------------------------------------
 
+/// A stage that closes every descriptor (the runtime's links too) on item 5. Its function
+/// returned, but its output cannot leave the worker: the worker dies sending it. The item
+/// was answered by nobody, so — like an item queued on a dead worker — it runs again on the
+/// replacement (decision recorded in the README: an item fails with a worker's death only
+/// if the worker died while running its function). Here the re-run succeeds.
 fn a19_close_every_fd() {
     const N: u64 = 40;
     const RUNS: &str = "death.a19.run";
     let p = Pipeline::new(
         Stage::map("closer", |x: u64| {
-            // Only the first run closes (a re-run, which must not happen, would succeed:
-            // the test then fails fast instead of looping).
             if x == 5 && ticket_number(RUNS) == 0 {
                 // SAFETY: closes every descriptor from 3 up, including the runtime's links:
                 // the adversarial user code of this case.
@@ -551,33 +558,49 @@ fn a19_close_every_fd() {
     let (all, stats) = collect(p, N);
     let runs = ticket_number(RUNS);
     let errors = by_item(&all, N, |v| v.0);
+    assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(
-        (runs, errors.len()),
-        (1, 1),
-        "item 5 ran once and failed with its worker's death (a crashed item is never \
-         retried); runs of item 5: {runs}, item 5: {:?}, errors: {errors:?}, {stats:?}",
-        all[5]
+        runs, 2,
+        "item 5 ran again after its worker lost its channel"
     );
-    let e = &errors[&5];
-    let Error::Died {
-        stage,
-        item,
-        worker: Worker::Process(pid),
-        cause,
-    } = e
-    else {
-        panic!("item 5 fails with the death of its worker: {e:?}");
-    };
-    assert_eq!((stage.as_str(), *item), ("closer", 5), "{e}");
-    assert_ne!(*pid, my_pid());
-    // A worker whose links fail exits with code 122; in a debug build, std's IO-safety
-    // check aborts it first (its sockets' `OwnedFd`s were closed behind their back).
-    assert!(
-        cause.starts_with("exited with code ") || cause == "killed by SIGABRT",
-        "a worker that lost its channel: {cause:?}"
-    );
-    assert_eq!(stats.stages[0].failed, 1, "{stats:?}");
+    assert_eq!(stats.stages[0].failed, 0, "{stats:?}");
     assert_eq!(stats.stages[0].restarts, 1, "{stats:?}");
+}
+
+/// The same on every run: each replacement dies too, making no progress, so the restart
+/// budget runs out and the stage gives up — every item still gets exactly one outcome, and
+/// the pipeline ends (it used to replace workers forever, ~260 a second: a death after the
+/// item's function returned counted as progress).
+fn a19b_close_every_fd_always() {
+    const N: u64 = 40;
+    let p = Pipeline::new(
+        Stage::map("closer", |x: u64| {
+            if x == 5 {
+                // SAFETY: as in `a19_close_every_fd`.
+                unsafe { libc::close_range(3, u32::MAX, 0) };
+            }
+            (x, my_pid())
+        })
+        .subprocess()
+        .workers(2),
+    );
+    let (all, stats) = collect(p, N);
+    let errors = by_item(&all, N, |v| v.0);
+    let Some(Error::GaveUp {
+        stage, restarts, ..
+    }) = errors.get(&5)
+    else {
+        panic!("item 5 fails once the stage gave up: {errors:?}");
+    };
+    assert_eq!(stage, "closer");
+    assert!(*restarts <= 10, "restart budget max(10, 5 x 2): {restarts}");
+    // Past the budget a stage keeps its workers only while it makes progress (the other
+    // worker finishes items): at most one replacement per finished item, no storm.
+    assert!(
+        stats.stages[0].restarts <= 10 + N,
+        "no fork storm: {stats:?}"
+    );
+    assert_eq!(stats.stages[0].failed, 1, "only item 5 fails: {stats:?}");
 }
 
 // --- A20 -----------------------------------------------------------------------------------
@@ -736,7 +759,7 @@ fn a21a_determiner_panic() {
     };
     assert_eq!((stage.as_str(), *item), ("gated", 7), "{e}");
     assert_ne!(*pid, my_pid());
-    assert!(message.starts_with("determiner boom 7"), "{message}");
+    assert!(message.contains("determiner boom 7"), "{message}");
     assert!(message.contains("death.rs:"), "panic location: {message}");
     assert!(
         e.to_string().starts_with(&format!(
