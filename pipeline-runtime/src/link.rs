@@ -1188,7 +1188,7 @@ mod tests {
         m.extend_from_slice(&(1u64 << 40).to_le_bytes());
         m.extend_from_slice(&[0; 16]);
         let e = receive(&[m]).expect_err("2^40 bytes announced");
-        assert!(e.0.contains("exceeds the limit"), "{}", e.0);
+        assert!(e.what.contains("exceeds the limit"), "{}", e.what);
         let mut m = vec![MSG_BIG_FIRST];
         m.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(receive(&[m]).is_err());
@@ -1200,7 +1200,7 @@ mod tests {
         let len_at = BATCH_HEADER + 9;
         m[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let e = receive(&[m]).expect_err("length beyond the message");
-        assert!(e.0.contains("exceeds its message"), "{}", e.0);
+        assert!(e.what.contains("exceeds its message"), "{}", e.what);
     }
 
     #[test]
