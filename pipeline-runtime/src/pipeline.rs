@@ -561,6 +561,21 @@ fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
                 }
             }
             SupMsg::Done => done = true,
+            SupMsg::Stopped { stage, pid, cause } => {
+                let name = shared
+                    .names
+                    .get(stage as usize)
+                    .map_or("?".to_string(), |s| s.to_string());
+                tracing::error!(stage = %name, pid, %cause, "forkpipe: pipeline stopped");
+                shared.set_abort(Error::Died {
+                    stage: name,
+                    item: 0,
+                    worker: crate::error::Worker::Process(pid),
+                    cause,
+                });
+                shared.window.close();
+                done = true;
+            }
             SupMsg::Alive | SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {}
         }
     }

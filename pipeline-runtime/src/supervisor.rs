@@ -73,6 +73,9 @@ pub(crate) enum SupMsg {
     },
     /// Every worker finished after end of input.
     Done,
+    /// A stage lost its last worker and no replacement could be forked: the supervisor
+    /// stopped everything; unfinished items fail with this cause.
+    Stopped { stage: u32, pid: u32, cause: String },
 }
 
 /// The caller's report of a corrupt frame from a worker of the last process stage:
@@ -367,7 +370,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                 ));
             } else {
                 let in_epochs = sender_epochs(&stages, &slots, &slots[k]);
-                on_death(
+                let replaced = on_death(
                     &stages,
                     &mut slots[k],
                     c.pid,
@@ -376,6 +379,24 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                     &ctl,
                     in_epochs,
                 );
+                let stage = slots[k].stage;
+                if let Err(e) = replaced
+                    && !slots.iter().any(|s| s.stage == stage && s.child.is_some())
+                {
+                    // The stage has no worker left and cannot get one: nothing could ever
+                    // run its items. Stop the pipeline with the cause (the caller fails
+                    // every unfinished item with it) instead of pretending to be done.
+                    send_msg(
+                        &ctl,
+                        &SupMsg::Stopped {
+                            stage: stages[stage].idx,
+                            pid: c.pid.as_raw() as u32,
+                            cause: format!("{why}; no replacement: fork failed: {e}"),
+                        },
+                    );
+                    kill_all(&mut slots);
+                    sys::exit_now(0);
+                }
             }
         }
     }
@@ -649,6 +670,8 @@ fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> 
 /// replacement in its place — or, past the restart budget, a stand-in that fails every
 /// item fast.
 #[allow(clippy::too_many_arguments)]
+/// A worker died: its running item fails, its senders requeue the rest, and it is
+/// replaced. `Err` if no replacement could be forked.
 fn on_death(
     stages: &[ProcStage],
     slot: &mut Slot,
@@ -657,7 +680,7 @@ fn on_death(
     restarts: &mut [Budget],
     ctl: &OwnedFd,
     in_epochs: Vec<u32>,
-) {
+) -> std::io::Result<()> {
     let st = &stages[slot.stage];
     let running = slot.state.running.swap(0, Ordering::AcqRel);
     let mut failure = Vec::new();
@@ -689,10 +712,17 @@ fn on_death(
         },
     );
     slot.epoch += 1;
-    if let Err(e) = spawn(stages, slot, in_epochs) {
-        // No replacement possible (fork failed): stand in with... nothing. The senders
-        // requeue into the other workers of the stage, if any.
-        let _ = e;
+    // A fork can fail for a moment (EAGAIN at the process limit): try a few times.
+    let mut tries = 0;
+    loop {
+        match spawn(stages, slot, in_epochs.clone()) {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 4 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(25 << tries));
+            }
+        }
     }
 }
 

@@ -24,8 +24,8 @@ use libtest_mimic::Trial;
 
 use crate::common::{self, Baseline};
 use crate::support::{
-    VICTIM_VAR, alive, expect_died, fault, known_bug, my_pid, parent_pid, run_dir, signal,
-    wait_dead, wait_until,
+    VICTIM_VAR, alive, expect_died, fault, my_pid, parent_pid, run_dir, signal, wait_dead,
+    wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -44,11 +44,7 @@ pub fn trials(t: &mut Vec<Trial>) {
         i08,
     ));
     t.push(fault("c06a_fork_fails_at_start", 30, c06a));
-    // When the only worker of a stage cannot be replaced (fork fails), the supervisor
-    // ignores the error (supervisor.rs `on_death`), finds no child left and reports `Done`,
-    // then exits: the killed item's death and the held items are all reported as "shut
-    // down before completion", and the fork failure is never named.
-    t.push(known_bug("c06b_replacement_fork_fails_mid_run", 30, c06b));
+    t.push(fault("c06b_replacement_fork_fails_mid_run", 30, c06b));
 }
 
 // ---------------------------------------------------------------------------------------
