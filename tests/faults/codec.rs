@@ -47,6 +47,11 @@ pub fn trials(t: &mut Vec<Trial>) {
         d08b_corrupt_to_caller,
     ));
     t.push(fault(
+        "d09_worker_killed_mid_write_of_a_64_mib_result",
+        60,
+        d09_killed_mid_write,
+    ));
+    t.push(fault(
         "d12_100_mib_items_through_3_process_stages",
         60,
         d12_big,
@@ -459,4 +464,66 @@ fn d08b_corrupt_to_caller() {
     for kind in 0..6 {
         corrupt_case(kind, false);
     }
+}
+
+// --- D9 ------------------------------------------------------------------------------------
+
+/// A worker is killed while it writes a 64 MiB result (its reader is stopped, so the write
+/// is blocked half way): the reader gets a truncated record, then its replacement's frames.
+/// The item fails with the worker's death (a big result is written before the item stops
+/// counting as running) — never a partial value, never a "corrupt frame".
+fn d09_killed_mid_write() {
+    const MIB: usize = 1 << 20;
+    let fill = |x: u64| -> Vec<u8> { (0..64 * MIB).map(|i| (i as u64 * 7 + x) as u8).collect() };
+    let running = Pipeline::new(
+        Stage::map("writer", move |x: u64| {
+            if x == 3 && crate::support::first_time("d09.big") {
+                std::fs::write(
+                    crate::support::run_dir().join("d09.pid"),
+                    my_pid().to_string(),
+                )
+                .expect("mark");
+            }
+            let big = if x == 3 { fill(x) } else { Vec::new() };
+            (x, my_pid(), Bytes(big))
+        })
+        .subprocess(),
+    )
+    .then(Stage::map("reader", |(x, w, b): (u64, u32, Bytes)| (x, w, my_pid(), b)).subprocess())
+    .start()
+    .expect("start");
+    let (_, _, reader, _) = running.submit(0).unwrap().wait().expect("item 0");
+    crate::support::signal(reader, libc::SIGSTOP);
+    let t = running.submit(3).unwrap();
+    let mark = crate::support::run_dir().join("d09.pid");
+    assert!(crate::support::wait_until(Duration::from_secs(20), || mark.exists()));
+    let writer: u32 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
+    // Blocked in its write: sleeping (not running) for a while, with the reader stopped.
+    let mut sleeping = 0;
+    assert!(crate::support::wait_until(Duration::from_secs(20), || {
+        let st = crate::common::stat_of(writer).map(|s| s.1);
+        sleeping = if st == Some('S') { sleeping + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(20));
+        sleeping >= 5
+    }));
+    crate::support::signal(writer, libc::SIGKILL);
+    crate::support::signal(reader, libc::SIGCONT);
+    let seq = t.item();
+    let e = t
+        .wait()
+        .expect_err("the item fails with its worker's death");
+    assert_eq!(
+        crate::support::expect_died(&e, "writer", seq, "killed by SIGKILL"),
+        writer
+    );
+    // The stage goes on: the replacement answers, the reader is unharmed.
+    let (x, w, r, b) = running.submit(4).unwrap().wait().expect("item 4");
+    assert_eq!((x, r), (4, reader));
+    assert_ne!(w, writer);
+    assert!(b.0.is_empty());
+    let report = running.shutdown().expect("shutdown");
+    assert!(report.is_graceful());
+    assert_eq!(report.stats().stages[0].restarts, 1);
+    assert_eq!(report.stats().stages[1].restarts, 0);
+    assert_eq!(report.stats().stages[0].failed, 1);
 }

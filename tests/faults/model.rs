@@ -14,13 +14,7 @@ use crate::common::{self, Baseline};
 use crate::support::{fault, my_pid, signal, wait_until};
 
 pub fn trials(t: &mut Vec<Trial>) {
-    // Deaths in several process stages plus an external kill can still lose an item to
-    // "shut down before completion" (rare; see the issue notes).
-    t.push(crate::support::known_bug(
-        "k01_model_based_fault_schedule_BUG_rare_loss_with_deaths_in_two_stages_and_a_kill",
-        60,
-        k01_full,
-    ));
+    t.push(fault("k01_model_based_fault_schedule", 60, k01_full));
     t.push(fault(
         "k01b_model_based_fault_schedule_deaths_in_one_process_stage",
         60,
