@@ -41,8 +41,32 @@ pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<
     bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| match e {
         // A `Serialize` impl's own error: its text, not bincode's wrapping of it.
         bincode::error::EncodeError::OtherString(s) => s,
-        e => e.to_string(),
+        bincode::error::EncodeError::Serde(bincode::serde::EncodeError::SequenceMustHaveLength) => {
+            format!(
+                "`{}` serializes a sequence or map of unknown length (#[serde(flatten)] does), \
+             which bincode cannot encode; give forkpipe items plain fields",
+                std::any::type_name::<T>()
+            )
+        }
+        e => format!("`{}`: {e}", std::any::type_name::<T>()),
     })
+}
+
+/// Why bincode refused a serde feature, in words (`None`: not such a refusal).
+fn unsupported(e: &bincode::error::DecodeError) -> Option<&'static str> {
+    use bincode::serde::DecodeError as D;
+    match e {
+        bincode::error::DecodeError::Serde(D::AnyNotSupported) => Some(
+            "bincode cannot decode types that need deserialize_any (#[serde(flatten)], \
+             #[serde(untagged)] enums, serde_json::Value): it does not describe its data",
+        ),
+        bincode::error::DecodeError::Serde(
+            D::IdentifierNotSupported | D::IgnoredAnyNotSupported,
+        ) => Some(
+            "bincode cannot decode types that skip unknown fields or name fields by identifier",
+        ),
+        _ => None,
+    }
 }
 
 /// Decodes one value that must fill `bytes` exactly.
@@ -54,7 +78,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             "{} trailing bytes after the value",
             bytes.len() - n
         )),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(match unsupported(&e) {
+            Some(why) => format!("`{}`: {why}", std::any::type_name::<T>()),
+            None => e.to_string(),
+        }),
     }
 }
 

@@ -368,13 +368,41 @@ impl Shared {
 /// is detached rather than waited for forever.
 #[derive(Debug, Default)]
 pub(crate) struct Threads {
-    list: Mutex<Vec<(JoinHandle<()>, Receiver<()>)>>,
+    list: Mutex<Vec<Spawned>>,
+}
+
+#[derive(Debug)]
+struct Spawned {
+    handle: JoinHandle<()>,
+    done: Receiver<()>,
+    /// Set while the thread runs user code that may block forever (the input iterator).
+    in_user: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Threads {
     pub(crate) fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        self.spawn_inner(name, None, f)
+    }
+
+    /// [`Threads::spawn`] for a thread that flags (in `in_user`) the times it spends in user
+    /// code: a stop does not wait for it then (it could wait forever), it detaches it.
+    pub(crate) fn spawn_flagged(
+        &self,
+        name: &str,
+        in_user: Arc<std::sync::atomic::AtomicBool>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        self.spawn_inner(name, Some(in_user), f)
+    }
+
+    fn spawn_inner(
+        &self,
+        name: &str,
+        in_user: Option<Arc<std::sync::atomic::AtomicBool>>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let h = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(format!("forkpipe-{name}"))
             .spawn(move || {
                 let _done = done_tx; // dropped when the thread ends, however it ends
@@ -383,17 +411,30 @@ impl Threads {
         self.list
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((h, done_rx));
+            .push(Spawned {
+                handle,
+                done: done_rx,
+                in_user,
+            });
         Ok(())
     }
 
-    /// Joins every thread that ends before `deadline`; detaches the others. Returns true if
-    /// all ended.
+    /// Joins every thread that ends before `deadline`; detaches the others (at once, one
+    /// that is in user code). Returns true if all ended.
     pub(crate) fn join(&self, deadline: Instant) -> bool {
         let list = std::mem::take(&mut *self.list.lock().unwrap_or_else(|p| p.into_inner()));
         let mut all = true;
-        for (h, done) in list {
-            let left = deadline.saturating_duration_since(Instant::now());
+        for Spawned {
+            handle: h,
+            done,
+            in_user,
+        } in list
+        {
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if in_user.is_some_and(|u| u.load(Ordering::Acquire)) {
+                // Give it a moment to come back from a quick call; then let it go.
+                left = left.min(Duration::from_millis(50));
+            }
             match done.recv_timeout(left) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     all = false;
@@ -855,14 +896,20 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
 ) -> io::Result<()> {
     let stop = rt.stop.clone();
     let shared = Arc::clone(&rt.shared);
-    rt.threads.spawn("feeder", move || {
+    let in_user = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&in_user);
+    rt.threads.spawn_flagged("feeder", flag, move || {
+        let user = |on: bool| in_user.store(on, Ordering::Release);
         let window = &shared.window;
         let mut chunk = 1usize;
         let mut source: Option<String> = None;
         let feed = match feed {
             Feed::Lazy(name, make) => {
                 source = Some(name);
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
+                user(true);
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make));
+                user(false);
+                match made {
                     Ok(it) => Feed::Iter(it),
                     Err(p) => {
                         let message = crate::error::panic_message(p.as_ref());
@@ -902,7 +949,11 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
                     let mut batch = Vec::with_capacity(n);
                     let mut ended = false;
                     for _ in 0..n {
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next())) {
+                        user(true);
+                        let next =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+                        user(false);
+                        match next {
                             Ok(Some(x)) => {
                                 batch.push(Rec {
                                     seq,

@@ -379,9 +379,18 @@ impl<F: AsFd> LinkSender<F> {
         }
         let c = link.count.to_le_bytes();
         link.batch[1..5].copy_from_slice(&c);
-        let mut next = pool.pop().unwrap_or_else(|| Vec::with_capacity(MAX_MSG));
-        next.clear();
-        let batch = std::mem::replace(&mut link.batch, next);
+        let batch = if link.batch.len() <= MAX_MSG / 8 {
+            // A small message is kept (until acked) in a buffer of its own size, and the big
+            // one is reused: many small messages in flight (one per `submit`) would
+            // otherwise hold 64 KiB each.
+            let small = link.batch.clone();
+            link.batch.clear();
+            small
+        } else {
+            let mut next = pool.pop().unwrap_or_else(|| Vec::with_capacity(MAX_MSG));
+            next.clear();
+            std::mem::replace(&mut link.batch, next)
+        };
         let r = Self::send_all(link, &batch);
         link.unacked_bytes += batch.len();
         let tags = std::mem::take(&mut link.tags);
@@ -828,6 +837,16 @@ impl<F: AsFd> LinkReceiver<F> {
                                 format!("message of {n} bytes exceeds the limit of {MAX_MSG}"),
                             ));
                         }
+                        // A small message is queued in a buffer of its own size and the
+                        // big one reused: many small messages waiting (one per `submit`)
+                        // would otherwise hold 64 KiB each.
+                        let buf = if n <= MAX_MSG / 8 {
+                            let small = buf[..n].to_vec();
+                            self.recycle(buf);
+                            small
+                        } else {
+                            buf
+                        };
                         if self.accept(i, buf)? {
                             got = true;
                         }
