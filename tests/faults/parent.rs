@@ -19,6 +19,11 @@ pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("g01a_parent_sigkilled_idle_workers", 30, g01a));
     t.push(fault("g01b_parent_sigkilled_worker_in_busy_loop", 30, g01b));
     t.push(fault(
+        "g01c_parent_sigkilled_worker_blocked_writing_a_big_result",
+        30,
+        g01c,
+    ));
+    t.push(fault(
         "g02_started_on_a_thread_that_exits_then_crash",
         30,
         g02,
@@ -118,6 +123,37 @@ pub fn victim_main(scenario: &str) -> ! {
             let _spinning = r.submit(999).unwrap();
             thread::sleep(Duration::from_millis(200));
             print_pids(&pids);
+            sleep_forever();
+        }
+        "g1c" => {
+            let r = Pipeline::new(
+                Stage::map("big_out", |x: u64| {
+                    let (p, pp) = who();
+                    if x == 999 {
+                        say(format!("WRITER {p}"));
+                        return (x, p, pp, Bytes(vec![7u8; 256 << 20]));
+                    }
+                    (x, p, pp, Bytes(Vec::new()))
+                })
+                .subprocess()
+                .workers(2),
+            )
+            .start()
+            .expect("start");
+            let mut workers = BTreeSet::new();
+            let mut sup = 0;
+            for x in 0..400u64 {
+                let (_, w, s, _) = r.submit(x).unwrap().wait().unwrap();
+                workers.insert(w);
+                sup = s;
+                if workers.len() == 2 {
+                    break;
+                }
+            }
+            let mut pids = vec![sup];
+            pids.extend(workers);
+            print_pids(&pids);
+            let _big = r.submit(999).unwrap();
             sleep_forever();
         }
         "f10" => {
@@ -243,6 +279,33 @@ fn g01a() {
 
 fn g01b() {
     kill_victim_and_check("g1b", libc::SIGKILL);
+}
+
+/// G1 (c): the parent is stopped while a worker writes a 256 MiB result to it, so the
+/// worker blocks in its write; then the parent is SIGKILLed. The worker's write fails (its
+/// reader is gone) and it exits; the supervisor sees its control socket close.
+fn g01c() {
+    let mut v = Victim::spawn("g1c");
+    let pids = v.expect_pids(Duration::from_secs(10));
+    assert_eq!(pids.len(), 3, "supervisor and 2 workers: {pids:?}");
+    let writer: u32 = v
+        .expect_line("WRITER", Duration::from_secs(20))
+        .parse()
+        .expect("a pid");
+    signal(v.pid(), libc::SIGSTOP);
+    // Blocked in its write: sleeping for a while with its reader stopped.
+    let mut sleeping = 0;
+    assert!(crate::support::wait_until(Duration::from_secs(20), || {
+        let st = crate::common::stat_of(writer).map(|s| s.1);
+        sleeping = if st == Some('S') { sleeping + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(20));
+        sleeping >= 5
+    }));
+    signal(v.pid(), libc::SIGKILL);
+    let st = v.wait(Duration::from_secs(5));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    wait_dead(&pids, GONE_WITHIN).expect("every worker of the dead parent is gone");
 }
 
 fn g05() {
