@@ -515,7 +515,13 @@ fn on_couple_death(
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         send_notice(b, &notice);
     }
-    let restarted = count_restart(&stages[si], &mut slots[k], why, &mut restarts[si]);
+    let restarted = count_restart(
+        &stages[si],
+        &mut slots[k],
+        why,
+        running != 0,
+        &mut restarts[si],
+    );
     send_msg(
         ctl,
         &SupMsg::WorkerDied {
@@ -561,10 +567,23 @@ fn on_couple_death(
 
 /// Counts a restart against the stage's budget; past it, the slot's next worker is a
 /// stand-in that fails every item fast. Returns whether this was a real restart.
-fn count_restart(st: &ProcStage, slot: &mut Slot, why: &str, hist: &mut Budget) -> bool {
+///
+/// `mid_item`: the worker died running an item (that item failed). A worker that died
+/// between items made progress only with the items whose outputs it had sent: the others
+/// run again. (So a stage that kills its worker after every item's function returned —
+/// it closed its own sockets — gives up too, instead of being replaced forever.)
+fn count_restart(
+    st: &ProcStage,
+    slot: &mut Slot,
+    why: &str,
+    mid_item: bool,
+    hist: &mut Budget,
+) -> bool {
     let now = Instant::now();
-    // Items this stage finished so far (each worker keeps its count in shared memory).
-    hist.done_base += slot.state.done.swap(0, Ordering::Relaxed);
+    // Items this stage finished so far (each worker keeps its counts in shared memory).
+    let done = slot.state.done.swap(0, Ordering::Relaxed);
+    let sent = slot.state.sent.swap(0, Ordering::Relaxed);
+    hist.done_base += if mid_item { done } else { sent.min(done) };
     let done = hist.done_base + hist.live_done();
     while hist
         .restarts
@@ -701,7 +720,7 @@ fn on_death(
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         send_notice(b, &notice);
     }
-    let restarted = count_restart(st, slot, why, &mut restarts[slot.stage]);
+    let restarted = count_restart(st, slot, why, running != 0, &mut restarts[slot.stage]);
     send_msg(
         ctl,
         &SupMsg::WorkerDied {

@@ -249,6 +249,8 @@ pub(crate) struct SlotState {
     pub since: std::sync::atomic::AtomicU64,
     /// Items this worker finished (for the restart budget's progress rule).
     pub done: std::sync::atomic::AtomicU64,
+    /// Of those, the items whose outputs it has sent (the rest die with it and run again).
+    pub sent: std::sync::atomic::AtomicU64,
     /// The last panic message of the running item (written by the worker's panic hook, so
     /// it survives a `panic = "abort"` build's abort): length, then bytes.
     pub panic_len: std::sync::atomic::AtomicU32,
@@ -291,6 +293,7 @@ impl Default for SlotState {
             running: Default::default(),
             since: Default::default(),
             done: Default::default(),
+            sent: Default::default(),
             panic_len: Default::default(),
             panic_msg: std::array::from_fn(|_| Default::default()),
         }

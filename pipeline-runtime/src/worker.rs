@@ -202,6 +202,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     loop {
         if rx.is_empty() {
             tx.flush()?;
+            slot.sent.store(finished, Ordering::Relaxed);
             tx.read_acks()?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();
@@ -238,6 +239,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 Commit::Ready => break,
                 Commit::NeedCredit => {
                     tx.flush()?;
+                    slot.sent.store(finished, Ordering::Relaxed);
                     credit_acked(&mut rx, &mut tx);
                     rx.send_acks();
                     tx.wait_credit(&mut extra)?;
@@ -263,6 +265,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             // Forward the item first, so the consumer reads while we write.
             tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
             tx.flush()?;
+            slot.sent.store(finished, Ordering::Relaxed);
             if (r.tag == TAG_ONE || r.tag == TAG_MANY)
                 && let Ok(body) = record::decode(r.tag, rx.payload(&r), wire.decode_in)
             {
@@ -324,10 +327,12 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         rx.release(r);
         if small {
             tx.flush()?;
+            slot.sent.store(finished, Ordering::Relaxed);
         }
         if restart {
             // The state may be half-updated: hand over what is done, then be replaced.
             tx.flush()?;
+            slot.sent.store(finished, Ordering::Relaxed);
             wait_acked(&mut tx)?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();
@@ -339,6 +344,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             // Keep the sender's credit flowing while a long local queue is processed.
             since_ack = 0;
             tx.flush()?;
+            slot.sent.store(finished, Ordering::Relaxed);
             tx.read_acks()?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();

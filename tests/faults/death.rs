@@ -11,8 +11,8 @@ use forkpipe::{Running, Stats, Worker};
 use libtest_mimic::Trial;
 
 use crate::support::{
-    Bytes, Victim, alive, by_item, expect_died, fault, known_bug, my_pid, parent_pid, run_dir,
-    signal, ticket_number, wait_dead, wait_until,
+    Bytes, Victim, alive, by_item, expect_died, fault, my_pid, parent_pid, run_dir, signal,
+    ticket_number, wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -46,14 +46,7 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         a19_close_every_fd,
     ));
-    // Known bug: a worker that dies after its stage function returned (here: it closed its
-    // own links, so sending the output fails) resolves nothing; the item runs again on the
-    // replacement. The restart budget counts finished functions as progress, so a stage
-    // that does this on every run is replaced forever (~260 forks/s) instead of giving up.
-    // Counting only sent outputs as progress fixes this but makes a stage with a steady
-    // crash rate (C2) give up, because outputs are sent in batches; it needs a per-item
-    // requeue limit instead (not built).
-    t.push(known_bug(
+    t.push(fault(
         "a19b_stage_closes_every_descriptor_on_every_run_gives_up",
         60,
         a19b_close_every_fd_always,
