@@ -242,6 +242,11 @@ impl Window {
         self.cv.notify_all();
     }
 
+    /// The most items the pipeline holds at once.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     pub(crate) fn close(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
         self.cv.notify_all();

@@ -1109,7 +1109,7 @@ impl<F: AsFd> LinkReceiver<F> {
 /// A deliberately corrupt message, for fault-injection tests ([`crate::worker::inject_corrupt_frame`]):
 /// 0: a chunked record claiming `u64::MAX` bytes; 1: claiming 2^40 bytes; 2: one byte over
 /// the frame limit; 3: a record longer than its message; 4: an unknown message kind;
-/// 5: a chunk without its start.
+/// 5: a chunk without its start; 6: a well-formed record for an item never issued.
 pub(crate) fn corrupt_message(kind: u8) -> Vec<u8> {
     let big = |total: u64| {
         let mut m = vec![MSG_BIG_FIRST];
@@ -1131,6 +1131,16 @@ pub(crate) fn corrupt_message(kind: u8) -> Vec<u8> {
             m
         }
         4 => vec![0x77, 1, 2, 3],
+        6 => {
+            // Well formed, for an item that was never issued.
+            let mut m = vec![MSG_BATCH];
+            m.extend_from_slice(&1u32.to_le_bytes());
+            m.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            m.push(TAG_ONE);
+            m.extend_from_slice(&2u32.to_le_bytes());
+            m.extend_from_slice(&[5, 5]);
+            m
+        }
         _ => vec![MSG_BIG_MORE, 1, 2, 3],
     }
 }

@@ -663,6 +663,9 @@ struct Shape {
 struct Ring<T> {
     base: u64,
     slots: VecDeque<Slot<T>>,
+    /// How far beyond `base` a sequence number can be (the pipeline holds at most a window
+    /// of items): a record beyond it was never issued.
+    reach: u64,
 }
 
 enum Slot<T> {
@@ -678,6 +681,12 @@ impl<T> Ring<T> {
         let Some(i) = seq.checked_sub(self.base) else {
             return false;
         };
+        if i >= self.reach {
+            // A worker answered for an item that does not exist (a bug or a hostile
+            // stage): refused, never delivered, and no room made for it.
+            tracing::error!(seq, "forkpipe: a result for an item never issued; dropped");
+            return false;
+        }
         let i = i as usize;
         while self.slots.len() <= i {
             self.slots.push_back(Slot::Pending);
@@ -718,6 +727,11 @@ impl<Out> fmt::Debug for Results<Out> {
 
 impl<Out: Send + 'static> Results<Out> {
     fn new(engine: Engine, rx: Receiver<Batch<Out>>, shape: Shape) -> Self {
+        // (Numbers after a stream stage are the stream's own: not bounded by the window.)
+        let reach = match shape.stream_first {
+            Some(_) => u64::MAX,
+            None => 2 * engine.shared.window.cap() as u64 + 1024,
+        };
         Results {
             engine,
             rx,
@@ -726,6 +740,7 @@ impl<Out: Send + 'static> Results<Out> {
             ring: Ring {
                 base: 0,
                 slots: VecDeque::new(),
+                reach,
             },
             ready: VecDeque::new(),
             release: 0,

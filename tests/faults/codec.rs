@@ -47,6 +47,11 @@ pub fn trials(t: &mut Vec<Trial>) {
         d08b_corrupt_to_caller,
     ));
     t.push(fault(
+        "d10_result_for_an_item_never_issued_is_refused",
+        30,
+        d10_foreign_item,
+    ));
+    t.push(fault(
         "d09_worker_killed_mid_write_of_a_64_mib_result",
         60,
         d09_killed_mid_write,
@@ -526,4 +531,41 @@ fn d09_killed_mid_write() {
     assert_eq!(report.stats().stages[0].restarts, 1);
     assert_eq!(report.stats().stages[1].restarts, 0);
     assert_eq!(report.stats().stages[0].failed, 1);
+}
+
+// --- D10 -----------------------------------------------------------------------------------
+
+/// A worker sends a well-formed result for item 2^40, which was never issued (a bug or a
+/// hostile stage): the collector refuses it — no foreign item is delivered, no room is
+/// made for it (the ordered ring would otherwise grow to 2^40 slots) — and every real item
+/// has its one outcome.
+fn d10_foreign_item() {
+    const N: u64 = 40;
+    for ordered in [true, false] {
+        let mut first = Stage::map("forger", move |x: u64| {
+            if x == 10 && crate::support::first_time(&format!("d10.{ordered}")) {
+                forkpipe::__private::inject_corrupt_frame(6);
+            }
+            (x, x * 3)
+        })
+        .subprocess()
+        .workers(2);
+        if !ordered {
+            first = first.unordered();
+        }
+        let mut results = Pipeline::new(first)
+            .then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
+            .run(0..N)
+            .expect("start");
+        let mut all: Vec<_> = results.by_ref().collect();
+        let stats = results.stats();
+        drop(results);
+        all.sort_by_key(|r| r.as_ref().map_or(u64::MAX, |v| v.0));
+        let errors = by_item(&all, N, |v| v.0);
+        assert!(errors.is_empty(), "{errors:?}");
+        for r in all.iter().flatten() {
+            assert_eq!(r.1, r.0 * 3 + 1);
+        }
+        assert_eq!(stats.stages[0].restarts, 0, "{stats:?}");
+    }
 }
