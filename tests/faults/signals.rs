@@ -490,6 +490,10 @@ pub fn victim(scenario: &str) {
 
 /// G4 default: a pipeline running until Ctrl-C ends the victim.
 fn v_g4a() {
+    // A terminal's program starts with SIGINT at its default; a victim spawned from a
+    // background job of a non-interactive shell (as CI runs the tests) inherits it ignored.
+    // SAFETY: setting a signal disposition to its default runs no handler code.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let mut results = Pipeline::new(who_stage("ctrl_c", 2, 1))
         .run(0u64..)
         .expect("start");
