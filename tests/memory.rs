@@ -13,15 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use forkpipe::{Pipeline, Source, Stage};
 use libtest_mimic::{Arguments, Trial};
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn flat_over_ten_million() {
     const N: u64 = 10_000_000;
     const QUEUE: usize = 256;
@@ -66,11 +57,11 @@ fn flat_over_ten_million() {
             );
         }
         if delivered == 1_000_000 {
-            rss_at_1m = rss_kib();
+            rss_at_1m = common::rss_kib();
         }
     }
     assert_eq!(delivered, N);
-    let rss_end = rss_kib();
+    let rss_end = common::rss_kib();
     eprintln!(
         "10M items: worst pulled - delivered {worst} (bound {bound}); RSS {rss_at_1m} KiB at 1M, {rss_end} KiB at 10M"
     );

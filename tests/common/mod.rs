@@ -109,6 +109,16 @@ pub fn describe_descendants() -> String {
 }
 
 /// Number of open descriptors of this process.
+/// Resident set size of this process, KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 pub fn open_fds() -> usize {
     // `read_dir` itself holds one descriptor while listing: constant, so it cancels out.
     std::fs::read_dir("/proc/self/fd")

@@ -504,13 +504,10 @@ fn d09_killed_mid_write() {
     assert!(crate::support::wait_until(Duration::from_secs(20), || mark.exists()));
     let writer: u32 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
     // Blocked in its write: sleeping (not running) for a while, with the reader stopped.
-    let mut sleeping = 0;
-    assert!(crate::support::wait_until(Duration::from_secs(20), || {
-        let st = crate::common::stat_of(writer).map(|s| s.1);
-        sleeping = if st == Some('S') { sleeping + 1 } else { 0 };
-        thread::sleep(Duration::from_millis(20));
-        sleeping >= 5
-    }));
+    assert!(crate::support::wait_blocked(
+        writer,
+        Duration::from_secs(20)
+    ));
     crate::support::signal(writer, libc::SIGKILL);
     crate::support::signal(reader, libc::SIGCONT);
     let seq = t.item();

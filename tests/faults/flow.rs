@@ -41,16 +41,6 @@ pub fn trials(t: &mut Vec<Trial>) {
 /// Victim scenarios of this file: none (every case here runs in the test process).
 pub fn victim(_scenario: &str) {}
 
-/// Resident set size of this process, KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Publishes this process's pid under `name` in the run directory (atomically).
 fn publish_pid(name: &str) {
     let tmp = run_dir().join(format!("{name}.tmp"));
@@ -105,7 +95,7 @@ fn e04() {
     let delivered = 10u64;
     // The pause: sample pulled - delivered until the pipeline is full and 2 s have passed.
     let t0 = Instant::now();
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
     let mut worst = 0u64;
     loop {
         let in_flight = pulled.load(Ordering::Relaxed) - delivered;
@@ -123,7 +113,7 @@ fn e04() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    let rss_after = rss_kib();
+    let rss_after = common::rss_kib();
     let paused = t0.elapsed();
     // Resume: everything comes out, in order, and nothing timed out.
     let mut n = delivered;
@@ -453,11 +443,11 @@ fn f09() {
     for x in 0..N {
         drop(running.submit(x).expect("submit"));
         if x + 1 == 100_000 {
-            rss_100k = rss_kib();
+            rss_100k = common::rss_kib();
         }
     }
     let submitted_in = t0.elapsed();
-    let rss_1m = rss_kib();
+    let rss_1m = common::rss_kib();
     assert!(
         wait_until(Duration::from_secs(20), || running.stats().completed == N),
         "not all items finished: {:?}",
@@ -504,7 +494,7 @@ fn h02() {
         .expect("start");
     let mut tickets = Vec::new();
     tickets.reserve_exact(N as usize);
-    let rss0 = rss_kib();
+    let rss0 = common::rss_kib();
     let t0 = Instant::now();
     let mut worst = 0;
     for x in 0..N {
@@ -526,7 +516,7 @@ fn h02() {
     );
     // Every result now sits in a ticket the user holds; the pipeline holds nothing.
     assert_eq!(running.stats().in_flight, 0);
-    let rss_held = rss_kib();
+    let rss_held = common::rss_kib();
     let per_ticket = (rss_held.saturating_sub(rss0)) * 1024 / N;
     for (x, t) in (0..N).zip(tickets.drain(..)) {
         assert_eq!(t.item(), x);
@@ -541,7 +531,7 @@ fn h02() {
         .stats()
         .completed
         == 2 * N));
-    let rss_dropped = rss_kib();
+    let rss_dropped = common::rss_kib();
     let report = running.shutdown().expect("shutdown");
     eprintln!(
         "h02: {N} submits in {submitted_in:?}, worst in flight {worst} (window {WINDOW}); RSS {rss0} KiB -> {rss_held} KiB holding {N} resolved tickets (~{per_ticket} B each) -> {rss_dropped} KiB after {N} more with tickets dropped"

@@ -294,13 +294,10 @@ fn g01c() {
         .expect("a pid");
     signal(v.pid(), libc::SIGSTOP);
     // Blocked in its write: sleeping for a while with its reader stopped.
-    let mut sleeping = 0;
-    assert!(crate::support::wait_until(Duration::from_secs(20), || {
-        let st = crate::common::stat_of(writer).map(|s| s.1);
-        sleeping = if st == Some('S') { sleeping + 1 } else { 0 };
-        thread::sleep(Duration::from_millis(20));
-        sleeping >= 5
-    }));
+    assert!(crate::support::wait_blocked(
+        writer,
+        Duration::from_secs(20)
+    ));
     signal(v.pid(), libc::SIGKILL);
     let st = v.wait(Duration::from_secs(5));
     use std::os::unix::process::ExitStatusExt;

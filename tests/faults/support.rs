@@ -50,6 +50,18 @@ fn settle(base: &Baseline) {
     }
 }
 
+/// Waits (bounded) until `pid` has been asleep for five polls in a row, 20 ms apart: a
+/// process blocked in a write whose reader is stopped. False if it never settles.
+pub fn wait_blocked(pid: u32, within: Duration) -> bool {
+    let mut sleeping = 0;
+    wait_until(within, || {
+        let st = common::stat_of(pid).map(|s| s.1);
+        sleeping = if st == Some('S') { sleeping + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(20));
+        sleeping >= 5
+    })
+}
+
 /// Polls `f` every 5 ms until it returns true or `within` has passed.
 pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
