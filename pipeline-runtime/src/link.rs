@@ -550,6 +550,11 @@ impl<F: AsFd> LinkSender<F> {
             {
                 return Ok(());
             }
+            // Requeued records `pump` put in batches count against the credit: they must be
+            // on their way before waiting for acks, or no ack would ever come (a death that
+            // requeued more records than the links' credit deadlocked here). A link that
+            // fails is marked broken and the others go on.
+            let _ = self.flush();
             let base = extra.len();
             for l in &self.links {
                 extra.push(libc::pollfd {
@@ -1192,6 +1197,52 @@ mod tests {
             end_record(&mut m, at).expect("small");
         }
         m
+    }
+
+    fn record(seq: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let at = begin_record(&mut out, seq, TAG_ONE);
+        out.extend_from_slice(&seq.to_le_bytes());
+        end_record(&mut out, at).expect("small");
+        out
+    }
+
+    /// Records `pump` moved from the requeue into batches count against the credit: a
+    /// sender whose links are full of them must send them before it waits for acks (it
+    /// used to wait forever, a deadlock seen after many worker deaths).
+    #[test]
+    fn waiting_for_credit_sends_what_fills_the_links() {
+        let (a0, b0) = pair();
+        let (a1, b1) = pair();
+        let mut tx = LinkSender::new(vec![a0, a1], 2);
+        for seq in 0..4 {
+            assert!(matches!(tx.reserve().expect("reserve"), Commit::Ready));
+            let rec = record(seq);
+            tx.push(NO_TAG, |out| out.extend_from_slice(&rec))
+                .expect("push");
+        }
+        // Both links hold two unsent records (their whole credit); one more waits.
+        tx.requeue.push_back((record(4), NO_TAG));
+        let waiter = std::thread::spawn(move || {
+            tx.wait_credit(&mut Vec::new()).expect("wait");
+            tx
+        });
+        let mut rx = LinkReceiver::new(vec![b0, b1]);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 4 && std::time::Instant::now() < deadline {
+            rx.fill(false, &mut Vec::new()).expect("valid");
+            while let Some(r) = rx.next().expect("valid") {
+                got.push(r.seq);
+                rx.done(r);
+            }
+            rx.send_acks();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3], "the records in the batches were sent");
+        let tx = waiter.join().expect("wait_credit returned once acked");
+        assert!(tx.requeue.is_empty(), "the requeued record went out too");
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             sys::exit_now(0);
         }
     }
-    if let Some(msg) = wait_inits(&stages, &mut slots) {
+    if let Some(msg) = wait_inits(&stages, &mut slots, ctl.as_fd()) {
         kill_all(&mut slots);
         send_msg(&ctl, &msg);
         sys::exit_now(0);
@@ -782,9 +782,15 @@ fn read_ctl(c: &mut Child) {
 
 /// At start: waits until every worker ran its stage's `init`. The first failure (an init
 /// error, or a worker that died) is returned as the message for the caller.
-fn wait_inits(stages: &[ProcStage], slots: &mut [Slot]) -> Option<SupMsg> {
+/// The caller's control socket is watched too: if the caller goes away meanwhile (even
+/// killed), everything stops rather than wait for an `init` that may never return.
+fn wait_inits(stages: &[ProcStage], slots: &mut [Slot], ctl: BorrowedFd<'_>) -> Option<SupMsg> {
     loop {
-        let mut pfds = Vec::new();
+        let mut pfds = vec![libc::pollfd {
+            fd: ctl.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         let mut who = Vec::new();
         for (k, s) in slots.iter().enumerate() {
             let c = s.child.as_ref()?;
@@ -808,6 +814,12 @@ fn wait_inits(stages: &[ProcStage], slots: &mut [Slot]) -> Option<SupMsg> {
         if sys::poll(&mut pfds, None).is_err() {
             continue;
         }
+        if pfds[0].revents != 0 {
+            return Some(SupMsg::StartFailed(
+                "the caller closed the pipeline during init".into(),
+            ));
+        }
+        let pfds = &pfds[1..];
         for (n, &k) in who.iter().enumerate() {
             let c = slots[k].child.as_mut().expect("child");
             if pfds[2 * n].revents != 0 || pfds[2 * n + 1].revents != 0 {

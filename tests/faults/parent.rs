@@ -23,6 +23,7 @@ pub fn trials(t: &mut Vec<Trial>) {
         30,
         g01c,
     ));
+    t.push(fault("g01d_parent_sigkilled_while_an_init_hangs", 30, g01d));
     t.push(fault(
         "g02_started_on_a_thread_that_exits_then_crash",
         30,
@@ -155,6 +156,25 @@ pub fn victim_main(scenario: &str) -> ! {
             print_pids(&pids);
             let _big = r.submit(999).unwrap();
             sleep_forever();
+        }
+        "g1d" => {
+            let p = Pipeline::new(
+                Stage::stateful(
+                    "stuck_init",
+                    || -> Result<u64, String> {
+                        let (p, pp) = who();
+                        say(format!("INIT {p} {pp}"));
+                        sleep_forever();
+                    },
+                    |x: u64, _: &mut u64, out: &mut Emit<u64>| -> Result<(), String> {
+                        out.emit(x);
+                        Ok(())
+                    },
+                )
+                .subprocess(),
+            );
+            let _ = p.start();
+            unreachable!("init never returns");
         }
         "f10" => {
             let p = Pipeline::new(
@@ -303,6 +323,23 @@ fn g01c() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     wait_dead(&pids, GONE_WITHIN).expect("every worker of the dead parent is gone");
+}
+
+/// G1 (d): the parent is SIGKILLed while `start()` waits for a worker's `init` that never
+/// returns: the supervisor sees its control socket close and kills the workers.
+fn g01d() {
+    let mut v = Victim::spawn("g1d");
+    let pids: Vec<u32> = v
+        .expect_line("INIT", Duration::from_secs(10))
+        .split_whitespace()
+        .map(|s| s.parse().expect("a pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "worker and supervisor: {pids:?}");
+    signal(v.pid(), libc::SIGKILL);
+    let st = v.wait(Duration::from_secs(5));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    wait_dead(&pids, GONE_WITHIN).expect("the supervisor and the stuck worker are gone");
 }
 
 fn g05() {
