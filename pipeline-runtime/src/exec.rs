@@ -269,6 +269,8 @@ pub(crate) struct Shared {
     /// The control socket to the supervisor, once it is ready (weak: closing it is the
     /// engine's business).
     pub supervisor: std::sync::OnceLock<std::sync::Weak<RtFd>>,
+    /// The control thread has seen the supervisor end (and set `abort` if it had a cause).
+    pub control_done: std::sync::atomic::AtomicBool,
     pub window: Window,
 }
 
@@ -286,6 +288,7 @@ impl Shared {
             abort: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
             supervisor: std::sync::OnceLock::new(),
+            control_done: std::sync::atomic::AtomicBool::new(false),
             window: Window::new(window),
         }
     }
@@ -315,6 +318,19 @@ impl Shared {
 
     /// The error an unfinished item gets when the pipeline stops under it.
     pub(crate) fn unfinished(&self, seq: u64) -> Error {
+        if self.supervisor.get().is_some()
+            && !self.stopping.load(Ordering::Acquire)
+            && !self.control_done.load(Ordering::Acquire)
+        {
+            // The links may close before the control thread has read why the supervisor
+            // stopped (`Stopped`, or its death): wait for it (once, bounded) so the items
+            // get that cause rather than "shut down".
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !self.control_done.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.control_done.store(true, Ordering::Release);
+        }
         match &*self.abort.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(Error::Died {
                 stage,

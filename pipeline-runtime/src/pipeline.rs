@@ -595,6 +595,7 @@ fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
         });
         shared.window.close();
     }
+    shared.control_done.store(true, Ordering::Release);
 }
 
 trait AsFdRef {

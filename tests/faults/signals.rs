@@ -8,14 +8,12 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
-use std::io::{BufRead, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use forkpipe::prelude::*;
@@ -24,8 +22,7 @@ use libtest_mimic::Trial;
 
 use crate::common::{self, Baseline};
 use crate::support::{
-    VICTIM_VAR, alive, expect_died, fault, my_pid, parent_pid, run_dir, signal, wait_dead,
-    wait_until,
+    Victim, alive, expect_died, fault, my_pid, parent_pid, run_dir, signal, wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -45,143 +42,6 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
     t.push(fault("c06a_fork_fails_at_start", 30, c06a));
     t.push(fault("c06b_replacement_fork_fails_mid_run", 30, c06b));
-}
-
-// ---------------------------------------------------------------------------------------
-// Victim processes with environment and a captured stderr
-// ---------------------------------------------------------------------------------------
-
-/// A victim (like `support::Victim`) with extra environment and, optionally, its stderr
-/// (and that of every process it forks) written to a file.
-struct Spawned {
-    child: Child,
-    lines: Receiver<String>,
-    reader: Option<JoinHandle<()>>,
-    reaped: bool,
-}
-
-impl Spawned {
-    fn spawn(scenario: &str, env: &[(&str, &Path)], stderr: Option<&Path>) -> Spawned {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.env(VICTIM_VAR, scenario)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        match stderr {
-            Some(p) => cmd.stderr(std::fs::File::create(p).expect("stderr file")),
-            None => cmd.stderr(Stdio::inherit()),
-        };
-        let mut child = cmd.spawn().expect("spawn the victim");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Spawned {
-            child,
-            lines: rx,
-            reader: Some(reader),
-            reaped: false,
-        }
-    }
-
-    /// The victim's pid, which is also its process group id.
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line starting with `tag ` (other lines are skipped), without the tag.
-    fn line(&mut self, tag: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    if l == tag {
-                        return String::new();
-                    }
-                    if let Some(rest) = l.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) {
-                        return rest.to_string();
-                    }
-                    eprintln!("victim: {l}");
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("victim: no '{tag}' line within {within:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    thread::sleep(Duration::from_millis(100));
-                    let st = self.child.try_wait();
-                    panic!("victim: output ended before a '{tag}' line; victim status {st:?}")
-                }
-            }
-        }
-    }
-
-    /// Numbers of a `PIDS` line (the supervisor first, then the workers).
-    fn pids(&mut self, within: Duration) -> Vec<u32> {
-        self.line("PIDS", within)
-            .split_whitespace()
-            .map(|s| s.parse().expect("a pid"))
-            .collect()
-    }
-
-    /// Every line still to come, until the victim's stdout closes (bounded).
-    fn rest(&mut self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut v = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => v.push(l),
-                Err(RecvTimeoutError::Disconnected) => return v,
-                Err(RecvTimeoutError::Timeout) => panic!("victim stdout still open: {v:?}"),
-            }
-        }
-    }
-
-    /// Waits for the victim's exit (bounded); its status.
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                self.reaped = true;
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "victim did not exit in {within:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if !self.reaped {
-            // Safety net: the whole group (the victim, its supervisor and workers).
-            // SAFETY: plain syscall on the victim's own process group.
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-            let _ = self.child.wait();
-        }
-        if let Some(r) = self.reader.take() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            thread::spawn(move || {
-                let _ = r.join();
-                let _ = tx.send(());
-            });
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-        }
-    }
 }
 
 /// Sends `sig` to every process of the group `pgid`.
@@ -963,8 +823,8 @@ const SOON: Duration = Duration::from_secs(10);
 
 fn g04a() {
     let errf = run_dir().join("g04a.stderr");
-    let mut v = Spawned::spawn("sig_g4a", &[], Some(&errf));
-    let pids = v.pids(SOON);
+    let mut v = Victim::spawn_with("sig_g4a", &[], Some(&errf));
+    let pids = v.expect_pids(SOON);
     assert_eq!(pids.len(), 3, "supervisor and 2 workers: {pids:?}");
     let pgid = v.pid();
     let members: Vec<u32> = group_members(pgid).iter().map(|m| m.0).collect();
@@ -984,12 +844,12 @@ fn g04a() {
 }
 
 fn g04b() {
-    let mut v = Spawned::spawn("sig_g4b", &[], None);
-    let pids = v.pids(SOON);
+    let mut v = Victim::spawn_with("sig_g4b", &[], None);
+    let pids = v.expect_pids(SOON);
     assert_eq!(pids.len(), 3, "supervisor and 2 workers: {pids:?}");
     let pgid = v.pid();
     signal_group(pgid, libc::SIGINT);
-    let d = v.line("DELIVERED", SOON);
+    let d = v.expect_line("DELIVERED", SOON);
     let st = v.wait(Duration::from_secs(5));
     assert_eq!(st.code(), Some(130), "{st:?}");
     group_empty(pgid, Duration::from_secs(2));
@@ -1007,15 +867,15 @@ fn g04b() {
 }
 
 fn g06() {
-    let mut v = Spawned::spawn("sig_g6", &[], None);
-    v.line("INFLIGHT", SOON);
+    let mut v = Victim::spawn_with("sig_g6", &[], None);
+    v.expect_line("INFLIGHT", SOON);
     signal(v.pid(), libc::SIGUSR1);
-    let got = v.line("GOT", SOON);
+    let got = v.expect_line("GOT", SOON);
     assert!(field::<u64>(&got, "in_flight") > 0, "{got}");
-    let s = v.line("SHUTDOWN", SOON);
+    let s = v.expect_line("SHUTDOWN", SOON);
     assert_eq!(field::<String>(&s, "graceful"), "true", "{s}");
     assert_eq!(field::<u64>(&s, "completed"), 600, "{s}");
-    let d = v.line("DONE", SOON);
+    let d = v.expect_line("DONE", SOON);
     assert_eq!((field::<u64>(&d, "ok"), field::<u64>(&d, "err")), (600, 0));
     let st = v.wait(Duration::from_secs(5));
     assert_eq!(st.code(), Some(0), "{st:?}");
@@ -1024,8 +884,8 @@ fn g06() {
 
 fn g07() {
     let gate = run_dir().join("g07.gate");
-    let mut v = Spawned::spawn("sig_g7", &[(PATH_VAR, &gate)], None);
-    let pids = v.pids(SOON);
+    let mut v = Victim::spawn_with("sig_g7", &[(PATH_VAR, &gate)], None);
+    let pids = v.expect_pids(SOON);
     assert_eq!(pids.len(), 3, "supervisor and 2 workers: {pids:?}");
     let pgid = v.pid();
     signal_group(pgid, libc::SIGTSTP);
@@ -1048,7 +908,7 @@ fn g07() {
     );
     assert!(pids.iter().all(|&p| alive(p)), "no worker died: {pids:?}");
     std::fs::write(&gate, b"open").expect("gate");
-    let d = v.line("DONE", Duration::from_secs(20));
+    let d = v.expect_line("DONE", Duration::from_secs(20));
     assert_eq!(field::<u64>(&d, "ok"), 1500, "{d}");
     assert_eq!(field::<u64>(&d, "err"), 0, "{d}");
     assert_eq!(field::<u64>(&d, "restarts"), 0, "stopped is not dead: {d}");
@@ -1059,34 +919,34 @@ fn g07() {
 }
 
 fn g08() {
-    let mut v = Spawned::spawn("sig_g8", &[], None);
-    let e = v.line("ERRORS", SOON);
+    let mut v = Victim::spawn_with("sig_g8", &[], None);
+    let e = v.expect_line("ERRORS", SOON);
     assert_eq!(e, "n=40 items=[7]", "exactly item 7 fails");
-    let cause = v.line("CAUSE", SOON);
+    let cause = v.expect_line("CAUSE", SOON);
     assert!(
         cause.starts_with("stage 'abort_on_7' (worker pid ")
             && cause.contains(") died on item 7: "),
         "{cause}"
     );
-    let died = v.line("DIED", SOON);
+    let died = v.expect_line("DIED", SOON);
     assert_eq!(
         died, "killed by SIGABRT",
         "the supervisor sees the real status though the host ignores SIGCHLD"
     );
-    let ign = v.line("SUPIGN", SOON);
+    let ign = v.expect_line("SUPIGN", SOON);
     assert!(
         !in_mask(&ign, libc::SIGCHLD),
         "the supervisor reset SIGCHLD to its default: SigIgn {ign}"
     );
-    let clean = v.line("CLEAN", SOON);
+    let clean = v.expect_line("CLEAN", SOON);
     assert_eq!(clean, "", "nothing left behind in the victim");
     assert_eq!(v.wait(Duration::from_secs(5)).code(), Some(0));
     group_empty(v.pid(), Duration::from_secs(2));
 }
 
 fn g11() {
-    let mut v = Spawned::spawn("sig_g11", &[], None);
-    let d = v.line("DONE", Duration::from_secs(50));
+    let mut v = Victim::spawn_with("sig_g11", &[], None);
+    let d = v.expect_line("DONE", Duration::from_secs(50));
     eprintln!("g11: {d}");
     assert_eq!(field::<u64>(&d, "n"), 200_000, "{d}");
     assert_eq!(field::<u64>(&d, "ok"), 200_000, "{d}");
@@ -1100,7 +960,7 @@ fn g11() {
 
 fn i02() {
     let file = run_dir().join("i02.atexit");
-    let mut v = Spawned::spawn("sig_i2", &[(PATH_VAR, &file)], None);
+    let mut v = Victim::spawn_with("sig_i2", &[(PATH_VAR, &file)], None);
     let st = v.wait(SOON);
     assert_eq!(st.code(), Some(0), "{st:?}");
     let out = v.rest().join("\n");
@@ -1119,11 +979,11 @@ fn i02() {
 }
 
 fn i05() {
-    let mut v = Spawned::spawn("sig_i5", &[], None);
-    let first = v.line("FIRST", SOON);
-    let t = v.line("TIMEOUT", SOON);
-    let second = v.line("SECOND", SOON);
-    let s = v.line("SHUTDOWN", SOON);
+    let mut v = Victim::spawn_with("sig_i5", &[], None);
+    let first = v.expect_line("FIRST", SOON);
+    let t = v.expect_line("TIMEOUT", SOON);
+    let second = v.expect_line("SECOND", SOON);
+    let s = v.expect_line("SHUTDOWN", SOON);
     eprintln!("i05: {first} / {t} / {second} / {s}");
     for w in [&first, &second] {
         assert_eq!(
@@ -1366,8 +1226,8 @@ fn i08() {
 }
 
 fn c06a() {
-    let mut v = Spawned::spawn("sig_c6a", &[], None);
-    let r = v.line("ERR", SOON);
+    let mut v = Victim::spawn_with("sig_c6a", &[], None);
+    let r = v.expect_line("ERR", SOON);
     assert!(
         r.contains("could not start the pipeline: fork failed for stage 'wide': "),
         "{r}"
@@ -1376,35 +1236,35 @@ fn c06a() {
         r.contains("Resource temporarily unavailable") || r.contains("EAGAIN"),
         "{r}"
     );
-    let clean = v.line("CLEAN", SOON);
+    let clean = v.expect_line("CLEAN", SOON);
     assert_eq!(clean, "", "nothing left behind in the victim");
     assert_eq!(v.wait(Duration::from_secs(5)).code(), Some(0));
     group_empty(v.pid(), Duration::from_secs(2));
 }
 
 fn c06b() {
-    let mut v = Spawned::spawn("sig_c6b", &[], None);
-    v.line("KILLED", SOON);
-    let t1 = v.line("T1", SOON);
+    let mut v = Victim::spawn_with("sig_c6b", &[], None);
+    v.expect_line("KILLED", SOON);
+    let t1 = v.expect_line("T1", SOON);
     assert!(
         t1.contains("stage 'thin' (worker pid ")
             && t1.contains("died on item 1: killed by SIGKILL"),
         "{t1}"
     );
-    let rest = v.line("REST", SOON);
+    let rest = v.expect_line("REST", SOON);
     assert_eq!(rest, "ok=0 err=19", "the held items fail");
-    let e = v.line("RESTERR", SOON);
+    let e = v.expect_line("RESTERR", SOON);
     assert!(
         e.contains("fork failed"),
         "held items fail with the fork failure: {e}"
     );
-    let after = v.line("AFTERSUBMIT", SOON);
+    let after = v.expect_line("AFTERSUBMIT", SOON);
     assert!(after != "hang", "a later submit gets an outcome: {after}");
-    let cpu = v.line("SUPCPU", SOON);
+    let cpu = v.expect_line("SUPCPU", SOON);
     if let Some(t) = cpu.strip_prefix("ticks=") {
         assert!(t.parse::<u64>().unwrap() < 20, "no busy loop: {cpu}");
     }
-    assert_eq!(v.line("CLEAN", SOON), "");
+    assert_eq!(v.expect_line("CLEAN", SOON), "");
     assert_eq!(v.wait(Duration::from_secs(5)).code(), Some(0));
     group_empty(v.pid(), Duration::from_secs(2));
 }

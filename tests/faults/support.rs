@@ -187,15 +187,30 @@ pub struct Victim {
 
 impl Victim {
     pub fn spawn(scenario: &str) -> Victim {
+        Victim::spawn_with(scenario, &[], None)
+    }
+
+    /// A victim with extra environment and, optionally, its stderr (and that of every
+    /// process it forks) written to a file.
+    pub fn spawn_with(
+        scenario: &str,
+        env: &[(&str, &std::path::Path)],
+        stderr: Option<&std::path::Path>,
+    ) -> Victim {
         let exe = std::env::current_exe().expect("current_exe");
-        let mut child = Command::new(exe)
-            .env(VICTIM_VAR, scenario)
+        let mut cmd = Command::new(exe);
+        cmd.env(VICTIM_VAR, scenario)
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the victim");
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        match stderr {
+            Some(p) => cmd.stderr(std::fs::File::create(p).expect("stderr file")),
+            None => cmd.stderr(Stdio::inherit()),
+        };
+        let mut child = cmd.spawn().expect("spawn the victim");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = thread::spawn(move || {
@@ -211,6 +226,20 @@ impl Victim {
             lines: rx,
             reader: Some(reader),
             reaped: false,
+        }
+    }
+
+    /// Every line still to come, until the victim's stdout closes (bounded).
+    pub fn rest(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut v = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => v.push(l),
+                Err(RecvTimeoutError::Disconnected) => return v,
+                Err(RecvTimeoutError::Timeout) => panic!("victim stdout still open: {v:?}"),
+            }
         }
     }
 
