@@ -119,6 +119,18 @@ pub fn inject_corrupt_frame(kind: u8) {
     }
 }
 
+/// Sends every batched output, then says (for the restart budget) that the outputs of the
+/// first `finished` items have left this worker.
+fn flush_sent<F: AsFd>(
+    tx: &mut LinkSender<F>,
+    slot: &crate::sys::SlotState,
+    finished: u64,
+) -> io::Result<()> {
+    tx.flush()?;
+    slot.sent.store(finished, Ordering::Relaxed);
+    Ok(())
+}
+
 pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
     ctx: WorkerCtx<F>,
@@ -201,8 +213,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     let timed = stage.opts.timeout.is_some();
     loop {
         if rx.is_empty() {
-            tx.flush()?;
-            slot.sent.store(finished, Ordering::Relaxed);
+            flush_sent(&mut tx, slot, finished)?;
             tx.read_acks()?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();
@@ -238,8 +249,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             match tx.reserve()? {
                 Commit::Ready => break,
                 Commit::NeedCredit => {
-                    tx.flush()?;
-                    slot.sent.store(finished, Ordering::Relaxed);
+                    flush_sent(&mut tx, slot, finished)?;
                     credit_acked(&mut rx, &mut tx);
                     rx.send_acks();
                     tx.wait_credit(&mut extra)?;
@@ -264,8 +274,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         } else if let Some(PipeRole::Producer(pf)) = &stage.pipe {
             // Forward the item first, so the consumer reads while we write.
             tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
-            tx.flush()?;
-            slot.sent.store(finished, Ordering::Relaxed);
+            flush_sent(&mut tx, slot, finished)?;
             if (r.tag == TAG_ONE || r.tag == TAG_MANY)
                 && let Ok(body) = record::decode(r.tag, rx.payload(&r), wire.decode_in)
             {
@@ -326,13 +335,11 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         }
         rx.release(r);
         if small {
-            tx.flush()?;
-            slot.sent.store(finished, Ordering::Relaxed);
+            flush_sent(&mut tx, slot, finished)?;
         }
         if restart {
             // The state may be half-updated: hand over what is done, then be replaced.
-            tx.flush()?;
-            slot.sent.store(finished, Ordering::Relaxed);
+            flush_sent(&mut tx, slot, finished)?;
             wait_acked(&mut tx)?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();
@@ -343,8 +350,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         if since_ack >= ACK_EVERY {
             // Keep the sender's credit flowing while a long local queue is processed.
             since_ack = 0;
-            tx.flush()?;
-            slot.sent.store(finished, Ordering::Relaxed);
+            flush_sent(&mut tx, slot, finished)?;
             tx.read_acks()?;
             credit_acked(&mut rx, &mut tx);
             rx.send_acks();
