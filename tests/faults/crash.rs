@@ -4,12 +4,13 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
+use forkpipe::Worker;
 use forkpipe::prelude::*;
-use forkpipe::{Stats, Worker};
 use libtest_mimic::Trial;
 
 use crate::support::{
-    ABORT, FINE, Marked, by_item, expect_died, fault, my_pid, run_dir, signal, wait_until,
+    ABORT, FINE, Marked, by_item, collect, expect_died, fault, my_pid, only_one_death, run_dir,
+    signal, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -67,18 +68,6 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
 }
 
-type P = Pipeline<u64, (u64, u32)>;
-
-/// Every outcome of a run (value and the pid that made it), and the final stats.
-type Collected = (Vec<Result<(u64, u32), Error>>, Stats);
-
-fn collect(p: P, n: u64) -> Collected {
-    let mut results = p.run(0..n).expect("start");
-    let all: Vec<_> = results.by_ref().collect();
-    let stats = results.stats();
-    (all, stats)
-}
-
 /// A process stage (2 workers) that calls `die` on item `at` and otherwise returns
 /// `(x, pid)`; asserts: item `at` fails with `cause`, every other item is `Ok` in order,
 /// one restart.
@@ -93,24 +82,7 @@ fn crash_case(name: &'static str, at: u64, die: fn(), cause: &str) {
         .subprocess()
         .workers(2),
     );
-    let (all, stats) = collect(p, 40);
-    let errors = by_item(&all, 40, |v| v.0);
-    assert_eq!(errors.len(), 1, "only item {at} fails: {errors:?}");
-    let pid = expect_died(&errors[&at], name, at, cause);
-    assert_eq!(stats.stages[0].failed, 1, "{stats:?}");
-    assert_eq!(
-        stats.stages[0].restarts, 1,
-        "the dead worker was replaced once: {stats:?}"
-    );
-    // Items after the crash that ran on that slot came from a replacement.
-    let later: BTreeSet<u32> = all[at as usize + 1..]
-        .iter()
-        .map(|r| r.as_ref().expect("ok").1)
-        .collect();
-    assert!(
-        !later.contains(&pid),
-        "the dead worker {pid} answered later items"
-    );
+    only_one_death(&collect(p, 40), 40, name, at, cause);
 }
 
 // --- A1 ---------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ use forkpipe::{Running, Stats, Worker};
 use libtest_mimic::Trial;
 
 use crate::support::{
-    Bytes, Victim, alive, by_item, expect_died, fault, my_pid, parent_pid, run_dir, signal,
-    ticket_number, wait_dead, wait_until,
+    Bytes, Victim, alive, by_item, collect, expect_died, fault, my_pid, only_one_death, parent_pid,
+    run_dir, signal, ticket_number, wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -82,16 +82,6 @@ pub fn trials(t: &mut Vec<Trial>) {
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// Every outcome of a run (value and the pid that made it), and the final stats.
-type Collected = (Vec<Result<(u64, u32), Error>>, Stats);
-
-fn collect(p: Pipeline<u64, (u64, u32)>, n: u64) -> Collected {
-    let mut results = p.run(0..n).expect("start");
-    let all: Vec<_> = results.by_ref().collect();
-    let stats = results.stats();
-    (all, stats)
-}
-
 /// Publishes `text` under `name` in the run directory atomically (write, then rename), so
 /// a reader never sees a half-written file.
 fn publish(name: &str, text: &str) {
@@ -122,33 +112,6 @@ fn status_bytes(p: &str, field: &str) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
-}
-
-/// Asserts an ordered run over `0..n` in which only item `at` failed, with a death whose
-/// cause contains `cause`; the dead worker was replaced once and answered no later item.
-/// Returns the dead worker's pid.
-#[track_caller]
-fn only_one_death((all, stats): &Collected, n: u64, stage: &str, at: u64, cause: &str) -> u32 {
-    let errors = by_item(all, n, |v| v.0);
-    assert_eq!(errors.len(), 1, "only item {at} fails: {errors:?}");
-    let e = errors
-        .get(&at)
-        .unwrap_or_else(|| panic!("item {at} fails: {errors:?}"));
-    let pid = expect_died(e, stage, at, cause);
-    assert_eq!(stats.stages[0].failed, 1, "{stats:?}");
-    assert_eq!(
-        stats.stages[0].restarts, 1,
-        "the dead worker was replaced once: {stats:?}"
-    );
-    let later: BTreeSet<u32> = all[at as usize + 1..]
-        .iter()
-        .map(|r| r.as_ref().expect("ok").1)
-        .collect();
-    assert!(
-        !later.contains(&pid),
-        "the dead worker {pid} answered later items"
-    );
-    pid
 }
 
 /// Submits small items until both workers of a 2-worker stage answered; their pids.

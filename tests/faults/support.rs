@@ -444,3 +444,45 @@ pub fn ticket_number(tag: &str) -> usize {
         .find(|n| first_time(&format!("{tag}.{n}")))
         .expect("a free number")
 }
+
+// ---------------------------------------------------------------------------------------
+// Runs of `(x, pid)` stages
+// ---------------------------------------------------------------------------------------
+
+/// The results of a run and its stats.
+pub type Collected = (Vec<Result<(u64, u32), Error>>, forkpipe::Stats);
+
+/// Runs `p` over `0..n` to the end.
+pub fn collect(p: forkpipe::Pipeline<u64, (u64, u32)>, n: u64) -> Collected {
+    let mut results = p.run(0..n).expect("start");
+    let all: Vec<_> = results.by_ref().collect();
+    let stats = results.stats();
+    (all, stats)
+}
+
+/// Asserts an ordered run over `0..n` in which only item `at` failed, with a death whose
+/// cause contains `cause`; the dead worker was replaced once and answered no later item.
+/// Returns the dead worker's pid.
+#[track_caller]
+pub fn only_one_death((all, stats): &Collected, n: u64, stage: &str, at: u64, cause: &str) -> u32 {
+    let errors = by_item(all, n, |v| v.0);
+    assert_eq!(errors.len(), 1, "only item {at} fails: {errors:?}");
+    let e = errors
+        .get(&at)
+        .unwrap_or_else(|| panic!("item {at} fails: {errors:?}"));
+    let pid = expect_died(e, stage, at, cause);
+    assert_eq!(stats.stages[0].failed, 1, "{stats:?}");
+    assert_eq!(
+        stats.stages[0].restarts, 1,
+        "the dead worker was replaced once: {stats:?}"
+    );
+    let later: std::collections::BTreeSet<u32> = all[at as usize + 1..]
+        .iter()
+        .map(|r| r.as_ref().expect("ok").1)
+        .collect();
+    assert!(
+        !later.contains(&pid),
+        "the dead worker {pid} answered later items"
+    );
+    pid
+}
