@@ -1,8 +1,5 @@
 //! H. Concurrency and API use; I. fork safety in a busy multi-threaded parent.
 
-use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,33 +106,7 @@ fn h01() {
 }
 
 fn i01() {
-    let stop = Arc::new(AtomicBool::new(false));
-    let noisy: Vec<_> = (0..8)
-        .map(|k| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    match k % 3 {
-                        // stdout's lock, as `println!` takes it (writing nothing).
-                        0 => {
-                            let mut out = std::io::stdout().lock();
-                            let _ = out.write_all(b"");
-                            print!("");
-                        }
-                        1 => {
-                            let v: Vec<u64> = (0..256).collect();
-                            n = n.wrapping_add(v.iter().sum::<u64>());
-                        }
-                        _ => {
-                            n = n.wrapping_add(std::env::var("PATH").map_or(0, |s| s.len() as u64));
-                        }
-                    }
-                }
-                n
-            })
-        })
-        .collect();
+    let noisy = crate::support::Noisy::start();
     let mut worst = Duration::ZERO;
     for k in 0..100u64 {
         let t0 = Instant::now();
@@ -158,9 +129,6 @@ fn i01() {
         let v: Vec<u64> = r.collect::<Result<_, _>>().expect("ok");
         assert_eq!(v, (0..20u64).map(|x| x * 16 + k).collect::<Vec<_>>());
     }
-    stop.store(true, Ordering::Relaxed);
-    for h in noisy {
-        h.join().unwrap();
-    }
+    drop(noisy);
     eprintln!("i01: slowest start {worst:?}");
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -755,30 +755,7 @@ fn d06b() {
 /// parent thread held can be inherited by a worker).
 fn c08() {
     const KILLS: u64 = 200;
-    let stop = Arc::new(AtomicBool::new(false));
-    let noisy: Vec<_> = (0..8)
-        .map(|k| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    match k % 4 {
-                        // Each takes the stream's lock and writes nothing (no output spam).
-                        0 => print!(""),
-                        1 => eprint!(""),
-                        2 => {
-                            let s = format!("{n:>64}");
-                            n = n.wrapping_add(s.len() as u64);
-                        }
-                        _ => {
-                            n = n.wrapping_add(std::env::var("PATH").map_or(0, |s| s.len() as u64));
-                        }
-                    }
-                }
-                n
-            })
-        })
-        .collect();
+    let noisy = crate::support::Noisy::start();
     // Started while the noisy threads run: the supervisor is forked from a busy process.
     let running = Pipeline::new(
         Stage::map("c8", |x: u64| {
@@ -823,10 +800,7 @@ fn c08() {
         );
     }
     let elapsed = t0.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for h in noisy {
-        h.join().unwrap();
-    }
+    drop(noisy);
     let report = running.shutdown().expect("shutdown");
     eprintln!("c08: {KILLS} kills in {elapsed:?}; slowest replacement {worst:?}");
     assert!(report.is_graceful(), "{report:?}");

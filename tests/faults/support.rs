@@ -486,3 +486,55 @@ pub fn only_one_death((all, stats): &Collected, n: u64, stage: &str, at: u64, ca
     );
     pid
 }
+
+// ---------------------------------------------------------------------------------------
+// A busy parent
+// ---------------------------------------------------------------------------------------
+
+/// 8 threads of this process that keep taking the stdout and stderr locks (writing
+/// nothing), allocating and reading the environment — the locks a fork must not inherit
+/// held — until dropped.
+pub struct Noisy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<u64>>,
+}
+
+impl Noisy {
+    pub fn start() -> Noisy {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..8)
+            .map(|k| {
+                let stop = std::sync::Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match k % 4 {
+                            0 => print!(""),
+                            1 => eprint!(""),
+                            2 => {
+                                let v: Vec<u64> = (0..256).collect();
+                                n = n.wrapping_add(v.iter().sum::<u64>());
+                            }
+                            _ => {
+                                n = n.wrapping_add(
+                                    std::env::var("PATH").map_or(0, |s| s.len() as u64),
+                                );
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        Noisy { stop, threads }
+    }
+}
+
+impl Drop for Noisy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
