@@ -30,9 +30,9 @@
 
 use std::marker::PhantomData;
 
-use crate::codec::Wire;
 use crate::pipeline::{PipePending, Pipeline};
 use crate::stage::{Consumer, Producer, Stage};
+use crate::transport::codec::Wire;
 
 /// The kind of a [`Pipeline`]: complete so far, any stage may follow.
 #[derive(Debug)]

@@ -5,29 +5,24 @@
 //! essays (`link`, `supervisor`, `exec`, `fds`) explain how the runtime works.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod codec;
+mod caller;
 mod compose;
 mod error;
-mod exec;
-mod fds;
-mod link;
-mod pipe;
+mod os;
 mod pipeline;
-mod record;
+mod process;
 mod stage;
 mod stream;
-mod supervisor;
-mod sys;
-mod worker;
+mod transport;
 
-pub use codec::{FRAME_LIMIT, Wire};
 #[doc(hidden)]
 pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
 pub use error::{Error, Worker};
-pub use pipe::{PipeReader, PipeWriter};
 pub use pipeline::{
     FirstStage, PipePending, Pipeline, Report, Results, Running, StageStats, Stats, Ticket,
 };
-pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
 #[doc(hidden)]
-pub use worker::inject_corrupt_frame;
+pub use process::worker::inject_corrupt_frame;
+pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
+pub use transport::codec::{FRAME_LIMIT, Wire};
+pub use transport::pipe::{PipeReader, PipeWriter};

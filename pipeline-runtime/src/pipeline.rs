@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
+use crate::caller::bridge::{self, AnyStage, Batch, Feed, Output, Rt, Shared, Threads};
 use crate::error::Error;
-use crate::exec::{self, AnyStage, Batch, Feed, Output, Rt, Shared, Threads};
-use crate::fds::{self, RtFd};
+use crate::os::fds::{self, RtFd};
+use crate::os::sys;
+use crate::process::supervisor::{self, ProcStage, SupMsg};
 use crate::stage::{Body, Consumer, DEFAULT_QUEUE, PipeSide, Producer, Source, Stage};
-use crate::supervisor::{self, ProcStage, SupMsg};
-use crate::sys;
 
 type FeederFn = Box<
     dyn FnOnce(Option<Box<dyn Any + Send>>, Box<dyn Any + Send>, &Rt) -> std::io::Result<()> + Send,
@@ -68,9 +68,9 @@ pub struct PipePending<In, Mid> {
     producer: Producer<Mid>,
 }
 
-impl<In: Send + 'static, Mid: crate::codec::Wire> PipePending<In, Mid> {
+impl<In: Send + 'static, Mid: crate::transport::codec::Wire> PipePending<In, Mid> {
     /// Appends the consumer that reads the producer's bytes.
-    pub fn then_consumer<N: crate::codec::Wire>(
+    pub fn then_consumer<N: crate::transport::codec::Wire>(
         self,
         consumer: Consumer<Mid, N>,
     ) -> Pipeline<In, N> {
@@ -104,7 +104,7 @@ impl<In: Send + 'static, Out: Send + 'static> FirstStage for Stage<In, Out> {
                 let out = *out
                     .downcast::<Output<In>>()
                     .expect("output of the input type");
-                exec::spawn_feeder(feed, out, rt)
+                bridge::spawn_feeder(feed, out, rt)
             }),
             _types: PhantomData,
         }
@@ -125,7 +125,7 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
                 let out = *out
                     .downcast::<Output<Out>>()
                     .expect("output of the source type");
-                exec::spawn_feeder(Feed::Lazy(feed_name, make), out, rt)
+                bridge::spawn_feeder(Feed::Lazy(feed_name, make), out, rt)
             }),
             _types: PhantomData,
         }
@@ -158,8 +158,8 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         consumer: Consumer<Out, N>,
     ) -> Pipeline<In, N>
     where
-        Out: crate::codec::Wire,
-        N: crate::codec::Wire,
+        Out: crate::transport::codec::Wire,
+        N: crate::transport::codec::Wire,
     {
         let (mut p, mut c) = (producer.0, consumer.0);
         c.opts.workers = p.opts.workers;
@@ -289,8 +289,8 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                     w_in[i + 1][j].push(b);
                     let (sa, sb) =
                         fds::stream_pair().map_err(|e| start_err("socketpair failed", e))?;
-                    crate::pipe::tune(&sa);
-                    crate::pipe::tune(&sb);
+                    crate::transport::pipe::tune(&sa);
+                    crate::transport::pipe::tune(&sb);
                     streams[i][j] = Some(sa);
                     streams[i + 1][j] = Some(sb);
                 }
@@ -460,13 +460,13 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                         .zip(std::mem::take(&mut streams[i]))
                         .enumerate()
                     {
-                        let ctx = crate::worker::WorkerCtx {
+                        let ctx = crate::process::worker::WorkerCtx {
                             idx,
                             ins,
                             outs,
                             credit: s.opts().queue,
                             epoch: 0,
-                            slot: Box::leak(Box::new(crate::sys::SlotState::default())),
+                            slot: Box::leak(Box::new(crate::os::sys::SlotState::default())),
                             give_up: None,
                             ctl: None,
                             stream,

@@ -6,9 +6,9 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use crate::codec::{self, Wire};
 use crate::error::{Error, Worker, panic_message};
-use crate::pipe::{PipeReader, PipeWriter};
+use crate::transport::codec::{self, Wire};
+use crate::transport::pipe::{PipeReader, PipeWriter};
 
 /// Where a stage sends its zero or more outputs for one item, in order.
 ///
@@ -744,7 +744,7 @@ fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
 }
 
 /// The shared state of the worker slot this process serves (null outside workers).
-pub(crate) static CURRENT_SLOT: std::sync::atomic::AtomicPtr<crate::sys::SlotState> =
+pub(crate) static CURRENT_SLOT: std::sync::atomic::AtomicPtr<crate::os::sys::SlotState> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 fn run_one<In, Out>(

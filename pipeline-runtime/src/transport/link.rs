@@ -41,8 +41,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-use crate::codec::FRAME_LIMIT;
-use crate::sys;
+use crate::os::sys;
+use crate::transport::codec::FRAME_LIMIT;
 
 /// Largest message on a link (a batch, or one chunk of a large record).
 pub(crate) const MAX_MSG: usize = 64 * 1024;
@@ -1111,7 +1111,7 @@ impl<F: AsFd> LinkReceiver<F> {
     }
 }
 
-/// A deliberately corrupt message, for fault-injection tests ([`crate::worker::inject_corrupt_frame`]):
+/// A deliberately corrupt message, for fault-injection tests ([`crate::process::worker::inject_corrupt_frame`]):
 /// 0: a chunked record claiming `u64::MAX` bytes; 1: claiming 2^40 bytes; 2: one byte over
 /// the frame limit; 3: a record longer than its message; 4: an unknown message kind;
 /// 5: a chunk without its start; 6: a well-formed record for an item never issued.

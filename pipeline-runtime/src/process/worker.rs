@@ -2,7 +2,7 @@
 //! function, write the outputs to the next stage, ack what is done.
 //!
 //! Runs in a process forked by the supervisor (single-threaded), after the runtime's first
-//! steps (see [`crate::supervisor`]). A record that is already a failure or a drop passes
+//! steps (see [`crate::process::supervisor`]). A record that is already a failure or a drop passes
 //! through unchanged, byte for byte. Acks go upstream only after the outputs of the acked
 //! records were flushed downstream, so at every moment each item is held by exactly one
 //! side of a link.
@@ -12,11 +12,11 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
-use crate::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
-use crate::pipe::{End, PipeReader, PipeWriter};
-use crate::record;
+use crate::os::sys::{self, SlotState};
 use crate::stage::{Body, Emit, PipeRole, Stage, apply};
-use crate::sys::{self, SlotState};
+use crate::transport::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
+use crate::transport::pipe::{End, PipeReader, PipeWriter};
+use crate::transport::record;
 
 /// Records processed between two flush-and-ack points when the local queue is long.
 const ACK_EVERY: usize = 512;
@@ -88,7 +88,7 @@ fn tell<F: AsFd>(ctl: &Option<F>, msg: &[u8]) {
 fn report_corrupt<F: AsFd>(
     ctl: &Option<F>,
     rx: &mut LinkReceiver<F>,
-    c: crate::link::Corrupt,
+    c: crate::transport::link::Corrupt,
 ) -> io::Result<()> {
     if ctl.is_none() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, c.what));
@@ -112,7 +112,7 @@ static OUTPUT_FDS: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex:
 #[doc(hidden)]
 pub fn inject_corrupt_frame(kind: u8) {
     let fds = OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let m = crate::link::corrupt_message(kind);
+    let m = crate::transport::link::corrupt_message(kind);
     for fd in fds {
         // (Open: the stage calling this runs inside the worker's loop, which owns them.)
         sys::send_raw(fd, &m);
@@ -123,7 +123,7 @@ pub fn inject_corrupt_frame(kind: u8) {
 /// first `finished` items have left this worker.
 fn flush_sent<F: AsFd>(
     tx: &mut LinkSender<F>,
-    slot: &crate::sys::SlotState,
+    slot: &crate::os::sys::SlotState,
     finished: u64,
 ) -> io::Result<()> {
     tx.flush()?;
@@ -387,7 +387,7 @@ fn produce<In>(
 }
 
 /// Runs the consumer on each value of an item, reading the producer's stream, and decides
-/// the item's outcome (see [`crate::pipe`]).
+/// the item's outcome (see [`crate::transport::pipe`]).
 #[allow(clippy::too_many_arguments)]
 fn consume<In, Out>(
     cf: &crate::stage::ConsumeFn<In, Out>,
@@ -533,7 +533,7 @@ impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
                     }
                 }
             }
-            self.tx.push(crate::link::NO_TAG, write)
+            self.tx.push(crate::transport::link::NO_TAG, write)
         })();
         if let Err(e) = r {
             self.error = Some(e);
@@ -552,7 +552,7 @@ impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
             let idx = self.idx;
             self.send(|out| {
                 let _ = record::encode::<Out>(
-                    crate::link::NO_SEQ,
+                    crate::transport::link::NO_SEQ,
                     &Body::Consumed(idx, n),
                     |_, _| Ok(()),
                     out,
@@ -620,7 +620,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                         }
                     }
                 }
-                crate::link::TAG_FAILED => {
+                crate::transport::link::TAG_FAILED => {
                     // Failed before this stage: pass it on under a new number.
                     let seq = self.new_seq();
                     let raw = self.rx.raw(&r).to_vec();
@@ -630,7 +630,7 @@ impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
                         out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
                     });
                 }
-                crate::link::TAG_CONSUMED => {
+                crate::transport::link::TAG_CONSUMED => {
                     let raw = self.rx.raw(&r).to_vec();
                     self.send(|out| out.extend_from_slice(&raw));
                     self.rx.done(r);

@@ -9,7 +9,7 @@
 //!
 //! Between two pieces in the caller, items move as batches (`Vec<Rec<T>>`) on bounded
 //! crossbeam channels; between a piece in the caller and a process stage, as link records
-//! ([`crate::link`]). Every item carries its sequence number end to end and is exactly one
+//! ([`crate::transport::link`]). Every item carries its sequence number end to end and is exactly one
 //! record at every point (outputs of one item travel together, a dropped or failed item
 //! travels as a marker), so the collector can restore order and account for every item.
 //!
@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::error::{Error, Worker};
-use crate::fds::RtFd;
-use crate::link::{Commit, LinkReceiver, LinkSender};
-use crate::record::{self, Enc};
+use crate::os::fds::RtFd;
 use crate::stage::{Body, Emit, Opts, Rec, Stage, apply};
+use crate::transport::link::{Commit, LinkReceiver, LinkSender};
+use crate::transport::record::{self, Enc};
 
 /// How often an idle sender reads death notices (see [`Output::service`]).
 const IDLE_SERVICE: Duration = Duration::from_millis(20);
@@ -96,7 +96,7 @@ impl<T> Output<T> {
                             }
                         }
                     }
-                    tx.push(crate::link::NO_TAG, |out| {
+                    tx.push(crate::transport::link::NO_TAG, |out| {
                         let e = |message| Error::Codec {
                             stage: stage.to_string(),
                             item: rec.seq,
@@ -362,7 +362,7 @@ impl Shared {
         &self,
         stage: u32,
         rx: &mut LinkReceiver<F>,
-        c: crate::link::Corrupt,
+        c: crate::transport::link::Corrupt,
         name: &str,
     ) -> bool {
         tracing::warn!(stage = %name, link = c.link, "forkpipe: corrupt frame from a worker: {}", c.what);
@@ -373,12 +373,12 @@ impl Shared {
             )));
             return false;
         };
-        let mut m = vec![crate::supervisor::CALLER_CORRUPT];
+        let mut m = vec![crate::process::supervisor::CALLER_CORRUPT];
         m.extend_from_slice(&stage.to_le_bytes());
         m.extend_from_slice(&(c.link as u32).to_le_bytes());
         m.extend_from_slice(&c.epoch.to_le_bytes());
         m.extend_from_slice(c.what.as_bytes());
-        let _ = crate::sys::send(std::os::fd::AsFd::as_fd(&*sup), &m, false);
+        let _ = crate::os::sys::send(std::os::fd::AsFd::as_fd(&*sup), &m, false);
         rx.void(c.link);
         true
     }
@@ -516,13 +516,13 @@ pub(crate) trait AnyStage: Send + Sync {
     /// ended and everything it sent was acknowledged.
     fn worker_main(
         &self,
-        ctx: crate::worker::WorkerCtx<std::os::fd::OwnedFd>,
-    ) -> io::Result<crate::worker::WorkerEnd>;
+        ctx: crate::process::worker::WorkerCtx<std::os::fd::OwnedFd>,
+    ) -> io::Result<crate::process::worker::WorkerEnd>;
     /// Runs a worker of this link stage on a thread of the caller (the halves of a
     /// `pipe_next` pair that are not `subprocess`).
     fn spawn_link_worker(
         self: Arc<Self>,
-        ctx: crate::worker::WorkerCtx<RtFd>,
+        ctx: crate::process::worker::WorkerCtx<RtFd>,
         rt: &Rt,
     ) -> io::Result<()>;
 }
@@ -765,14 +765,14 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
 
     fn worker_main(
         &self,
-        ctx: crate::worker::WorkerCtx<std::os::fd::OwnedFd>,
-    ) -> io::Result<crate::worker::WorkerEnd> {
-        crate::worker::run(self, ctx)
+        ctx: crate::process::worker::WorkerCtx<std::os::fd::OwnedFd>,
+    ) -> io::Result<crate::process::worker::WorkerEnd> {
+        crate::process::worker::run(self, ctx)
     }
 
     fn spawn_link_worker(
         self: Arc<Self>,
-        ctx: crate::worker::WorkerCtx<RtFd>,
+        ctx: crate::process::worker::WorkerCtx<RtFd>,
         rt: &Rt,
     ) -> io::Result<()> {
         let inits = rt.inits.clone();
@@ -780,7 +780,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         rt.threads.spawn(&name, move || {
             let _ = inits.send(Ok(()));
             drop(inits);
-            if let Err(e) = crate::worker::run(&*self, ctx) {
+            if let Err(e) = crate::process::worker::run(&*self, ctx) {
                 tracing::debug!(stage = %self.name, "forkpipe: link worker thread ended: {e}");
             }
         })
@@ -814,7 +814,7 @@ impl<In, Out> ChanPull<In, Out> {
         if self.consumed > 0 {
             let n = std::mem::take(&mut self.consumed);
             self.out_batch.push(Rec {
-                seq: crate::link::NO_SEQ,
+                seq: crate::transport::link::NO_SEQ,
                 body: Body::Consumed(self.idx, n),
             });
         }

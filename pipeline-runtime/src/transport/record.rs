@@ -8,10 +8,10 @@
 //! | `FAILED` | index `u32` of the failing stage, then the [`Error`]'s bincode bytes |
 //! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
-use crate::codec;
 use crate::error::Error;
-use crate::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 use crate::stage::Body;
+use crate::transport::codec;
+use crate::transport::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 
 /// An encoder of one item type.
 pub(crate) type Enc<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;

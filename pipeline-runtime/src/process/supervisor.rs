@@ -39,15 +39,16 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::caller::bridge::AnyStage;
 use crate::error::{Error, Worker};
-use crate::exec::AnyStage;
-use crate::fds::{self, RtFd};
-use crate::sys::SlotState;
-use crate::worker::{
+use crate::os::fds::{self, RtFd};
+use crate::os::sys;
+use crate::os::sys::SlotState;
+use crate::process::worker::{
     CTL_CORRUPT, CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx,
     WorkerEnd,
 };
-use crate::{codec, link, record, sys};
+use crate::transport::{codec, link, record};
 
 /// Messages from the supervisor to the caller.
 #[derive(Debug, Serialize, Deserialize)]
@@ -543,8 +544,8 @@ fn on_couple_death(
     }
     match (fds::seqpacket_pair(), fds::stream_pair()) {
         (Ok((a, b)), Ok((sa, sb))) => {
-            crate::pipe::tune(&sa);
-            crate::pipe::tune(&sb);
+            crate::transport::pipe::tune(&sa);
+            crate::transport::pipe::tune(&sb);
             stages[p_si].workers[j].1[0] = fds::into_raw(a);
             stages[c_si].workers[j].0[0] = fds::into_raw(b);
             stages[p_si].streams[j] = Some(fds::into_raw(sa));

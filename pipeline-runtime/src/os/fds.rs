@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::sys;
+use crate::os::sys;
 
 static REGISTRY: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 

@@ -33,9 +33,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{self, MsgFlags};
 
-use crate::codec;
 use crate::error::Error;
-use crate::sys;
+use crate::os::sys;
+use crate::transport::codec;
 
 const END_OK: u8 = 0;
 const END_FAILED: u8 = 1;

@@ -1,0 +1,4 @@
+//! The operating-system boundary: syscalls and the runtime's own descriptors.
+
+pub(crate) mod fds;
+pub(crate) mod sys;

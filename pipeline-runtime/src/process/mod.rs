@@ -1,0 +1,4 @@
+//! What runs in forked processes: the supervisor and the workers it forks.
+
+pub(crate) mod supervisor;
+pub(crate) mod worker;

@@ -1,0 +1,7 @@
+//! How items move between processes: links (framed records with credit and acks), the
+//! record format, the codec, and the byte streams of `pipe_next` pairs.
+
+pub(crate) mod codec;
+pub(crate) mod link;
+pub(crate) mod pipe;
+pub(crate) mod record;
