@@ -15,7 +15,8 @@ use crate::caller::bridge::{self, AnyStage, Batch, Feed, Output, Rt, Shared, Thr
 use crate::error::Error;
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
-use crate::process::supervisor::{self, ProcStage, SupMsg};
+use crate::process::protocol::{self, SupMsg};
+use crate::process::supervisor::{self, ProcStage};
 use crate::stage::{Body, Consumer, DEFAULT_QUEUE, PipeSide, Producer, Source, Stage};
 
 type FeederFn = Box<
@@ -389,9 +390,9 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                                 .into(),
                         ));
                     }
-                    let mut first = supervisor::recv_msg(&c_caller);
+                    let mut first = protocol::recv_blocking(&c_caller);
                     if matches!(first, Some(SupMsg::Alive)) {
-                        first = supervisor::recv_msg(&c_caller);
+                        first = protocol::recv_blocking(&c_caller);
                     }
                     match first {
                         Some(SupMsg::Ready) => {
@@ -543,7 +544,7 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
 
 fn control_loop(pid: nix::unistd::Pid, ctl: Arc<RtFd>, shared: Arc<Shared>) {
     let mut done = false;
-    while let Some(msg) = supervisor::recv_msg(&*ctl) {
+    while let Some(msg) = protocol::recv_blocking::<SupMsg>(&*ctl) {
         match msg {
             SupMsg::WorkerDied {
                 stage,

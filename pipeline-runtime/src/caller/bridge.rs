@@ -30,6 +30,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::error::{Error, Worker};
 use crate::os::fds::RtFd;
+use crate::process::protocol::{self, CallerMsg};
 use crate::stage::{Body, Emit, Opts, Rec, Stage, apply};
 use crate::transport::link::{Commit, LinkReceiver, LinkSender};
 use crate::transport::record::{self, Enc};
@@ -155,7 +156,7 @@ fn send_chan<T>(
     }
 }
 
-fn recv_chan<T>(rx: &Receiver<Batch<T>>, stop: &Receiver<()>) -> Option<Batch<T>> {
+pub(crate) fn recv_chan<T>(rx: &Receiver<Batch<T>>, stop: &Receiver<()>) -> Option<Batch<T>> {
     select! {
         recv(rx) -> r => r.ok(),
         recv(stop) -> _ => None,
@@ -373,13 +374,8 @@ impl Shared {
             )));
             return false;
         };
-        let mut m = vec![crate::process::supervisor::CALLER_CORRUPT];
-        m.extend_from_slice(&stage.to_le_bytes());
-        m.extend_from_slice(&(c.link as u32).to_le_bytes());
-        m.extend_from_slice(&c.epoch.to_le_bytes());
-        m.extend_from_slice(c.what.as_bytes());
-        let _ = crate::os::sys::send(std::os::fd::AsFd::as_fd(&*sup), &m, false);
         rx.void(c.link);
+        protocol::send(&*sup, &CallerMsg::Corrupt { stage, report: c });
         true
     }
 }
@@ -559,7 +555,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         let out = *out.downcast::<Output<Out>>().expect("output of this stage");
         if let Some(f) = &self.stream {
             for w in 0..self.opts.workers {
-                let pull = ChanPull::<In, Out> {
+                let pull = crate::caller::stream_pull::ChanPull::<In, Out> {
                     rx: rx.clone(),
                     stop: rt.stop.clone(),
                     buf: VecDeque::new(),
@@ -784,118 +780,6 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
                 tracing::debug!(stage = %self.name, "forkpipe: link worker thread ended: {e}");
             }
         })
-    }
-}
-
-/// A thread worker of a `stream` stage: pulls from the stage's channel, sends outputs on.
-struct ChanPull<In, Out> {
-    rx: Receiver<Batch<In>>,
-    stop: Receiver<()>,
-    buf: VecDeque<Rec<In>>,
-    vals: VecDeque<In>,
-    out: Output<Out>,
-    out_batch: Batch<Out>,
-    next_seq: u64,
-    stride: u64,
-    consumed: u64,
-    position: u64,
-    idx: u32,
-    stopped: bool,
-}
-
-impl<In, Out> ChanPull<In, Out> {
-    fn new_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq += self.stride;
-        s
-    }
-
-    fn flush(&mut self) {
-        if self.consumed > 0 {
-            let n = std::mem::take(&mut self.consumed);
-            self.out_batch.push(Rec {
-                seq: crate::transport::link::NO_SEQ,
-                body: Body::Consumed(self.idx, n),
-            });
-        }
-        if !self.out_batch.is_empty() && !self.stopped {
-            let batch = std::mem::take(&mut self.out_batch);
-            if self.out.send(batch, &self.stop).is_err() {
-                self.stopped = true;
-            }
-        }
-    }
-}
-
-impl<In, Out> crate::stage::Pull<In> for ChanPull<In, Out> {
-    fn pull(&mut self) -> Option<In> {
-        loop {
-            if let Some(v) = self.vals.pop_front() {
-                return Some(v);
-            }
-            if self.stopped {
-                return None;
-            }
-            let Some(r) = self.buf.pop_front() else {
-                self.flush();
-                match recv_chan(&self.rx, &self.stop) {
-                    Some(b) => self.buf.extend(b),
-                    None => return None,
-                }
-                continue;
-            };
-            match r.body {
-                Body::Consumed(i, n) => {
-                    // From an earlier stream stage: pass it on.
-                    self.out_batch.push(Rec {
-                        seq: r.seq,
-                        body: Body::Consumed(i, n),
-                    });
-                    continue;
-                }
-                Body::One(v) => self.vals.push_back(v),
-                Body::Many(vs) => self.vals.extend(vs),
-                Body::Dropped(_) => {}
-                Body::Failed(i, e) => {
-                    let seq = self.new_seq();
-                    self.out_batch.push(Rec {
-                        seq,
-                        body: Body::Failed(i, e),
-                    });
-                }
-            }
-            self.consumed += 1;
-            self.position += 1;
-        }
-    }
-}
-
-impl<In, Out> crate::stream::StreamIo<In, Out> for ChanPull<In, Out> {
-    fn emit(&mut self, value: Out) {
-        let seq = self.new_seq();
-        self.out_batch.push(Rec {
-            seq,
-            body: Body::One(value),
-        });
-        if self.out_batch.len() >= 256 {
-            self.flush();
-        }
-    }
-
-    fn fail(&mut self, e: Error) {
-        let seq = self.new_seq();
-        self.out_batch.push(Rec {
-            seq,
-            body: Body::Failed(self.idx, Box::new(e)),
-        });
-    }
-
-    fn position(&self) -> u64 {
-        self.position
-    }
-
-    fn finish(&mut self) {
-        self.flush();
     }
 }
 

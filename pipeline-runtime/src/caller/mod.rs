@@ -2,3 +2,4 @@
 //! process stages, and the bookkeeping they share.
 
 pub(crate) mod bridge;
+pub(crate) mod stream_pull;

@@ -160,7 +160,13 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// put signals in a known state (mask cleared, SIGINT ignored: the caller decides about
 /// Ctrl-C, and workers follow through end of stream), and close every runtime descriptor
 /// this child must not hold.
-pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd], close: &[RawFd]) {
+pub(crate) fn child_setup(
+    pdeathsig: bool,
+    expected_parent: Pid,
+    orphaned_code: i32,
+    keep: &[RawFd],
+    close: &[RawFd],
+) {
     if pdeathsig {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
         unsafe {
@@ -173,7 +179,7 @@ pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd],
             )
         };
         if nix::unistd::getppid() != expected_parent {
-            exit_now(EXIT_ORPHANED);
+            exit_now(orphaned_code);
         }
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
@@ -196,9 +202,6 @@ pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, keep: &[RawFd],
         }
     }
 }
-
-/// Exit code a child uses when it finds its parent already gone.
-pub(crate) const EXIT_ORPHANED: i32 = 121;
 
 /// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
 pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {

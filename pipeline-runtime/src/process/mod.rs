@@ -1,4 +1,5 @@
 //! What runs in forked processes: the supervisor and the workers it forks.
 
+pub(crate) mod protocol;
 pub(crate) mod supervisor;
 pub(crate) mod worker;

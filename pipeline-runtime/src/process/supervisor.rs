@@ -37,51 +37,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::caller::bridge::AnyStage;
 use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
 use crate::os::sys::SlotState;
-use crate::process::worker::{
-    CTL_CORRUPT, CTL_FINISHED, CTL_INIT_FAILED, CTL_INIT_OK, EXIT_RESTART, GiveUp, WorkerCtx,
-    WorkerEnd,
-};
-use crate::transport::{codec, link, record};
-
-/// Messages from the supervisor to the caller.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum SupMsg {
-    /// The supervisor is set up (sent before it forks the workers).
-    Alive,
-    /// Every worker was forked.
-    Ready,
-    /// The pipeline could not start; the supervisor cleaned up and exits.
-    StartFailed(String),
-    /// A worker's `init` failed at start; the supervisor cleaned up and exits.
-    InitFailed {
-        stage: u32,
-        pid: u32,
-        message: String,
-    },
-    /// A worker ended without finishing; it was replaced (`restarted`) or the stage gave up.
-    WorkerDied {
-        stage: u32,
-        pid: u32,
-        cause: String,
-        restarted: bool,
-    },
-    /// Every worker finished after end of input.
-    Done,
-    /// A stage lost its last worker and no replacement could be forked: the supervisor
-    /// stopped everything; unfinished items fail with this cause.
-    Stopped { stage: u32, pid: u32, cause: String },
-}
-
-/// The caller's report of a corrupt frame from a worker of the last process stage:
-/// `CALLER_CORRUPT | stage u32 | link u32 | what`.
-pub(crate) const CALLER_CORRUPT: u8 = 1;
+use crate::process::protocol::{self, CallerMsg, CorruptReport, Recv, SupMsg, WorkerMsg, exit};
+use crate::process::worker::{GiveUp, WorkerCtx, WorkerEnd};
+use crate::transport::{link, record};
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -128,21 +92,6 @@ struct Child {
     corrupt: Vec<CorruptReport>,
 }
 
-pub(crate) fn send_msg(fd: impl AsFd, msg: &SupMsg) {
-    let mut buf = Vec::new();
-    if codec::encode_into(msg, &mut buf).is_ok() {
-        let _ = sys::send(fd.as_fd(), &buf, false);
-    }
-}
-
-pub(crate) fn recv_msg(fd: impl AsFd) -> Option<SupMsg> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    match sys::recv(fd.as_fd(), &mut buf, false) {
-        Ok(Some(n)) if n > 0 => codec::decode(&buf).ok(),
-        _ => None,
-    }
-}
-
 /// Cause text for a worker that ended without finishing.
 pub(crate) fn cause(status: &WaitStatus) -> String {
     match status {
@@ -171,19 +120,19 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
         }
         keep.extend(s.streams.iter().flatten());
     }
-    sys::child_setup(false, Pid::from_raw(0), &keep, &inherited);
+    sys::child_setup(false, Pid::from_raw(0), exit::ORPHANED, &keep, &inherited);
     fds::child_reset(&keep);
     crate::stage::IN_FORKED.store(true, Ordering::Relaxed);
     // SAFETY: `ctl` is this pipeline's control socket, kept open above and owned by nobody
     // else in this process (the caller-side objects that mention it are never dropped here).
     let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
-    send_msg(&ctl, &SupMsg::Alive);
+    protocol::send(&ctl, &SupMsg::Alive);
 
     let total: usize = stages.iter().map(|s| s.workers.len()).sum();
     let states = match sys::shared_slots(total) {
         Ok(s) => s,
         Err(e) => {
-            send_msg(&ctl, &SupMsg::StartFailed(format!("mmap failed: {e}")));
+            protocol::send(&ctl, &SupMsg::StartFailed(format!("mmap failed: {e}")));
             sys::exit_now(0);
         }
     };
@@ -209,16 +158,16 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                 stages[slots[k].stage].stage.name()
             );
             kill_all(&mut slots);
-            send_msg(&ctl, &SupMsg::StartFailed(msg));
+            protocol::send(&ctl, &SupMsg::StartFailed(msg));
             sys::exit_now(0);
         }
     }
     if let Some(msg) = wait_inits(&stages, &mut slots, ctl.as_fd()) {
         kill_all(&mut slots);
-        send_msg(&ctl, &msg);
+        protocol::send(&ctl, &msg);
         sys::exit_now(0);
     }
-    send_msg(&ctl, &SupMsg::Ready);
+    protocol::send(&ctl, &SupMsg::Ready);
 
     let mut restarts: Vec<Budget> = stages
         .iter()
@@ -237,7 +186,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
     let mut who: Vec<usize> = Vec::new();
     loop {
         if slots.iter().all(|s| s.child.is_none()) {
-            send_msg(&ctl, &SupMsg::Done);
+            protocol::send(&ctl, &SupMsg::Done);
             sys::exit_now(0);
         }
         pfds.clear();
@@ -269,16 +218,13 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
         if pfds[0].revents != 0 {
             // A report from the caller's side, or the caller closed the pipeline (or died):
             // then stop everything now.
-            let mut buf = Vec::with_capacity(64 * 1024);
             loop {
-                match sys::recv(ctl.as_fd(), &mut buf, true) {
-                    Ok(None) => break,
-                    Ok(Some(n)) if n >= 13 && buf[0] == CALLER_CORRUPT => {
-                        let stage = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes"));
-                        if let Some(r) = parse_corrupt(&buf[5..n])
-                            && let Some(k) = slots
-                                .iter()
-                                .position(|s| stages[s.stage].idx == stage && s.slot == r.link)
+                match protocol::recv::<CallerMsg>(&ctl, true) {
+                    Recv::Empty => break,
+                    Recv::Msg(CallerMsg::Corrupt { stage, report: r }) => {
+                        if let Some(k) = slots
+                            .iter()
+                            .position(|s| stages[s.stage].idx == stage && s.slot == r.link)
                         {
                             blame(
                                 &mut slots[k],
@@ -287,7 +233,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                             );
                         }
                     }
-                    _ => {
+                    Recv::Closed => {
                         kill_all(&mut slots);
                         sys::exit_now(0);
                     }
@@ -339,7 +285,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             }
             let mut why = match (&c.init_error, &status) {
                 (Some(m), _) => format!("init failed: {m}"),
-                (None, Some(WaitStatus::Exited(_, EXIT_RESTART))) => {
+                (None, Some(WaitStatus::Exited(_, exit::RESTART))) => {
                     "replaced after a panic (the stage keeps init state)".to_string()
                 }
                 (None, Some(st)) => cause(st),
@@ -387,7 +333,7 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
                     // The stage has no worker left and cannot get one: nothing could ever
                     // run its items. Stop the pipeline with the cause (the caller fails
                     // every unfinished item with it) instead of pretending to be done.
-                    send_msg(
+                    protocol::send(
                         &ctl,
                         &SupMsg::Stopped {
                             stage: stages[stage].idx,
@@ -401,22 +347,6 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
             }
         }
     }
-}
-
-/// A corrupt-frame report: the link, the epoch of its sender that wrote it, what was wrong.
-struct CorruptReport {
-    link: usize,
-    epoch: u32,
-    what: String,
-}
-
-/// Reads `link u32 | epoch u32 | what` of a corrupt-frame report (`None` if too short).
-fn parse_corrupt(b: &[u8]) -> Option<CorruptReport> {
-    Some(CorruptReport {
-        link: u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize,
-        epoch: u32::from_le_bytes(b.get(4..8)?.try_into().ok()?),
-        what: String::from_utf8_lossy(&b[8..]).into_owned(),
-    })
 }
 
 /// The slot of the worker that writes input link `link` of slot `k`'s worker: a worker of
@@ -487,7 +417,7 @@ fn on_couple_death(
         slots[partner].state.running.store(0, Ordering::Relaxed);
         slots[partner].overtime = None;
         let partner_stage = &stages[slots[partner].stage];
-        send_msg(
+        protocol::send(
             ctl,
             &SupMsg::WorkerDied {
                 stage: partner_stage.idx,
@@ -523,7 +453,7 @@ fn on_couple_death(
         running != 0,
         &mut restarts[si],
     );
-    send_msg(
+    protocol::send(
         ctl,
         &SupMsg::WorkerDied {
             stage: stages[si].idx,
@@ -722,7 +652,7 @@ fn on_death(
         send_notice(b, &notice);
     }
     let restarted = count_restart(st, slot, why, running != 0, &mut restarts[slot.stage]);
-    send_msg(
+    protocol::send(
         ctl,
         &SupMsg::WorkerDied {
             stage: st.idx,
@@ -764,19 +694,12 @@ fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
 }
 
 fn read_ctl(c: &mut Child) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Ok(Some(n)) = sys::recv(c.ctl.as_fd(), &mut buf, true) {
-        if n == 0 {
-            break;
-        }
-        match buf.first() {
-            Some(&CTL_FINISHED) => c.finished = true,
-            Some(&CTL_INIT_OK) => c.init_ok = true,
-            Some(&CTL_INIT_FAILED) => {
-                c.init_error = Some(String::from_utf8_lossy(&buf[1..]).into_owned())
-            }
-            Some(&CTL_CORRUPT) => c.corrupt.extend(parse_corrupt(&buf[1..n])),
-            _ => {}
+    while let Recv::Msg(m) = protocol::recv::<WorkerMsg>(&c.ctl, true) {
+        match m {
+            WorkerMsg::Finished => c.finished = true,
+            WorkerMsg::InitOk => c.init_ok = true,
+            WorkerMsg::InitFailed(message) => c.init_error = Some(message),
+            WorkerMsg::Corrupt(report) => c.corrupt.push(report),
         }
     }
 }
@@ -893,7 +816,7 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
             let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
             keep.push(ctl_worker.as_raw_fd());
             keep.extend(stream);
-            sys::child_setup(true, me, &keep, &inherited);
+            sys::child_setup(true, me, exit::ORPHANED, &keep, &inherited);
             fds::child_reset(&keep);
             let own = |v: &Vec<RawFd>| {
                 v.iter()
@@ -928,13 +851,13 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
             let end =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stage.worker_main(ctx)));
             let Ok(end) = end else {
-                sys::exit_now(EXIT_PANIC)
+                sys::exit_now(exit::PANIC)
             };
             match end {
                 Ok(WorkerEnd::Finished) => sys::exit_now(0),
-                Ok(WorkerEnd::Restart) => sys::exit_now(EXIT_RESTART),
-                Ok(WorkerEnd::InitFailed) => sys::exit_now(EXIT_INIT_FAILED),
-                Err(_) => sys::exit_now(EXIT_LINK_ERROR),
+                Ok(WorkerEnd::Restart) => sys::exit_now(exit::RESTART),
+                Ok(WorkerEnd::InitFailed) => sys::exit_now(exit::INIT_FAILED),
+                Err(_) => sys::exit_now(exit::LINK_ERROR),
             }
         }
         fds::Fork::Parent(pid) => {
@@ -960,11 +883,3 @@ fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io:
         }
     }
 }
-
-/// Exit code of a worker whose links failed (its neighbours went away).
-const EXIT_LINK_ERROR: i32 = 122;
-/// Exit code of a worker whose runtime code panicked (a bug; never user code, which is
-/// caught per item).
-const EXIT_PANIC: i32 = 125;
-/// Exit code of a worker whose `init` failed (it said why on its control socket).
-const EXIT_INIT_FAILED: i32 = 124;

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::os::sys::{self, SlotState};
+use crate::process::protocol::{self, WorkerMsg};
 use crate::stage::{Body, Emit, PipeRole, Stage, apply};
 use crate::transport::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
 use crate::transport::pipe::{End, PipeReader, PipeWriter};
@@ -47,17 +48,6 @@ pub(crate) struct WorkerCtx<F> {
     pub in_epochs: Vec<u32>,
 }
 
-/// Control messages from a worker to the supervisor.
-pub(crate) const CTL_FINISHED: u8 = 1;
-pub(crate) const CTL_INIT_OK: u8 = 2;
-pub(crate) const CTL_INIT_FAILED: u8 = 3;
-/// `CTL_CORRUPT | link u32 | sender epoch u32 | what`: a corrupt frame arrived on that
-/// input link.
-pub(crate) const CTL_CORRUPT: u8 = 4;
-
-/// Exit code of a worker that asks to be replaced (a panic in a stage with `init` state).
-pub(crate) const EXIT_RESTART: i32 = 123;
-
 /// How a worker's loop ended.
 pub(crate) enum WorkerEnd {
     /// End of input; everything sent was acked; `FINISHED` was sent.
@@ -76,9 +66,9 @@ pub(crate) struct GiveUp {
     pub cause: String,
 }
 
-fn tell<F: AsFd>(ctl: &Option<F>, msg: &[u8]) {
+fn tell<F: AsFd>(ctl: &Option<F>, msg: &WorkerMsg) {
     if let Some(c) = ctl {
-        let _ = sys::send(c.as_fd(), msg, false);
+        protocol::send(c, msg);
     }
 }
 
@@ -93,12 +83,8 @@ fn report_corrupt<F: AsFd>(
     if ctl.is_none() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, c.what));
     }
-    let mut m = vec![CTL_CORRUPT];
-    m.extend_from_slice(&(c.link as u32).to_le_bytes());
-    m.extend_from_slice(&c.epoch.to_le_bytes());
-    m.extend_from_slice(c.what.as_bytes());
-    tell(ctl, &m);
     rx.void(c.link);
+    tell(ctl, &WorkerMsg::Corrupt(c));
     Ok(())
 }
 
@@ -175,7 +161,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             }
         }
     };
-    tell(&ctl, &[CTL_INIT_OK]);
+    tell(&ctl, &WorkerMsg::InitOk);
     let mut restart = false;
     // An item is acked upstream only once the next stage acked what this worker made of
     // it: until the item leaves the process stages, its sender still holds it, so any death
@@ -359,7 +345,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     tx.finish()?;
     credit_acked(&mut rx, &mut tx);
     rx.drain_acks();
-    tell(&ctl, &[CTL_FINISHED]);
+    tell(&ctl, &WorkerMsg::Finished);
     Ok(WorkerEnd::Finished)
 }
 
@@ -427,9 +413,8 @@ fn consume<In, Out>(
 }
 
 fn init_failed<F: AsFd>(ctl: &Option<F>, message: &str) -> io::Result<WorkerEnd> {
-    let mut m = vec![CTL_INIT_FAILED];
-    m.extend_from_slice(&message.as_bytes()[..message.len().min(60_000)]);
-    tell(ctl, &m);
+    let cut = message.floor_char_boundary(60_000);
+    tell(ctl, &WorkerMsg::InitFailed(message[..cut].to_string()));
     Ok(WorkerEnd::InitFailed)
 }
 
@@ -469,7 +454,7 @@ fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
             LinkSender::replacement(outs, credit, epoch)?,
         )
     };
-    tell(&ctl, &[CTL_INIT_OK]);
+    tell(&ctl, &WorkerMsg::InitOk);
     let me = if ctl.is_some() {
         Worker::Process(std::process::id())
     } else {
@@ -496,7 +481,7 @@ fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     if let Some(e) = io.error.take() {
         return Err(e);
     }
-    tell(&ctl, &[CTL_FINISHED]);
+    tell(&ctl, &WorkerMsg::Finished);
     Ok(WorkerEnd::Finished)
 }
 

@@ -685,8 +685,9 @@ struct Msg {
 }
 
 /// Why a link's stream could not be read: the link (its index in the receiver, which is
-/// the sending worker's slot in mesh order) and what was wrong.
-#[derive(Debug)]
+/// the sending worker's slot in mesh order) and what was wrong. The receiver reports it to
+/// the supervisor as it is (see `process::protocol`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Corrupt {
     pub link: usize,
     /// The epoch of the link's sender that wrote it (from its `HELLO`; 0 for the first).

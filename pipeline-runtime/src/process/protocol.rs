@@ -1,0 +1,128 @@
+//! The control protocol: every message between the caller, the supervisor and the workers,
+//! and every exit code a forked process leaves with. Nothing else reads these bytes.
+//!
+//! # Channels
+//! Each channel is a `SOCK_SEQPACKET` socket, one message per packet, every message a
+//! `bincode` value of one of the enums below (so no byte offset is ever read by hand):
+//!
+//! | channel | direction | messages | end of stream means |
+//! | --- | --- | --- | --- |
+//! | control | supervisor → caller | [`SupMsg`] | the supervisor is gone (`Done` or `Stopped` came first if it ended on purpose) |
+//! | control | caller → supervisor | [`CallerMsg`] | stop now: kill and reap every worker, exit |
+//! | worker control | worker → supervisor | [`WorkerMsg`] | nothing by itself: a worker's end is its exit, seen by its pidfd |
+//!
+//! # Exit codes
+//! A worker that ends on purpose says why on its control socket *and* exits with a code from
+//! [`exit`]; the supervisor trusts the pair (a zero exit without `Finished` is a death).
+
+use std::os::fd::AsFd;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::os::sys;
+use crate::transport::codec;
+
+/// Messages from the supervisor to the caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SupMsg {
+    /// The supervisor is set up (sent before it forks the workers).
+    Alive,
+    /// Every worker was forked.
+    Ready,
+    /// The pipeline could not start; the supervisor cleaned up and exits.
+    StartFailed(String),
+    /// A worker's `init` failed at start; the supervisor cleaned up and exits.
+    InitFailed {
+        stage: u32,
+        pid: u32,
+        message: String,
+    },
+    /// A worker ended without finishing; it was replaced (`restarted`) or the stage gave up.
+    WorkerDied {
+        stage: u32,
+        pid: u32,
+        cause: String,
+        restarted: bool,
+    },
+    /// Every worker finished after end of input.
+    Done,
+    /// A stage lost its last worker and no replacement could be forked: the supervisor
+    /// stopped everything; unfinished items fail with this cause.
+    Stopped { stage: u32, pid: u32, cause: String },
+}
+
+/// A corrupt frame arrived on an input link: which link (the sender's position), the epoch
+/// of the sender that wrote it, and what was wrong.
+pub(crate) use crate::transport::link::Corrupt as CorruptReport;
+
+/// Messages from the caller to the supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CallerMsg {
+    /// The caller's collector found a corrupt frame from a worker of process stage `stage`.
+    Corrupt { stage: u32, report: CorruptReport },
+}
+
+/// Messages from a worker to the supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WorkerMsg {
+    /// Its `init` ran (or it has none): it serves items now.
+    InitOk,
+    /// Its `init` failed with this message; it exits with [`exit::INIT_FAILED`].
+    InitFailed(String),
+    /// Its input ended and everything it sent was acknowledged; it exits with 0.
+    Finished,
+    /// A corrupt frame arrived on one of its input links.
+    Corrupt(CorruptReport),
+}
+
+/// Exit codes of forkpipe's own processes (a user's stage never picks them: it cannot
+/// reach `exit` without the supervisor seeing its item unfinished).
+pub(crate) mod exit {
+    /// A child that found its parent already gone (`PR_SET_PDEATHSIG` came too late).
+    pub(crate) const ORPHANED: i32 = 121;
+    /// A worker whose links failed (its neighbours went away).
+    pub(crate) const LINK_ERROR: i32 = 122;
+    /// A worker that asks to be replaced (a panic in a stage with `init` state).
+    pub(crate) const RESTART: i32 = 123;
+    /// A worker whose `init` failed (it said why first).
+    pub(crate) const INIT_FAILED: i32 = 124;
+    /// A worker whose runtime code panicked (a forkpipe bug: user code is caught per item).
+    pub(crate) const PANIC: i32 = 125;
+}
+
+/// What [`recv`] found.
+#[derive(Debug)]
+pub(crate) enum Recv<M> {
+    Msg(M),
+    /// Nothing to read now (non-blocking only).
+    Empty,
+    /// End of stream, an error, or a message that does not decode.
+    Closed,
+}
+
+/// Sends one message (blocking; a dead peer is ignored: its end is seen elsewhere).
+pub(crate) fn send<M: Serialize>(fd: impl AsFd, msg: &M) {
+    let mut buf = Vec::new();
+    if codec::encode_into(msg, &mut buf).is_ok() {
+        let _ = sys::send(fd.as_fd(), &buf, false);
+    }
+}
+
+/// Receives one message.
+pub(crate) fn recv<M: DeserializeOwned>(fd: impl AsFd, nonblocking: bool) -> Recv<M> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    match sys::recv(fd.as_fd(), &mut buf, nonblocking) {
+        Ok(None) => Recv::Empty,
+        Ok(Some(n)) if n > 0 => codec::decode(&buf).map_or(Recv::Closed, Recv::Msg),
+        _ => Recv::Closed,
+    }
+}
+
+/// Receives one message, blocking: `None` at end of stream.
+pub(crate) fn recv_blocking<M: DeserializeOwned>(fd: impl AsFd) -> Option<M> {
+    match recv(fd, false) {
+        Recv::Msg(m) => Some(m),
+        _ => None,
+    }
+}
