@@ -7,7 +7,9 @@
 
 mod caller;
 mod compose;
+mod erase;
 mod error;
+mod handles;
 mod os;
 mod pipeline;
 mod process;
@@ -18,9 +20,8 @@ mod transport;
 #[doc(hidden)]
 pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
 pub use error::{Error, Worker};
-pub use pipeline::{
-    FirstStage, PipePending, Pipeline, Report, Results, Running, StageStats, Stats, Ticket,
-};
+pub use handles::{Report, Results, Running, StageStats, Stats, Ticket};
+pub use pipeline::{FirstStage, PipePending, Pipeline};
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
 pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};

@@ -2,4 +2,15 @@
 //! process stages, and the bookkeeping they share.
 
 pub(crate) mod bridge;
+pub(crate) mod collector;
+pub(crate) mod control;
+pub(crate) mod engine;
+pub(crate) mod feeder;
+pub(crate) mod launch;
+pub(crate) mod output;
+pub(crate) mod shared;
 pub(crate) mod stream_pull;
+pub(crate) mod thread_stage;
+pub(crate) mod threads;
+pub(crate) mod topology;
+pub(crate) mod window;

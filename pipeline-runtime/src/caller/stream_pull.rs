@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crossbeam_channel::Receiver;
 
-use crate::caller::bridge::{Batch, Output, recv_chan};
+use crate::caller::output::{Batch, Output, recv_chan};
 use crate::error::Error;
 use crate::stage::{Body, Rec};
 

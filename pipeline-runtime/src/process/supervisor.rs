@@ -38,7 +38,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::caller::bridge::AnyStage;
+use crate::erase::AnyStage;
 use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;

@@ -1,0 +1,129 @@
+//! Thread stages: a stage's workers on threads of the caller's process, each pulling
+//! batches from the stage's channel, applying the stage function item by item (a panic
+//! fails its item; a stateful stage re-runs `init` after one), and sending the outputs on.
+//! Also the workers of a `pipe_next` half that is not `subprocess`: they run the process
+//! worker's loop on a thread, over the same sockets.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::caller::output::{Batch, Output, recv_chan};
+use crate::caller::threads::Rt;
+use crate::error::{Error, Worker};
+use crate::os::fds::RtFd;
+use crate::stage::{Body, Emit, Rec, Stage, apply};
+
+pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
+    stage: Arc<Stage<In, Out>>,
+    idx: u32,
+    rx: Receiver<Batch<In>>,
+    out: Output<Out>,
+    rt: &Rt,
+) -> io::Result<()> {
+    if let Some(f) = &stage.stream {
+        for w in 0..stage.opts.workers {
+            let pull = crate::caller::stream_pull::ChanPull::<In, Out> {
+                rx: rx.clone(),
+                stop: rt.stop.clone(),
+                buf: VecDeque::new(),
+                vals: VecDeque::new(),
+                out: out.try_clone().expect("thread stages write to channels"),
+                out_batch: Vec::new(),
+                next_seq: w as u64,
+                stride: stage.opts.workers as u64,
+                consumed: 0,
+                position: 0,
+                idx,
+                stopped: false,
+            };
+            let f = Arc::clone(f);
+            let name = stage.name.to_string();
+            let inits = rt.inits.clone();
+            rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
+                let _ = inits.send(Ok(()));
+                drop(inits);
+                crate::stream::run(
+                    &*f,
+                    std::rc::Rc::new(std::cell::RefCell::new(pull)),
+                    &name,
+                    Worker::Thread(w),
+                );
+            })?;
+        }
+        return Ok(());
+    }
+    for w in 0..stage.opts.workers {
+        let rx = rx.clone();
+        let mut out = out.try_clone().expect("thread stages write to channels");
+        let stop = rt.stop.clone();
+        let me = Arc::clone(&stage);
+        let inits = rt.inits.clone();
+        rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
+            let worker = Worker::Thread(w);
+            let make = || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
+                Ok(r) => r,
+                Err(p) => Err(format!("panicked: {}", crate::error::panic_message(p.as_ref()))),
+            };
+            let mut f = match make() {
+                Ok(f) => {
+                    let _ = inits.send(Ok(()));
+                    f
+                }
+                Err(message) => {
+                    let _ = inits.send(Err(Error::Init { stage: me.name.to_string(), worker, message }));
+                    return;
+                }
+            };
+            drop(inits);
+            let mut emit = Emit::new();
+            while let Some(batch) = recv_chan(&rx, &stop) {
+                let mut out_batch: Batch<Out> = Vec::with_capacity(batch.len());
+                for r in batch {
+                    let body = apply(&mut f, idx, &me.name, worker, r.seq, r.body, &mut emit);
+                    let panicked = matches!(&body, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
+                    out_batch.push(Rec { seq: r.seq, body });
+                    if panicked && me.opts.stateful {
+                        // Its state may be half-updated: start afresh.
+                        f = match make() {
+                            Ok(f) => f,
+                            Err(message) => {
+                                let stage = me.name.to_string();
+                                Box::new(move |_: In, _: &mut Emit<Out>| {
+                                    Err(format!("init of stage '{stage}' failed after a panic: {message}"))
+                                })
+                            }
+                        };
+                    }
+                }
+                if out.send(out_batch, &stop).is_err() {
+                    return;
+                }
+            }
+        })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn spawn_link_worker<In: Send + 'static, Out: Send + 'static>(
+    stage: Arc<Stage<In, Out>>,
+    ctx: crate::process::worker::WorkerCtx<RtFd>,
+    rt: &Rt,
+) -> io::Result<()> {
+    let inits = rt.inits.clone();
+    let name = format!("{}-{}", stage.name, ctx.position);
+    rt.threads.spawn(&name, move || {
+        let _ = inits.send(Ok(()));
+        drop(inits);
+        if let Err(e) = crate::process::worker::run(&*stage, ctx) {
+            tracing::debug!(stage = %stage.name, "forkpipe: link worker thread ended: {e}");
+        }
+    })
+}
+
+/// The shared slot of every link worker on a thread: nobody watches it (there is no
+/// supervisor for threads), but the worker's loop writes its counters there.
+pub(crate) static THREAD_SLOT: std::sync::LazyLock<crate::os::sys::SlotState> =
+    std::sync::LazyLock::new(crate::os::sys::SlotState::default);

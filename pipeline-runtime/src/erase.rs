@@ -1,0 +1,126 @@
+//! Type erasure of stages: the one place where a `Stage<In, Out>` becomes a
+//! `dyn AnyStage`.
+//!
+//! # Why
+//! A pipeline is a list of stages of different types (`Stage<String, Rec>`,
+//! `Stage<Rec, Id>`, …); the runtime must keep them in one `Vec`, hand them to the
+//! supervisor, and start them in a loop. So each stage is kept as `Arc<dyn AnyStage>`: the
+//! erased stage still knows its own `In`/`Out` and makes the typed pieces that touch them
+//! (channels, bridges, workers), handing them to its neighbours as `Box<dyn Any>`.
+//! Composition (`Pipeline::then`, `pipeline!`) already checked that neighbouring types
+//! agree, so every downcast succeeds; a failed one is a forkpipe bug and panics.
+
+use std::any::Any;
+use std::io;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::caller::output::{Batch, Output};
+use crate::caller::threads::Rt;
+use crate::caller::{bridge, thread_stage};
+use crate::os::fds::RtFd;
+use crate::process::worker::{self, WorkerCtx, WorkerEnd};
+use crate::stage::{Opts, Stage};
+
+/// A stage with its types erased (see the module docs).
+pub(crate) trait AnyStage: Send + Sync {
+    fn name(&self) -> &str;
+    fn opts(&self) -> &Opts;
+    /// A channel into this stage: (`Output<In>`, `Receiver<Batch<In>>`), boxed.
+    fn input_channel(&self, cap: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>);
+    /// Runs this (thread) stage: `rx` from [`AnyStage::input_channel`], `out`: `Output<Out>`.
+    fn spawn_threads(
+        self: Arc<Self>,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()>;
+    /// An `Output<In>` writing straight to this (process) stage's workers.
+    fn link_output(&self, idx: u32, links: Vec<RtFd>, credit: usize) -> Box<dyn Any + Send>;
+    /// A thread moving batches from `rx` (`Receiver<Batch<In>>`) into this stage's workers.
+    fn spawn_dispatcher(
+        &self,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        links: Vec<RtFd>,
+        credit: usize,
+        rt: &Rt,
+    ) -> io::Result<()>;
+    /// A thread moving this (process) stage's outputs from `links` into `out` (`Output<Out>`).
+    fn spawn_merger(
+        &self,
+        idx: u32,
+        links: Vec<RtFd>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()>;
+    /// The body of a worker process of this stage (in the child). Returns when its input
+    /// ended and everything it sent was acknowledged.
+    fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd>;
+    /// Runs a worker of this link stage on a thread of the caller (the halves of a
+    /// `pipe_next` pair that are not `subprocess`).
+    fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()>;
+}
+
+impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn opts(&self) -> &Opts {
+        &self.opts
+    }
+
+    fn input_channel(&self, cap: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>) {
+        bridge::input_channel(self, cap)
+    }
+
+    fn spawn_threads(
+        self: Arc<Self>,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()> {
+        let rx = *rx
+            .downcast::<Receiver<Batch<In>>>()
+            .expect("input channel of this stage");
+        let out = *out.downcast::<Output<Out>>().expect("output of this stage");
+        thread_stage::spawn_workers(self, idx, rx, out, rt)
+    }
+
+    fn link_output(&self, idx: u32, links: Vec<RtFd>, credit: usize) -> Box<dyn Any + Send> {
+        Box::new(bridge::link_output(self, idx, links, credit))
+    }
+
+    fn spawn_dispatcher(
+        &self,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        links: Vec<RtFd>,
+        credit: usize,
+        rt: &Rt,
+    ) -> io::Result<()> {
+        bridge::spawn_dispatcher(self, idx, rx, links, credit, rt)
+    }
+
+    fn spawn_merger(
+        &self,
+        idx: u32,
+        links: Vec<RtFd>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()> {
+        bridge::spawn_merger(self, idx, links, out, rt)
+    }
+
+    fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
+        worker::run(self, ctx)
+    }
+
+    fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()> {
+        thread_stage::spawn_link_worker(self, ctx, rt)
+    }
+}
