@@ -48,3 +48,9 @@ pub const STAGE_FN: &str = "__forkpipe_stage";
 pub fn local(name: &str) -> proc_macro2::Ident {
     proc_macro2::Ident::new(name, proc_macro2::Span::mixed_site())
 }
+
+/// `text` made safe inside a `format!`-style string of `#[diagnostic::on_unimplemented]`
+/// (braces doubled).
+pub fn escape(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}

@@ -1,14 +1,53 @@
 //! The runtime of [forkpipe](https://docs.rs/forkpipe): stages, pipelines, the supervisor
 //! and worker processes, and the socket transport between them.
 //!
-//! Users depend on the `forkpipe` facade, which re-exports what is public here; the module
-//! essays (`link`, `supervisor`, `exec`, `fds`) explain how the runtime works.
+//! Users depend on the `forkpipe` facade, which re-exports what is public here.
+//!
+//! # Module map
+//! The public API:
+//! - `stage` — [`Stage`], [`Source`], [`Producer`]/[`Consumer`], [`Emit`], [`Items`]: what a
+//!   step does and where it runs.
+//! - `pipeline` — [`Pipeline`]: the typed builder `pipeline!` expands to, and `run`/`start`.
+//! - `handles` — [`Results`], [`Running`], [`Ticket`], [`Stats`], [`Report`].
+//! - `error` — [`Error`], the one error type.
+//! - `compose` — the traits `pipeline!` composes with (compile-time checks).
+//!
+//! The machinery, one mechanism per module:
+//! - `erase` — type erasure of stages (`dyn AnyStage`), and why.
+//! - `guard` — calling user code: `catch_unwind`, the panic hook.
+//! - `stream` — running `stream` stages (whole-stream functions).
+//! - `caller/` — what runs in the caller's process: `launch` (start in four steps),
+//!   `topology` (every socket), `control` (the caller's side of the supervisor), `engine`
+//!   (stop and join), `feeder`, `thread_stage`, `bridge` (into and out of process stages),
+//!   `output`, `window` (the in-flight bound), `shared`, `threads`, `collector` (order and
+//!   accounting at the end), `stream_pull`.
+//! - `process/` — what runs in forked processes: `supervisor` (forks and watches the
+//!   workers), `worker` (a worker's loop), `protocol` (every control message and exit code).
+//! - `transport/` — how items move: `link` (framed records, credit, acks, death notices),
+//!   `record` (the record format), `codec` (bincode), `pipe` (`pipe_next` byte streams).
+//! - `os/` — the operating-system boundary: `sys` (syscalls), `fds` (the registry of the
+//!   runtime's descriptors), `current` (this worker's shared slot). Every `unsafe` is here.
+//!
+//! # An item's path
+//! The **feeder** thread pulls the user's iterator (or submitted work items) within the
+//! **window** and numbers each item. Items cross to a process stage over **links**
+//! (socketpairs carrying batched records, with credit and acks), from the feeder or from a
+//! **bridge** thread; consecutive process stages talk **worker to worker** over a mesh of
+//! links, never through the caller. Each **worker** process (forked by the pipeline's
+//! **supervisor**) decodes a record, runs the stage function under `catch_unwind`, and sends
+//! the outputs on, acking upstream only once they are flushed downstream — so every item is
+//! held by exactly one side at every moment, and a dead worker's items are known. Thread
+//! stages move batches on bounded channels. At the end a **merger** reads the last process
+//! stage's links and the **collector** (in [`Results`] or the ticket resolver) restores
+//! input order, refuses duplicates, gives the window's room back, and turns what never came
+//! back into errors with a cause.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod caller;
 mod compose;
 mod erase;
 mod error;
+mod guard;
 mod handles;
 mod os;
 mod pipeline;

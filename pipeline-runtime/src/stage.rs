@@ -1,12 +1,11 @@
 //! Stages: what a step of a pipeline does and where it runs.
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use crate::error::{Error, Worker, panic_message};
+use crate::error::{Error, panic_message};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
 
@@ -45,6 +44,10 @@ impl<T> Emit<T> {
 
     pub(crate) fn take_all(&mut self) -> Vec<T> {
         std::mem::take(&mut self.items)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
     }
 }
 
@@ -649,146 +652,5 @@ impl<Out: Send + 'static> Source<Out> {
     }
 }
 
-/// Runs the stage function on one record, catching panics: the heart of every worker.
-pub(crate) fn apply<In, Out>(
-    f: &mut WorkerFn<In, Out>,
-    stage_idx: u32,
-    stage: &str,
-    worker: Worker,
-    seq: u64,
-    body: Body<In>,
-    emit: &mut Emit<Out>,
-) -> Body<Out> {
-    let inputs = match body {
-        Body::One(x) => {
-            return match run_one(f, stage, worker, seq, x, emit) {
-                Ok(()) => take_outputs(emit, stage_idx),
-                Err(e) => {
-                    emit.items.clear();
-                    Body::Failed(stage_idx, e)
-                }
-            };
-        }
-        Body::Many(xs) => xs,
-        Body::Dropped(s) => return Body::Dropped(s),
-        Body::Consumed(s, n) => return Body::Consumed(s, n),
-        Body::Failed(i, e) => return Body::Failed(i, e),
-    };
-    for x in inputs {
-        if let Err(e) = run_one(f, stage, worker, seq, x, emit) {
-            emit.items.clear();
-            return Body::Failed(stage_idx, e);
-        }
-    }
-    take_outputs(emit, stage_idx)
-}
-
-fn take_outputs<Out>(emit: &mut Emit<Out>, stage_idx: u32) -> Body<Out> {
-    match emit.items.len() {
-        0 => Body::Dropped(stage_idx),
-        1 => Body::One(emit.items.pop().expect("one item")),
-        _ => Body::Many(std::mem::take(&mut emit.items)),
-    }
-}
-
-thread_local! {
-    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// True in forkpipe's own processes (the supervisor and its workers).
-pub(crate) static IN_FORKED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Installs, once per process and in the caller (never in a forked child: the hook's lock
-/// may have been held by another thread at fork time), a panic hook that in forkpipe's
-/// processes prints nothing — a stage's panic becomes the item's error, with its location —
-/// and elsewhere hands over to the hook that was there before.
-pub(crate) fn install_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if IN_FORKED.load(std::sync::atomic::Ordering::Relaxed) {
-                record_panic(info);
-            } else {
-                previous(info);
-            }
-        }));
-    });
-}
-
-fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
-    {
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        // For a build with `panic = "abort"`: the supervisor reads this after the abort.
-        let slot = CURRENT_SLOT.load(std::sync::atomic::Ordering::Relaxed);
-        if !slot.is_null() {
-            let payload = info.payload();
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let text = match &at {
-                Some(a) => format!("{msg} (at {a})"),
-                None => msg,
-            };
-            // SAFETY: `CURRENT_SLOT` points into the supervisor's shared mapping, which is
-            // never unmapped; only atomics are touched through it.
-            unsafe { &*slot }.set_panic(&text);
-        }
-        PANIC_AT.with(|p| *p.borrow_mut() = at);
-    }
-}
-
-/// The shared state of the worker slot this process serves (null outside workers).
-pub(crate) static CURRENT_SLOT: std::sync::atomic::AtomicPtr<crate::os::sys::SlotState> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-fn run_one<In, Out>(
-    f: &mut WorkerFn<In, Out>,
-    stage: &str,
-    worker: Worker,
-    seq: u64,
-    x: In,
-    emit: &mut Emit<Out>,
-) -> Result<(), Box<Error>> {
-    match guarded(stage, worker, seq, || f(x, emit)) {
-        None => Ok(()),
-        Some(e) => Err(Box::new(e)),
-    }
-}
-
-/// Runs user code `f` for item `seq`, catching a panic: `None` if it succeeded, else the
-/// item's error (`Failed` with its message, or `Panicked` with the panic message and, in
-/// worker processes, its location).
-pub(crate) fn guarded(
-    stage: &str,
-    worker: Worker,
-    seq: u64,
-    f: impl FnOnce() -> Result<(), String>,
-) -> Option<Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => None,
-        Ok(Err(message)) => Some(Error::Failed {
-            stage: stage.to_string(),
-            item: seq,
-            worker,
-            message,
-        }),
-        Err(payload) => {
-            let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
-            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
-                message = format!("{message} (at {at})");
-            }
-            Some(Error::Panicked {
-                stage: stage.to_string(),
-                item: seq,
-                worker,
-                message,
-            })
-        }
-    }
-}
+pub(crate) use crate::guard::IN_FORKED;
+pub(crate) use crate::guard::{apply, guarded, install_panic_hook};

@@ -221,7 +221,7 @@ fn value(stage: &StageRef) -> TokenStream {
 /// The trait that checks the link from `from` to `to`, with the message for that link.
 fn link_trait(link: &Ident, from: &StageRef, to: &StageRef) -> TokenStream {
     let private = paths::private();
-    let (from, to) = (escape(&from.name()), escape(&to.name()));
+    let (from, to) = (paths::escape(&from.name()), paths::escape(&to.name()));
     let message = format!("stage `{to}` takes `{{In}}` but `{from}` produces `{{Self}}`");
     let label = format!("`{to}` takes `{{In}}`, not `{{Self}}`");
     let note = format!(
@@ -305,7 +305,7 @@ fn check_trait(
 /// any part after a `Pipeline`, only a `Consumer` after a `PipePending`.
 fn pipe_trait(pipe: &Ident, from: &StageRef, to: &StageRef) -> TokenStream {
     let private = paths::private();
-    let (from, to) = (escape(&from.name()), escape(&to.name()));
+    let (from, to) = (paths::escape(&from.name()), paths::escape(&to.name()));
     let message =
         format!("`{from}` is a `pipe_next` stage: the stage after it must take `&mut PipeReader`");
     let label = format!("`{to}` takes no `&mut PipeReader`");
@@ -332,7 +332,7 @@ fn pipe_trait(pipe: &Ident, from: &StageRef, to: &StageRef) -> TokenStream {
 /// `Pipeline` (or `first`, checked as after a `Pipeline`).
 fn reader_trait(reader: &Ident, stage: &StageRef, first: bool) -> TokenStream {
     let private = paths::private();
-    let name = escape(&stage.name());
+    let name = paths::escape(&stage.name());
     let message =
         format!("`{name}` takes a `&mut PipeReader`: it must come right after a `pipe_next` stage");
     let label = if first {
@@ -361,7 +361,7 @@ fn reader_trait(reader: &Ident, stage: &StageRef, first: bool) -> TokenStream {
 /// must be a `Stage` by its link already.
 fn later_trait(later: &Ident, stage: &StageRef) -> TokenStream {
     let private = paths::private();
-    let name = escape(&stage.name());
+    let name = paths::escape(&stage.name());
     let message = format!("`{name}` is a `source` stage; a source can only come first");
     let label = "a `source` makes the items of a pipeline, it takes none";
     let note = format!(
@@ -399,7 +399,7 @@ fn later_trait(later: &Ident, stage: &StageRef) -> TokenStream {
 /// no pipeline without a stage before the producer to hand it its items).
 fn start_trait(start: &Ident, first: &StageRef) -> TokenStream {
     let private = paths::private();
-    let name = escape(&first.name());
+    let name = paths::escape(&first.name());
     let message = format!("a pipeline cannot start with the `pipe_next` stage `{name}`");
     let label = "a `pipe_next` stage takes its items from the stage before it";
     let note =
@@ -434,7 +434,7 @@ fn start_trait(start: &Ident, first: &StageRef) -> TokenStream {
 /// The trait that accepts the finished chain unless its last stage, `last`, is `pipe_next`.
 fn last_trait(complete: &Ident, last: &StageRef) -> TokenStream {
     let private = paths::private();
-    let name = escape(&last.name());
+    let name = paths::escape(&last.name());
     let message = format!(
         "the last stage `{name}` is `pipe_next`: add a stage that takes `&mut PipeReader` after it"
     );
@@ -457,9 +457,4 @@ fn last_trait(complete: &Ident, last: &StageRef) -> TokenStream {
             }
         }
     }
-}
-
-/// `name` with its braces doubled, as `on_unimplemented` formats its strings.
-fn escape(name: &str) -> String {
-    name.replace('{', "{{").replace('}', "}}")
 }

@@ -341,8 +341,8 @@ fn pipe_check(span: Span, side: Side) -> (TokenStream, TokenStream) {
 fn init_check(plan: &Plan, init: &syn::Path, state: &Type) -> (TokenStream, TokenStream) {
     let private = paths::private();
     let check = format_ident!("__ForkpipeInit", span = Span::mixed_site());
-    let name = escape(&plan.name.value());
-    let path = escape(&type_text(init));
+    let name = paths::escape(&plan.name.value());
+    let path = paths::escape(&type_text(init));
     let message = format!(
         "`init = {path}` must return the state `{{S}}` or `Result<{{S}}, E>` with `E: Display`, \
          but returns `{{Self}}`"
@@ -368,11 +368,6 @@ fn init_check(plan: &Plan, init: &syn::Path, state: &Type) -> (TokenStream, Toke
     let check = format_ident!("__ForkpipeInit", span = at(span));
     let call = quote_spanned!(span=> <_ as #check<#state>>::__forkpipe_init(#init()));
     (tokens, call)
-}
-
-/// `text` with its braces doubled, as `on_unimplemented` formats its strings.
-fn escape(text: &str) -> String {
-    text.replace('{', "{{").replace('}', "}}")
 }
 
 /// A path as written, for a message.
@@ -467,7 +462,7 @@ fn crosses_check(span: Span) -> (TokenStream, TokenStream) {
 fn when_check(plan: &Plan, span: Span) -> (TokenStream, TokenStream) {
     let private = paths::private();
     let check = format_ident!("__ForkpipeWhen", span = Span::mixed_site());
-    let name = escape(&plan.name.value());
+    let name = paths::escape(&plan.name.value());
     let message = format!(
         "`when` needs a stage whose output type is its input type: `{name}` takes `{{Self}}` \
          but produces `{{Out}}`"

@@ -3,13 +3,15 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
 use crate::caller::output::{IDLE_SERVICE, Output};
+use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
+use crate::caller::window::Window;
 use crate::error::Error;
 use crate::stage::{Body, Rec};
 
@@ -24,6 +26,8 @@ pub(crate) enum Feed<In> {
     Chan(Receiver<(u64, In)>),
 }
 
+/// Starts the feeding thread: it pulls `feed` (in user code: flagged, so a stop does not
+/// wait for an iterator that blocks forever) and sends it to `out`, then ends the input.
 pub(crate) fn spawn_feeder<In: Send + 'static>(
     feed: Feed<In>,
     mut out: Output<In>,
@@ -31,162 +35,196 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
 ) -> io::Result<()> {
     let stop = rt.stop.clone();
     let shared = Arc::clone(&rt.shared);
-    let in_user = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_user = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&in_user);
     rt.threads.spawn_flagged("feeder", flag, move || {
-        let user = |on: bool| in_user.store(on, Ordering::Release);
-        let window = &shared.window;
-        let mut chunk = 1usize;
-        let mut source: Option<String> = None;
-        let feed = match feed {
-            Feed::Lazy(name, make) => {
-                source = Some(name);
-                user(true);
-                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make));
-                user(false);
-                match made {
-                    Ok(it) => Feed::Iter(it),
-                    Err(p) => {
-                        let message = crate::error::panic_message(p.as_ref());
-                        Feed::Iter(Box::new(std::iter::once_with(move || -> In {
-                            std::panic::panic_any(message)
-                        })))
-                    }
-                }
-            }
-            f => f,
-        };
+        let user = User(&in_user);
         let ok = match feed {
-            Feed::Lazy(..) => unreachable!("made into an iterator above"),
-            Feed::Iter(mut it) => {
-                let mut seq = 0u64;
-                loop {
-                    let mut n = window.try_take(chunk);
-                    if n == 0 {
-                        if out.flush().is_err() {
-                            break false;
-                        }
-                        n = loop {
-                            match window.take_timeout(chunk, IDLE_SERVICE) {
-                                Some(n) => break n,
-                                None => {
-                                    if out.service().is_err() {
-                                        break 0;
-                                    }
-                                }
-                            }
-                        };
-                        if n == 0 {
-                            break false;
-                        }
-                    }
-                    let t0 = Instant::now();
-                    let mut batch = Vec::with_capacity(n);
-                    let mut ended = false;
-                    for _ in 0..n {
-                        user(true);
-                        let next =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
-                        user(false);
-                        match next {
-                            Ok(Some(x)) => {
-                                batch.push(Rec {
-                                    seq,
-                                    body: Body::One(x),
-                                });
-                                seq += 1;
-                            }
-                            Ok(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Err(p) => {
-                                let message = crate::error::panic_message(p.as_ref());
-                                let e = Error::Input {
-                                    stage: source.clone(),
-                                    item: seq,
-                                    message,
-                                };
-                                batch.push(Rec {
-                                    seq,
-                                    body: Body::Failed(u32::MAX, Box::new(e)),
-                                });
-                                seq += 1;
-                                ended = true;
-                                break;
-                            }
-                        }
-                    }
-                    let unused = n - batch.len();
-                    shared.issued.store(seq, Ordering::Release);
-                    window.give_back(unused);
-                    if !batch.is_empty() && out.send(batch, &stop).is_err() {
-                        break false;
-                    }
-                    if ended {
-                        break true;
-                    }
-                    let slow = t0.elapsed() > Duration::from_millis(1);
-                    chunk = if slow {
-                        (chunk / 2).max(1)
-                    } else {
-                        (chunk * 2).min(512)
-                    };
-                    if out.flush().is_err() {
-                        break false;
-                    }
-                }
+            Feed::Iter(it) => feed_iter(it, None, &mut out, &shared, &stop, user),
+            Feed::Lazy(name, make) => {
+                let it = make_source(make, user);
+                feed_iter(it, Some(name), &mut out, &shared, &stop, user)
             }
-            Feed::Chan(rx) => loop {
-                let first = match rx.try_recv() {
-                    Ok(x) => x,
-                    Err(_) => {
-                        if out.flush().is_err() {
-                            break false;
-                        }
-                        let got = loop {
-                            select! {
-                                recv(rx) -> r => break r.ok(),
-                                recv(stop) -> _ => break None,
-                                default(IDLE_SERVICE) => {
-                                    if out.service().is_err() {
-                                        break None;
-                                    }
-                                }
-                            }
-                        };
-                        match got {
-                            Some(x) => x,
-                            None => {
-                                break stop.try_recv()
-                                    != Err(crossbeam_channel::TryRecvError::Disconnected);
-                            }
-                        }
-                    }
-                };
-                let mut batch = vec![first];
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(x) => batch.push(x),
-                        Err(_) => break,
-                    }
-                }
-                // Credit is taken per item by `submit` (see `Running::submit`).
-                let batch = batch
-                    .into_iter()
-                    .map(|(seq, x)| Rec {
-                        seq,
-                        body: Body::One(x),
-                    })
-                    .collect();
-                if out.send(batch, &stop).is_err() {
-                    break false;
-                }
-            },
+            Feed::Chan(rx) => feed_chan(&rx, &mut out, &stop),
         };
         if ok && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected) {
             let _ = out.flush();
             out.finish();
         }
     })
+}
+
+/// Marks the times the feeder spends in user code (see [`crate::caller::threads`]).
+#[derive(Clone, Copy)]
+struct User<'a>(&'a AtomicBool);
+
+impl User<'_> {
+    fn run<T>(self, f: impl FnOnce() -> T) -> std::thread::Result<T> {
+        self.0.store(true, Ordering::Release);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.0.store(false, Ordering::Release);
+        r
+    }
+}
+
+type Iter<In> = Box<dyn Iterator<Item = In> + Send>;
+
+/// Makes a source's iterator; if that panics, an iterator whose first item panics with the
+/// same message (so the failure is an item's outcome like any other).
+fn make_source<In: 'static>(
+    make: Box<dyn FnOnce() -> Iter<In> + Send>,
+    user: User<'_>,
+) -> Iter<In> {
+    match user.run(make) {
+        Ok(it) => it,
+        Err(p) => {
+            let message = crate::error::panic_message(p.as_ref());
+            Box::new(std::iter::once_with(move || -> In {
+                std::panic::panic_any(message)
+            }))
+        }
+    }
+}
+
+/// Feeds an iterator, taking room in the window chunk by chunk (chunks grow while the
+/// iterator is quick, shrink when it is slow). False if the pipeline stopped.
+fn feed_iter<In>(
+    mut it: Iter<In>,
+    source: Option<String>,
+    out: &mut Output<In>,
+    shared: &Shared,
+    stop: &Receiver<()>,
+    user: User<'_>,
+) -> bool {
+    let window = &shared.window;
+    let mut chunk = 1usize;
+    let mut seq = 0u64;
+    loop {
+        let Some(n) = take_room(window, chunk, out) else {
+            return false;
+        };
+        let t0 = Instant::now();
+        let (batch, ended) = pull_chunk(&mut it, n, &mut seq, &source, user);
+        shared.issued.store(seq, Ordering::Release);
+        window.give_back(n - batch.len());
+        if !batch.is_empty() && out.send(batch, stop).is_err() {
+            return false;
+        }
+        if ended {
+            return true;
+        }
+        chunk = if t0.elapsed() > Duration::from_millis(1) {
+            (chunk / 2).max(1)
+        } else {
+            (chunk * 2).min(512)
+        };
+        if out.flush().is_err() {
+            return false;
+        }
+    }
+}
+
+/// Room for up to `chunk` items; while the window is full, flushes and services the output
+/// (death notices must be read while waiting). `None` once the pipeline stopped.
+fn take_room<In>(window: &Window, chunk: usize, out: &mut Output<In>) -> Option<usize> {
+    let n = window.try_take(chunk);
+    if n > 0 {
+        return Some(n);
+    }
+    out.flush().ok()?;
+    loop {
+        match window.take_timeout(chunk, IDLE_SERVICE) {
+            Some(0) => return None,
+            Some(n) => return Some(n),
+            None => out.service().ok()?,
+        }
+    }
+}
+
+/// Pulls up to `n` items, numbering them from `seq`; a panic of the iterator fails that item
+/// and ends the input. Returns the records and whether the input ended.
+fn pull_chunk<In>(
+    it: &mut Iter<In>,
+    n: usize,
+    seq: &mut u64,
+    source: &Option<String>,
+    user: User<'_>,
+) -> (Vec<Rec<In>>, bool) {
+    let mut batch = Vec::with_capacity(n);
+    for _ in 0..n {
+        let body = match user.run(|| it.next()) {
+            Ok(Some(x)) => Body::One(x),
+            Ok(None) => return (batch, true),
+            Err(p) => Body::Failed(
+                u32::MAX,
+                Box::new(Error::Input {
+                    stage: source.clone(),
+                    item: *seq,
+                    message: crate::error::panic_message(p.as_ref()),
+                }),
+            ),
+        };
+        let failed = matches!(body, Body::Failed(..));
+        batch.push(Rec { seq: *seq, body });
+        *seq += 1;
+        if failed {
+            return (batch, true);
+        }
+    }
+    (batch, false)
+}
+
+/// Feeds submitted work items (credit was taken per item by `Running::submit`), up to 512
+/// per batch. False if the pipeline stopped.
+fn feed_chan<In>(rx: &Receiver<(u64, In)>, out: &mut Output<In>, stop: &Receiver<()>) -> bool {
+    loop {
+        let first = match rx.try_recv() {
+            Ok(x) => x,
+            Err(_) => {
+                if out.flush().is_err() {
+                    return false;
+                }
+                match wait_submitted(rx, out, stop) {
+                    Some(x) => x,
+                    None => {
+                        return stop.try_recv()
+                            != Err(crossbeam_channel::TryRecvError::Disconnected);
+                    }
+                }
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
+        let batch = batch
+            .into_iter()
+            .map(|(seq, x)| Rec {
+                seq,
+                body: Body::One(x),
+            })
+            .collect();
+        if out.send(batch, stop).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Waits for the next submitted item, servicing the output meanwhile; `None` at the end of
+/// the submissions, on stop, or if the output failed.
+fn wait_submitted<In>(
+    rx: &Receiver<(u64, In)>,
+    out: &mut Output<In>,
+    stop: &Receiver<()>,
+) -> Option<(u64, In)> {
+    loop {
+        select! {
+            recv(rx) -> r => return r.ok(),
+            recv(stop) -> _ => return None,
+            default(IDLE_SERVICE) => out.service().ok()?,
+        }
+    }
 }

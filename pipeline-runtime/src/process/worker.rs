@@ -141,7 +141,7 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         ..
     } = ctx;
     if ctl.is_some() {
-        crate::stage::CURRENT_SLOT.store(std::ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
+        crate::os::current::set_slot(slot);
         *OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()) = outs
             .iter()
             .map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()))

@@ -1,0 +1,144 @@
+//! Calling user code: every stage function, determiner and `init` runs under
+//! `catch_unwind`, and its panic becomes the item's error.
+//!
+//! In forkpipe's own processes (the supervisor and its workers) a panic hook records the
+//! panic's location for the item's error and prints nothing; it also copies the message
+//! into the worker's shared slot, so that a build with `panic = "abort"` still tells the
+//! supervisor why the worker died. In the caller the hook hands over to the one that was
+//! installed before.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::error::{Error, Worker, panic_message};
+use crate::stage::{Body, Emit, WorkerFn};
+
+/// Runs the stage function on one record, catching panics: the heart of every worker.
+pub(crate) fn apply<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    stage_idx: u32,
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    body: Body<In>,
+    emit: &mut Emit<Out>,
+) -> Body<Out> {
+    let inputs = match body {
+        Body::One(x) => {
+            return match run_one(f, stage, worker, seq, x, emit) {
+                Ok(()) => take_outputs(emit, stage_idx),
+                Err(e) => {
+                    emit.clear();
+                    Body::Failed(stage_idx, e)
+                }
+            };
+        }
+        Body::Many(xs) => xs,
+        Body::Dropped(s) => return Body::Dropped(s),
+        Body::Consumed(s, n) => return Body::Consumed(s, n),
+        Body::Failed(i, e) => return Body::Failed(i, e),
+    };
+    for x in inputs {
+        if let Err(e) = run_one(f, stage, worker, seq, x, emit) {
+            emit.clear();
+            return Body::Failed(stage_idx, e);
+        }
+    }
+    take_outputs(emit, stage_idx)
+}
+
+fn take_outputs<Out>(emit: &mut Emit<Out>, stage_idx: u32) -> Body<Out> {
+    match emit.len() {
+        0 => Body::Dropped(stage_idx),
+        1 => Body::One(emit.take_one()),
+        _ => Body::Many(emit.take_all()),
+    }
+}
+
+thread_local! {
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// True in forkpipe's own processes (the supervisor and its workers).
+pub(crate) static IN_FORKED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Installs, once per process and in the caller (never in a forked child: the hook's lock
+/// may have been held by another thread at fork time), a panic hook that in forkpipe's
+/// processes prints nothing — a stage's panic becomes the item's error, with its location —
+/// and elsewhere hands over to the hook that was there before.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_FORKED.load(std::sync::atomic::Ordering::Relaxed) {
+                record_panic(info);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let at = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+    // For a build with `panic = "abort"`: the supervisor reads this after the abort.
+    crate::os::current::with_slot(|slot| {
+        let msg = panic_message(info.payload());
+        let text = match &at {
+            Some(a) => format!("{msg} (at {a})"),
+            None => msg,
+        };
+        slot.set_panic(&text);
+    });
+    PANIC_AT.with(|p| *p.borrow_mut() = at);
+}
+
+fn run_one<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    x: In,
+    emit: &mut Emit<Out>,
+) -> Result<(), Box<Error>> {
+    match guarded(stage, worker, seq, || f(x, emit)) {
+        None => Ok(()),
+        Some(e) => Err(Box::new(e)),
+    }
+}
+
+/// Runs user code `f` for item `seq`, catching a panic: `None` if it succeeded, else the
+/// item's error (`Failed` with its message, or `Panicked` with the panic message and, in
+/// worker processes, its location).
+pub(crate) fn guarded(
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    f: impl FnOnce() -> Result<(), String>,
+) -> Option<Error> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(Error::Failed {
+            stage: stage.to_string(),
+            item: seq,
+            worker,
+            message,
+        }),
+        Err(payload) => {
+            let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
+            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+                message = format!("{message} (at {at})");
+            }
+            Some(Error::Panicked {
+                stage: stage.to_string(),
+                item: seq,
+                worker,
+                message,
+            })
+        }
+    }
+}
