@@ -48,12 +48,13 @@
 //! The builder API ([`Stage`], [`Pipeline`]) is what the macros expand to; use it to build
 //! pipelines in loops or from configuration.
 
-pub use pipeline_macros::{pipeline, stage};
+pub use pipeline_macros::{main, pipeline, stage};
 pub use pipeline_runtime::{
     Consumer, DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, PipePending, PipeReader,
     PipeWriter, Pipeline, Producer, Report, Results, Running, Source, Stage, StageStats, Stats,
     Ticket, Wire, Worker,
 };
+pub use pipeline_runtime::{fork_server_pid, init};
 
 /// Everything a pipeline author needs: `use forkpipe::prelude::*;`.
 pub mod prelude {
@@ -71,6 +72,10 @@ pub mod __private {
         Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
         Source, Stage, Wire,
     };
+    /// What `#[stage]` uses to give a stage its recipe (see the runtime's `recipe` module).
+    pub mod recipe {
+        pub use pipeline_runtime::{ByValue, Ctor, Made, NoValue, Probe, attach};
+    }
     /// The traits `pipeline!` composes with (see the runtime's `compose` module).
     pub mod compose {
         pub use pipeline_runtime::{Append, Chain, Open, Part, Pending, input, kind, out};

@@ -9,6 +9,7 @@
 //! (`valid`), then expand with `quote!` only.
 
 mod errors;
+mod main_attr;
 mod paths;
 mod pipeline;
 mod stage;
@@ -375,4 +376,23 @@ pub fn pipeline(input: TokenStream) -> TokenStream {
     let input = syn::parse::<pipeline::Pipeline>(input);
     let expanded = input.map(|input| pipeline::expand(&input));
     expanded.unwrap_or_else(pipeline::errors).into()
+}
+
+/// Calls `forkpipe::init()` first in `main`, so that every pipeline is forked from a
+/// single-threaded fork server (see `forkpipe::init`). Put it above any other attribute of
+/// `main` (`#[tokio::main]`): those then run inside, after the fork server exists. If
+/// `init()` fails, the program prints the error and exits with code 1.
+///
+/// ```
+/// #[forkpipe::main]
+/// fn main() {
+///     assert!(forkpipe::fork_server_pid().is_some());
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    let expanded = main_attr::parse(args.into(), item.into()).map(main_attr::expand);
+    expanded
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

@@ -59,6 +59,9 @@ pub(crate) trait AnyStage: Send + Sync {
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
     fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd>;
+    /// What this (process) stage is, as data, for the fork server; `Err` says why it
+    /// cannot be shipped.
+    fn ship(&self) -> Result<crate::recipe::Shipment, String>;
     /// Runs a worker of this link stage on a thread of the caller (the halves of a
     /// `pipe_next` pair that are not `subprocess`).
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()>;
@@ -118,6 +121,13 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
 
     fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
         worker::run(self, ctx)
+    }
+
+    fn ship(&self) -> Result<crate::recipe::Shipment, String> {
+        match &self.wire {
+            Some(w) => (w.ship)(self),
+            None => Err("its items cannot cross a process boundary".into()),
+        }
     }
 
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()> {

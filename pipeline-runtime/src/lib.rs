@@ -52,6 +52,7 @@ mod handles;
 mod os;
 mod pipeline;
 mod process;
+mod recipe;
 mod stage;
 mod stream;
 mod transport;
@@ -61,8 +62,11 @@ pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
 pub use error::{Error, Worker};
 pub use handles::{Report, Results, Running, StageStats, Stats, Ticket};
 pub use pipeline::{FirstStage, PipePending, Pipeline};
+pub use process::fork_server::{init, pid as fork_server_pid};
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
+#[doc(hidden)]
+pub use recipe::{ByValue, Ctor, Made, NoValue, Probe, attach};
 pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
 pub use transport::codec::{FRAME_LIMIT, Wire};
 pub use transport::pipe::{PipeReader, PipeWriter};

@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::error::{Error, panic_message};
+use crate::recipe::{self, MaybeRecipe, Shipment};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
 
@@ -150,12 +151,8 @@ impl<In: Wire> Producer<In> {
             move |x, w: &mut PipeWriter| f(x, w).map_err(|e| e.to_string()),
         )));
         stage.opts.pipe = Some(PipeSide::Producer);
-        stage.wire = Some(WireOps {
-            encode_in: codec::encode_into::<In>,
-            decode_in: codec::decode::<In>,
-            encode_out: codec::encode_into::<In>,
-            decode_out: codec::decode::<In>,
-        });
+        stage.set_wire();
+        stage.recipe = recipe::of_fn::<F, In, In>(remake_producer::<In, E, F>);
         Producer(stage)
     }
 
@@ -212,12 +209,8 @@ impl<In: Wire, Out: Wire> Consumer<In, Out> {
             },
         )));
         stage.opts.pipe = Some(PipeSide::Consumer);
-        stage.wire = Some(WireOps {
-            encode_in: codec::encode_into::<In>,
-            decode_in: codec::decode::<In>,
-            encode_out: codec::encode_into::<Out>,
-            decode_out: codec::decode::<Out>,
-        });
+        stage.set_wire();
+        stage.recipe = recipe::of_fn::<F, In, Out>(remake_consumer::<In, Out, E, F>);
         Consumer(stage)
     }
 
@@ -276,7 +269,7 @@ impl<T> Iterator for Items<T> {
 }
 
 /// Options of a stage (what `#[stage(...)]` sets).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Opts {
     pub workers: usize,
     pub unordered: bool,
@@ -293,7 +286,7 @@ pub(crate) struct Opts {
 }
 
 /// Which half of a `pipe_next` pair a stage is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum PipeSide {
     Producer,
     Consumer,
@@ -323,6 +316,8 @@ pub struct Stage<In, Out> {
     pub(crate) pipe: Option<PipeRole<In, Out>>,
     pub(crate) opts: Opts,
     pub(crate) wire: Option<WireOps<In, Out>>,
+    /// How to make this stage again in the fork server (see [`crate::recipe`]).
+    pub(crate) recipe: MaybeRecipe<In, Out>,
 }
 
 impl<In, Out> fmt::Debug for Stage<In, Out> {
@@ -360,6 +355,8 @@ pub(crate) struct WireOps<In, Out> {
     pub decode_in: fn(&[u8]) -> Result<In, String>,
     pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
     pub decode_out: fn(&[u8]) -> Result<Out, String>,
+    /// What the stage is, as data, for the fork server.
+    pub ship: fn(&Stage<In, Out>) -> Result<Shipment, String>,
 }
 
 impl<In, Out> Clone for WireOps<In, Out> {
@@ -391,6 +388,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 pipe: None,
             },
             wire: None,
+            recipe: Err(Cow::Borrowed("it was not made by a stage constructor")),
         }
     }
 
@@ -399,13 +397,20 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In) -> Out + Send + Sync + 'static,
     {
-        Self::from_fn(
+        fn make<In: Send + 'static, Out: Send + 'static, F>(_: &[u8]) -> Made<In, Out>
+        where
+            F: Fn(In) -> Out + Send + Sync + 'static,
+        {
+            Ok(Stage::map("", recipe::remake::<F>()))
+        }
+        let stage = Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| {
                 e.emit(f(x));
                 Ok(())
             }),
-        )
+        );
+        stage.with_recipe(recipe::of_fn::<F, In, Out>(make::<In, Out, F>))
     }
 
     /// One output per item, or an error that fails this item only.
@@ -414,6 +419,15 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         E: fmt::Display,
         F: Fn(In) -> Result<Out, E> + Send + Sync + 'static,
     {
+        fn make<In: Send + 'static, Out: Send + 'static, E: fmt::Display, F>(
+            _: &[u8],
+        ) -> Made<In, Out>
+        where
+            F: Fn(In) -> Result<Out, E> + Send + Sync + 'static,
+        {
+            Ok(Stage::try_map("", recipe::remake::<F>()))
+        }
+        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, E, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
@@ -424,6 +438,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 Err(err) => Err(err.to_string()),
             }),
         )
+        .with_recipe(recipe)
     }
 
     /// Zero or one output per item: `None` drops the item (a filter).
@@ -431,6 +446,13 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In) -> Option<Out> + Send + Sync + 'static,
     {
+        fn make<In: Send + 'static, Out: Send + 'static, F>(_: &[u8]) -> Made<In, Out>
+        where
+            F: Fn(In) -> Option<Out> + Send + Sync + 'static,
+        {
+            Ok(Stage::filter_map("", recipe::remake::<F>()))
+        }
+        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| {
@@ -440,6 +462,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 Ok(())
             }),
         )
+        .with_recipe(recipe)
     }
 
     /// Zero or more outputs per item, sent through [`Emit`].
@@ -447,6 +470,13 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     where
         F: Fn(In, &mut Emit<Out>) + Send + Sync + 'static,
     {
+        fn make<In: Send + 'static, Out: Send + 'static, F>(_: &[u8]) -> Made<In, Out>
+        where
+            F: Fn(In, &mut Emit<Out>) + Send + Sync + 'static,
+        {
+            Ok(Stage::emit("", recipe::remake::<F>()))
+        }
+        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| {
@@ -454,6 +484,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 Ok(())
             }),
         )
+        .with_recipe(recipe)
     }
 
     /// Zero or more outputs per item, or an error that fails this item.
@@ -462,10 +493,26 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         E: fmt::Display,
         F: Fn(In, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
     {
+        fn make<In: Send + 'static, Out: Send + 'static, E: fmt::Display, F>(
+            _: &[u8],
+        ) -> Made<In, Out>
+        where
+            F: Fn(In, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
+        {
+            Ok(Stage::try_emit("", recipe::remake::<F>()))
+        }
+        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, E, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())),
         )
+        .with_recipe(recipe)
+    }
+
+    /// Sets how the stage is made again in fork-server mode.
+    pub(crate) fn with_recipe(mut self, recipe: MaybeRecipe<In, Out>) -> Self {
+        self.recipe = recipe;
+        self
     }
 
     /// A stage with per-worker state: `init` runs once in each worker (in the child, for a
@@ -493,6 +540,8 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
         stage.make = Arc::new(make);
         stage.opts.stateful = true;
+        stage.recipe =
+            recipe::of_fn::<(I, F), In, Out>(remake_stateful::<In, Out, S, E1, E2, I, F>);
         stage
     }
 
@@ -516,6 +565,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>
         }));
         stage.opts.stream = true;
+        stage.recipe = recipe::of_fn::<F, In, Out>(remake_stream::<In, Out, I, F>);
         stage
     }
 
@@ -576,6 +626,8 @@ impl<T: Send + 'static> Stage<T, T> {
     where
         D: Fn(&T) -> bool + Send + Sync + 'static,
     {
+        let inner_recipe = std::mem::replace(&mut self.recipe, Err(Cow::Borrowed("")));
+        self.recipe = recipe::with_when::<T, D>(inner_recipe);
         let inner = Arc::clone(&self.make);
         let det = Arc::new(det);
         let name = self.name.clone();
@@ -610,13 +662,19 @@ impl<In: Wire, Out: Wire> Stage<In, Out> {
     /// `bincode` bytes, so both types must be `Serialize + DeserializeOwned`.
     pub fn subprocess(mut self) -> Self {
         self.opts.process = true;
+        self.set_wire();
+        self
+    }
+
+    /// Gives the stage its wire functions (both item types cross a process boundary).
+    pub(crate) fn set_wire(&mut self) {
         self.wire = Some(WireOps {
             encode_in: codec::encode_into::<In>,
             decode_in: codec::decode::<In>,
             encode_out: codec::encode_into::<Out>,
             decode_out: codec::decode::<Out>,
+            ship: recipe::ship::<In, Out>,
         });
-        self
     }
 }
 
@@ -654,3 +712,47 @@ impl<Out: Send + 'static> Source<Out> {
 
 pub(crate) use crate::guard::IN_FORKED;
 pub(crate) use crate::guard::{apply, guarded, install_panic_hook};
+
+/// What a recipe's `make` returns (see [`crate::recipe`]).
+type Made<In, Out> = Result<Stage<In, Out>, String>;
+
+fn remake_stateful<In, Out, S, E1, E2, I, F>(_: &[u8]) -> Made<In, Out>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+    S: 'static,
+    E1: fmt::Display,
+    E2: fmt::Display,
+    I: Fn() -> Result<S, E1> + Send + Sync + 'static,
+    F: Fn(In, &mut S, &mut Emit<Out>) -> Result<(), E2> + Send + Sync + 'static,
+{
+    let (init, f) = recipe::remake::<(I, F)>();
+    Ok(Stage::stateful("", init, f))
+}
+
+fn remake_stream<In, Out, I, F>(_: &[u8]) -> Made<In, Out>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+    F: Fn(Items<In>) -> I + Send + Sync + 'static,
+    I: IntoIterator<Item = Out>,
+    I::IntoIter: 'static,
+{
+    Ok(Stage::stream("", recipe::remake::<F>()))
+}
+
+fn remake_producer<In: Wire, E, F>(_: &[u8]) -> Made<In, In>
+where
+    E: fmt::Display,
+    F: Fn(In, &mut PipeWriter) -> Result<(), E> + Send + Sync + 'static,
+{
+    Ok(Producer::new("", recipe::remake::<F>()).0)
+}
+
+fn remake_consumer<In: Wire, Out: Wire, E, F>(_: &[u8]) -> Made<In, Out>
+where
+    E: fmt::Display,
+    F: Fn(In, &mut PipeReader, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
+{
+    Ok(Consumer::emitting("", recipe::remake::<F>()).0)
+}

@@ -60,7 +60,12 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
         (Some(input), Some(Side::Consumer)) => quote!(#private::Consumer<#input, #output>),
         (None, _) => quote!(#private::Source<#output>),
     };
-    let body = options(plan, constructor(plan));
+    let mut body = options(plan, constructor(plan));
+    let mut ctor = TokenStream::new();
+    if plan.input.is_some() {
+        body = with_recipe(plan, &body);
+        ctor = ctor_impl(plan, &returns);
+    }
     quote! {
         #item
 
@@ -77,6 +82,66 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
             #[doc(hidden)]
             pub fn #stage_fn(#(#bound),*) -> #returns {
                 #body
+            }
+        }
+
+        #ctor
+    }
+}
+
+/// The bound parameters of the stage: (name, type).
+fn bound_params(plan: &Plan) -> Vec<(&proc_macro2::Ident, &Type)> {
+    plan.sig
+        .params
+        .iter()
+        .zip(&plan.roles)
+        .filter(|(_, role)| **role == Role::Bound)
+        .map(|(param, _)| (&param.name, &param.ty))
+        .collect()
+}
+
+/// The constructor's body with the stage's recipe put on what it makes: how the fork
+/// server makes the stage again (see the runtime's `recipe`). Whether the bound parameters
+/// can travel is chosen at compile time by autoref on `Probe`, with no bound on the user.
+fn with_recipe(plan: &Plan, body: &TokenStream) -> TokenStream {
+    let private = paths::private();
+    let ident = &plan.sig.ident;
+    let names = bound_params(plan).into_iter().map(|(name, _)| name);
+    let recipe = paths::local("__forkpipe_recipe");
+    let id = ident.to_string();
+    quote! {
+        let #recipe = {
+            #[allow(unused_imports)]
+            use #private::recipe::{ByValue as _, NoValue as _};
+            (&&#private::recipe::Probe::<#ident>::new())
+                .recipe(&(#(::core::clone::Clone::clone(&#names),)*))
+        };
+        #private::recipe::attach::<#ident>(
+            { #body },
+            #recipe,
+            ::core::concat!(::core::module_path!(), "::", #id),
+        )
+    }
+}
+
+/// `impl Ctor for add_n`: the constructor as a type, for the stage's recipe.
+fn ctor_impl(plan: &Plan, returns: &TokenStream) -> TokenStream {
+    let private = paths::private();
+    let (ident, cfgs) = (&plan.sig.ident, &plan.sig.cfgs);
+    let stage_fn = proc_macro2::Ident::new(paths::STAGE_FN, Span::call_site());
+    let params = bound_params(plan);
+    let types = params.iter().map(|(_, ty)| ty);
+    let p = paths::local("__forkpipe_params");
+    let fields = (0..params.len()).map(syn::Index::from);
+    quote! {
+        #(#cfgs)*
+        #[allow(unused_qualifications)]
+        impl #private::recipe::Ctor for #ident {
+            type Params = (#(#types,)*);
+            type Made = #returns;
+            fn make(#p: Self::Params) -> Self::Made {
+                let _ = &#p;
+                Self::#stage_fn(#(#p.#fields),*)
             }
         }
     }

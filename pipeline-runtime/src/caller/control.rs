@@ -21,7 +21,8 @@ use crate::erase::AnyStage;
 use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
-use crate::process::protocol::{self, SupMsg};
+use crate::process::fork_server;
+use crate::process::protocol::{self, ShippedStage, SupMsg};
 use crate::process::supervisor::{self, ProcStage};
 use crate::stage::PipeSide;
 
@@ -33,6 +34,27 @@ const ALIVE_WITHIN: Duration = Duration::from_secs(10);
 pub(crate) struct Supervisor {
     pub pid: Pid,
     pub ctl: Arc<RtFd>,
+    /// Who reaps it: this process, or the fork server (which reports on this socket).
+    pub reaper: Reaper,
+}
+
+/// Who learns how a supervisor ended.
+#[derive(Debug)]
+pub(crate) enum Reaper {
+    /// The caller forked it (direct mode) and waits for it.
+    Caller,
+    /// The fork server forked it; it says how it ended on this spawn-status socket.
+    Server(RtFd),
+}
+
+impl Reaper {
+    /// How supervisor `pid` ended (it has ended or is about to).
+    fn wait(&self, pid: Pid) -> Option<nix::sys::wait::WaitStatus> {
+        match self {
+            Reaper::Caller => sys::wait_pid(pid, false).ok().flatten(),
+            Reaper::Server(status) => fork_server::exit_status(status, pid),
+        }
+    }
 }
 
 fn start_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -50,12 +72,10 @@ pub(crate) fn start(
     if procs.is_empty() {
         return Ok(None);
     }
-    if sys::thread_count() > 1 {
-        tracing::debug!(
-            "forkpipe: starting a pipeline in a multi-threaded process; a stage that takes a lock \
-             another thread held at start (stdout, env) can block — give such stages a timeout"
-        );
+    if fork_server::active() {
+        return start_by_server(stages, topo, &procs).map(Some);
     }
+    warn_if_threaded();
     let (c_caller, c_sup) = fds::seqpacket_pair().map_err(start_err("socketpair failed"))?;
     let plan = proc_plan(stages, topo, &procs);
     crate::stage::install_panic_hook();
@@ -77,8 +97,97 @@ pub(crate) fn start(
             for &i in &procs {
                 topo.stages[i].workers.clear();
             }
-            handshake(pid, c_caller, stages).map(Some)
+            handshake(pid, c_caller, Reaper::Caller, stages).map(Some)
         }
+    }
+}
+
+/// Direct mode in a multi-threaded process: says so, once, with the remedy.
+fn warn_if_threaded() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let threads = sys::thread_count();
+    if threads > 1 {
+        ONCE.call_once(|| {
+            tracing::warn!(
+                threads,
+                "forkpipe: starting a pipeline from a multi-threaded process without \
+                 forkpipe::init(): a worker forked while another thread held a lock (stdout, \
+                 the environment, a logger) can hang on it; call forkpipe::init() first in \
+                 main (or use #[forkpipe::main]) so that every pipeline is forked from a \
+                 single-threaded fork server"
+            );
+        });
+    }
+}
+
+/// Fork-server mode: the fork server forks the supervisor; the process stages travel as
+/// data and their sockets by `SCM_RIGHTS`.
+fn start_by_server(
+    stages: &[Arc<dyn AnyStage>],
+    topo: &mut Topology,
+    procs: &[usize],
+) -> Result<Supervisor, Error> {
+    let (c_caller, c_sup) = fds::seqpacket_pair().map_err(start_err("socketpair failed"))?;
+    let (status, status_server) = fds::seqpacket_pair().map_err(start_err("socketpair failed"))?;
+    let mut fds = vec![status_server.as_raw_fd(), c_sup.as_raw_fd()];
+    let mut shipped = Vec::with_capacity(procs.len());
+    for &i in procs {
+        let shipment = stages[i].ship().map_err(|why| {
+            Error::Start(format!(
+                "stage '{}' cannot run in fork-server mode: {why}",
+                stages[i].name()
+            ))
+        })?;
+        shipped.push(ship_stage(i, shipment, stages, topo, &mut fds));
+    }
+    let pid = fork_server::spawn(shipped, &fds, &status)?;
+    drop((c_sup, status_server));
+    for &i in procs {
+        topo.stages[i].workers.clear();
+    }
+    handshake(pid, c_caller, Reaper::Server(status), stages)
+}
+
+/// Stage `i` for a spawn request: its descriptors are appended to `fds`, and named by
+/// their index there.
+fn ship_stage(
+    i: usize,
+    shipment: crate::recipe::Shipment,
+    stages: &[Arc<dyn AnyStage>],
+    topo: &Topology,
+    fds: &mut Vec<std::os::fd::RawFd>,
+) -> ShippedStage {
+    let mut index = |f: &RtFd| {
+        fds.push(f.as_raw_fd());
+        (fds.len() - 1) as u32
+    };
+    let workers = &topo.stages[i].workers;
+    ShippedStage {
+        idx: i as u32,
+        shipment,
+        credit: stages[i].opts().queue,
+        timeout: stages[i].opts().timeout,
+        workers: workers
+            .iter()
+            .map(|w| {
+                let ins = w.ins.iter().map(&mut index).collect();
+                let outs = w.outs.iter().map(&mut index).collect();
+                (ins, outs)
+            })
+            .collect(),
+        streams: workers
+            .iter()
+            .map(|w| w.stream.as_ref().map(&mut index))
+            .collect(),
+        couple: couple(stages[i].opts().pipe),
+    }
+}
+
+fn couple(side: Option<PipeSide>) -> Option<bool> {
+    match side {
+        Some(PipeSide::Producer) => Some(true),
+        Some(PipeSide::Consumer) => Some(false),
+        None => None,
     }
 }
 
@@ -102,26 +211,30 @@ fn proc_plan(stages: &[Arc<dyn AnyStage>], topo: &Topology, procs: &[usize]) -> 
                 .iter()
                 .map(|w| w.stream.as_ref().map(|f| f.as_raw_fd()))
                 .collect(),
-            couple: match stages[i].opts().pipe {
-                Some(PipeSide::Producer) => Some(true),
-                Some(PipeSide::Consumer) => Some(false),
-                None => None,
-            },
+            couple: couple(stages[i].opts().pipe),
         })
         .collect()
 }
 
 /// Waits for `Alive` (bounded: a supervisor stuck on a lock another thread held when it was
 /// forked must not hang the caller) and then `Ready`, or the reason it could not start.
-fn handshake(pid: Pid, ctl: RtFd, stages: &[Arc<dyn AnyStage>]) -> Result<Supervisor, Error> {
+fn handshake(
+    pid: Pid,
+    ctl: RtFd,
+    reaper: Reaper,
+    stages: &[Arc<dyn AnyStage>],
+) -> Result<Supervisor, Error> {
     let mut p = [libc::pollfd {
         fd: ctl.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }];
     if sys::poll(&mut p, Some(ALIVE_WITHIN)).unwrap_or(0) == 0 {
-        sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = sys::wait_pid(pid, false);
+        if let Reaper::Caller = reaper {
+            sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        drop(ctl);
+        let _ = reaper.wait(pid);
         return Err(Error::Start(
             "the supervisor process did not start within 10 s (a lock held by another \
              thread when it was forked?)"
@@ -136,10 +249,11 @@ fn handshake(pid: Pid, ctl: RtFd, stages: &[Arc<dyn AnyStage>]) -> Result<Superv
         return Ok(Supervisor {
             pid,
             ctl: Arc::new(ctl),
+            reaper,
         });
     }
     drop(ctl);
-    let _ = sys::wait_pid(pid, false);
+    let _ = reaper.wait(pid);
     Err(match first {
         Some(SupMsg::StartFailed(m)) => Error::Start(m),
         Some(SupMsg::InitFailed {
@@ -161,7 +275,7 @@ pub(crate) fn control_loop(sup: Supervisor, shared: Arc<Shared>) {
     while let Some(msg) = protocol::recv_blocking::<SupMsg>(sup.ctl.as_fd()) {
         done |= on_report(msg, &shared);
     }
-    let status = sys::wait_pid(sup.pid, false).ok().flatten();
+    let status = sup.reaper.wait(sup.pid);
     if !done && !shared.stopping.load(Ordering::Acquire) {
         // The supervisor died under us (its workers follow it: PDEATHSIG). Every unfinished
         // item fails with that cause; nothing can be submitted any more.

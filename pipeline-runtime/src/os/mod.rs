@@ -2,4 +2,6 @@
 
 pub(crate) mod current;
 pub(crate) mod fds;
+pub(crate) mod image;
+pub(crate) mod rights;
 pub(crate) mod sys;

@@ -337,3 +337,13 @@ pub(crate) fn close(fd: RawFd) {
     // SAFETY: by the caller's contract the descriptor is ours and unreferenced.
     unsafe { libc::close(fd) };
 }
+
+/// `Ok` if this process has one thread; else `Err` with the number of threads. Race-free:
+/// `unshare(CLONE_VM)` succeeds only in a single-threaded process (and, there, changes
+/// nothing), and no other thread can start one while we are the only thread.
+pub(crate) fn single_threaded() -> Result<(), usize> {
+    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_VM) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(thread_count()),
+    }
+}

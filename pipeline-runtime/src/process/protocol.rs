@@ -10,6 +10,8 @@
 //! | control | supervisor → caller | [`SupMsg`] | the supervisor is gone (`Done` or `Stopped` came first if it ended on purpose) |
 //! | control | caller → supervisor | [`CallerMsg`] | stop now: kill and reap every worker, exit |
 //! | worker control | worker → supervisor | [`WorkerMsg`] | nothing by itself: a worker's end is its exit, seen by its pidfd |
+//! | fork server | caller → fork server | [`SpawnRequest`], then its descriptors (`SCM_RIGHTS`) | the caller is gone: the fork server exits |
+//! | spawn status | fork server → caller | [`ServerMsg`], one socket per supervisor | the fork server is gone |
 //!
 //! # Exit codes
 //! A worker that ends on purpose says why on its control socket *and* exits with a code from
@@ -74,6 +76,77 @@ pub(crate) enum WorkerMsg {
     Finished,
     /// A corrupt frame arrived on one of its input links.
     Corrupt(CorruptReport),
+}
+
+/// Caller → fork server: fork a supervisor for a pipeline whose process stages are
+/// `stages`. `fds` descriptors follow in `SCM_RIGHTS` messages: first the spawn-status
+/// socket, then the supervisor's control socket, then the workers' ends that `stages`
+/// refer to by index.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SpawnRequest {
+    pub stages: Vec<ShippedStage>,
+    pub fds: u32,
+}
+
+/// A process stage as the fork server gets it: the stage as data, and its workers'
+/// descriptors as indices into the request's descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ShippedStage {
+    pub idx: u32,
+    pub shipment: crate::recipe::Shipment,
+    pub credit: usize,
+    pub timeout: Option<std::time::Duration>,
+    /// For each worker: its input and output links.
+    pub workers: Vec<(Vec<u32>, Vec<u32>)>,
+    pub streams: Vec<Option<u32>>,
+    pub couple: Option<bool>,
+}
+
+/// Fork server → caller, on a supervisor's spawn-status socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ServerMsg {
+    /// The supervisor was forked.
+    Spawned { pid: u32 },
+    /// It could not be (the fork failed, the descriptors did not arrive).
+    Failed(String),
+    /// The supervisor ended, and the fork server reaped it.
+    Exited(ExitStatus),
+}
+
+/// How a process ended, as `waitpid` told its parent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum ExitStatus {
+    Code(i32),
+    Signal { signal: i32, core: bool },
+}
+
+impl ExitStatus {
+    /// From what `waitpid` returned (`None` for a status that is not an end).
+    pub(crate) fn of(status: &nix::sys::wait::WaitStatus) -> Option<ExitStatus> {
+        use nix::sys::wait::WaitStatus;
+        match *status {
+            WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
+            WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::Signal {
+                signal: sig as i32,
+                core,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Back to a `WaitStatus` of `pid` (for the cause text).
+    pub(crate) fn wait_status(self, pid: nix::unistd::Pid) -> nix::sys::wait::WaitStatus {
+        use nix::sys::wait::WaitStatus;
+        match self {
+            ExitStatus::Code(code) => WaitStatus::Exited(pid, code),
+            ExitStatus::Signal { signal, core } => {
+                match nix::sys::signal::Signal::try_from(signal) {
+                    Ok(sig) => WaitStatus::Signaled(pid, sig, core),
+                    Err(_) => WaitStatus::Exited(pid, 128 + signal),
+                }
+            }
+        }
+    }
 }
 
 /// Exit codes of forkpipe's own processes (a user's stage never picks them: it cannot
