@@ -7,32 +7,20 @@
 //! every body under a watchdog. Cases that kill or signal the *caller* run in a victim: this
 //! binary re-executed with `FORKPIPE_VICTIM=<scenario>`, in its own process group.
 
-#[path = "faults/codec.rs"]
 mod codec;
+#[path = "../common/mod.rs"]
 mod common;
-#[path = "faults/concurrency.rs"]
 mod concurrency;
-#[path = "faults/crash.rs"]
 mod crash;
-#[path = "faults/death.rs"]
 mod death;
-#[path = "faults/flow.rs"]
 mod flow;
-#[path = "faults/hang.rs"]
 mod hang;
-#[path = "faults/init.rs"]
 mod init;
-#[path = "faults/load.rs"]
 mod load;
-#[path = "faults/model.rs"]
 mod model;
-#[path = "faults/parent.rs"]
 mod parent;
-#[path = "faults/signals.rs"]
 mod signals;
-#[path = "faults/supervise.rs"]
 mod supervise;
-#[path = "faults/support.rs"]
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
