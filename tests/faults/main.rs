@@ -1,6 +1,14 @@
-//! Fault tests: the catalogue of /work/shared/FAULTS.md (sections A–K), each case provoked
-//! for real and its exact outcome asserted — the error's stage, item, worker pid and cause,
-//! exactly one outcome per item, the order of the rest, and nothing left behind.
+//! Fault tests: the fault, load and bad-input catalogue, each case provoked for real and its
+//! exact outcome asserted — the error's stage, item, worker pid and cause, exactly one
+//! outcome per item, the order of the rest, and nothing left behind.
+//!
+//! A case's name starts with its section and number (`a09b_…`). The sections: A, a worker
+//! dies while holding an item; B, hangs and timeouts; C, restarts and supervision;
+//! D, serialization, bad input and transport; E, load and resource bounds; F, shutdown, drop
+//! and cancellation; G, parent death and signals; H, concurrency and API use; I, fork safety
+//! and the process environment; K, whole-system properties (a model-based fault schedule).
+//! Section J, `pipe_next` pairs, is tested in `tests/pipe.rs`. Each module's doc names the
+//! sections and cases it holds.
 //!
 //! Runs with libtest-mimic on one test thread (each test checks that the whole process is
 //! clean afterwards: no child or zombie, descriptors and threads back to the baseline),
