@@ -93,7 +93,6 @@ pub fn describe_descendants() -> String {
     s
 }
 
-/// Number of open descriptors of this process.
 /// Resident set size of this process, KiB.
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
@@ -104,6 +103,7 @@ pub fn rss_kib() -> u64 {
         .expect("VmRSS")
 }
 
+/// Number of open descriptors of this process.
 pub fn open_fds() -> usize {
     // `read_dir` itself holds one descriptor while listing: constant, so it cancels out.
     std::fs::read_dir("/proc/self/fd")

@@ -1249,10 +1249,10 @@ pub fn started_on_a_thread_that_exits() -> Vec<u32> {
     pids_of(&whos)
 }
 
-/// Every scenario with its name and hang bound (seconds), for `tests/fork.rs`.
 /// A named scenario: (name, watchdog seconds, body returning the pids it saw).
 pub type Scenario = (&'static str, u64, fn() -> Vec<u32>);
 
+/// Every scenario with its name and hang bound (seconds), for `tests/fork.rs`.
 pub const SCENARIOS: &[Scenario] = &[
     ("atbu_basic_three_stage_work_item", 30, atbu_basic),
     ("atbu_mixed_twenty_stages", 30, atbu_mixed),
