@@ -9,8 +9,8 @@ use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
 use crate::support::{
-    ABORT, FINE, Marked, by_item, collect, expect_died, fault, my_pid, only_one_death, run_dir,
-    signal, wait_until,
+    ABORT, FINE, Marked, by_item, collect, default_action, expect_died, fault, my_pid,
+    only_one_death, run_dir, signal, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -266,7 +266,10 @@ fn a08_sigkill_mid_stream() {
 
 fn signal_busy_worker(sig: i32, cause: &str) {
     let running = Pipeline::new(
-        Stage::map("sleeper", |x: u64| {
+        Stage::map("sleeper", move |x: u64| {
+            // The worker inherits the caller's dispositions (under `nohup`, SIGHUP ignored):
+            // item 0, awaited before `sig` is sent, puts it back at its default (death).
+            default_action(&[sig]);
             if x == 1 {
                 thread::sleep(Duration::from_secs(30));
             }

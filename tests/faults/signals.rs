@@ -22,7 +22,8 @@ use libtest_mimic::Trial;
 
 use crate::common::{self, Baseline};
 use crate::support::{
-    Victim, alive, expect_died, fault, my_pid, parent_pid, run_dir, signal, wait_dead, wait_until,
+    Victim, alive, default_action, expect_died, fault, my_pid, parent_pid, run_dir, signal,
+    wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -352,8 +353,7 @@ pub fn victim(scenario: &str) {
 fn v_g4a() {
     // A terminal's program starts with SIGINT at its default; a victim spawned from a
     // background job of a non-interactive shell (as CI runs the tests) inherits it ignored.
-    // SAFETY: setting a signal disposition to its default runs no handler code.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    default_action(&[libc::SIGINT]);
     let mut results = Pipeline::new(who_stage("ctrl_c", 2, 1))
         .run(0u64..)
         .expect("start");
@@ -484,6 +484,9 @@ fn v_g6() {
 /// G7: a run whose item 750 waits for a gate file the test creates after SIGCONT.
 fn v_g7(gate: &Path) {
     const N: u64 = 1500;
+    // The whole group must stop on SIGTSTP: its default action, set before the pipeline
+    // forks (its supervisor and workers inherit it), whatever the victim inherited.
+    default_action(&[libc::SIGTSTP]);
     let gate = gate.to_path_buf();
     let p = Pipeline::new(
         Stage::map("tstp", move |x: u64| {
@@ -675,6 +678,9 @@ fn v_i2(file: PathBuf) {
 /// I5: the pipeline is started from a thread that blocked SIGINT and SIGTERM and made
 /// SIGINT ignored; its stage reports the worker's signal state and hangs on item 1.
 fn v_i5() {
+    // The host's SIGTERM is at its default (the check is that workers do not ignore it),
+    // whatever the victim inherited (`trap "" TERM` in the shell that ran the tests).
+    default_action(&[libc::SIGTERM]);
     let h = thread::spawn(|| {
         block(&[libc::SIGINT, libc::SIGTERM]);
         // SAFETY: setting a disposition to SIG_IGN runs no handler code.

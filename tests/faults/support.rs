@@ -94,6 +94,20 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Puts each of `signals` back at its default action in this process, and so in every
+/// process it forks or executes afterwards. A case that relies on a default action calls it
+/// first, in the process the signal is meant for: the shell may hand the tests ignored
+/// signals (`nohup` ignores SIGHUP, a background job of a non-interactive shell starts with
+/// SIGINT and SIGQUIT ignored, `trap "" TERM` ignores SIGTERM), and an ignored disposition
+/// survives `fork` and `exec`.
+pub fn default_action(signals: &[i32]) {
+    for &sig in signals {
+        // SAFETY: setting a signal disposition to its default runs no handler code.
+        let r = unsafe { libc::signal(sig, libc::SIG_DFL) };
+        assert_ne!(r, libc::SIG_ERR, "signal({sig}, SIG_DFL)");
+    }
+}
+
 /// True if `pid` exists and has not exited (a zombie is dead).
 pub fn alive(pid: u32) -> bool {
     matches!(common::stat_of(pid), Some((_, s)) if s != 'Z' && s != 'X')

@@ -1,38 +1,34 @@
-//! Fault tests: the catalogue of /work/shared/FAULTS.md (sections A–K), each case provoked
-//! for real and its exact outcome asserted — the error's stage, item, worker pid and cause,
-//! exactly one outcome per item, the order of the rest, and nothing left behind.
+//! Fault tests: the fault, load and bad-input catalogue, each case provoked for real and its
+//! exact outcome asserted — the error's stage, item, worker pid and cause, exactly one
+//! outcome per item, the order of the rest, and nothing left behind.
+//!
+//! A case's name starts with its section and number (`a09b_…`). The sections: A, a worker
+//! dies while holding an item; B, hangs and timeouts; C, restarts and supervision;
+//! D, serialization, bad input and transport; E, load and resource bounds; F, shutdown, drop
+//! and cancellation; G, parent death and signals; H, concurrency and API use; I, fork safety
+//! and the process environment; K, whole-system properties (a model-based fault schedule).
+//! Section J, `pipe_next` pairs, is tested in `tests/pipe.rs`. Each module's doc names the
+//! sections and cases it holds.
 //!
 //! Runs with libtest-mimic on one test thread (each test checks that the whole process is
 //! clean afterwards: no child or zombie, descriptors and threads back to the baseline),
 //! every body under a watchdog. Cases that kill or signal the *caller* run in a victim: this
 //! binary re-executed with `FORKPIPE_VICTIM=<scenario>`, in its own process group.
 
-#[path = "faults/codec.rs"]
 mod codec;
+#[path = "../common/mod.rs"]
 mod common;
-#[path = "faults/concurrency.rs"]
 mod concurrency;
-#[path = "faults/crash.rs"]
 mod crash;
-#[path = "faults/death.rs"]
 mod death;
-#[path = "faults/flow.rs"]
 mod flow;
-#[path = "faults/hang.rs"]
 mod hang;
-#[path = "faults/init.rs"]
 mod init;
-#[path = "faults/load.rs"]
 mod load;
-#[path = "faults/model.rs"]
 mod model;
-#[path = "faults/parent.rs"]
 mod parent;
-#[path = "faults/signals.rs"]
 mod signals;
-#[path = "faults/supervise.rs"]
 mod supervise;
-#[path = "faults/support.rs"]
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
