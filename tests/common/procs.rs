@@ -46,18 +46,26 @@ pub fn stat_of(pid: u32) -> Option<(u32, char)> {
 }
 
 /// Processes whose parent is this process, zombies included: `(pid, state)`.
+/// The fork server (`forkpipe::init()`) lives as long as the test process: it is not left
+/// behind by a test, so it is not counted (what it forks is).
 pub fn children_of_me() -> Vec<(u32, char)> {
     let me = me();
     all_processes()
         .into_iter()
-        .filter(|&(_, ppid, _)| ppid == me)
+        .filter(|&(pid, ppid, _)| ppid == me && Some(pid) != forkpipe::fork_server_pid())
         .map(|(pid, _, state)| (pid, state))
         .collect()
 }
 
-/// Every process below this one (children, grandchildren, ...): `(pid, ppid, state)`.
+/// Every process below this one (children, grandchildren, ...): `(pid, ppid, state)`; the
+/// fork server itself is not counted, what it forks is.
 pub fn descendants_of_me() -> Vec<(u32, u32, char)> {
-    let all = all_processes();
+    let server = forkpipe::fork_server_pid();
+    let all: Vec<_> = all_processes()
+        .into_iter()
+        .filter(|&(pid, _, _)| Some(pid) != server)
+        .map(|(pid, ppid, st)| (pid, if Some(ppid) == server { me() } else { ppid }, st))
+        .collect();
     let mut found = Vec::new();
     let mut parents: BTreeSet<u32> = BTreeSet::from([me()]);
     loop {
@@ -120,9 +128,9 @@ pub fn thread_count() -> usize {
 
 /// Socket inodes held by a process (`"self"` or a pid), from the `socket:[N]` links in its
 /// `/proc/<p>/fd`.
-pub fn socket_inodes(proc_dir: &str) -> Vec<u64> {
+pub fn socket_inodes(pid: &str) -> Vec<u64> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{proc_dir}/fd")) else {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return out;
     };
     for entry in dir.flatten() {
