@@ -29,7 +29,7 @@
 //! - The supervisor never signals a pid after reaping it.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,16 +39,16 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::caller::bridge::AnyStage;
-use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
 use crate::os::sys::SlotState;
+use crate::process::budget::Budget;
+pub(crate) use crate::process::death::cause;
+use crate::process::death::{on_couple_death, on_death};
 use crate::process::protocol::{self, CallerMsg, CorruptReport, Recv, SupMsg, WorkerMsg, exit};
-use crate::process::worker::{GiveUp, WorkerCtx, WorkerEnd};
-use crate::transport::{link, record};
-
-/// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
-const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+use crate::process::spawn::{spawn, wait_inits};
+use crate::process::timeout::check_timeouts;
+use crate::process::worker::GiveUp;
 
 /// A process stage as the supervisor sees it.
 pub(crate) struct ProcStage {
@@ -68,46 +68,28 @@ pub(crate) struct ProcStage {
 }
 
 /// One worker position of a stage; its worker is replaced in place.
-struct Slot {
-    stage: usize,
-    slot: usize,
-    state: &'static SlotState,
-    epoch: u32,
-    give_up: Option<GiveUp>,
-    child: Option<Child>,
+pub(super) struct Slot {
+    pub stage: usize,
+    pub slot: usize,
+    pub state: &'static SlotState,
+    pub epoch: u32,
+    pub give_up: Option<GiveUp>,
+    pub child: Option<Child>,
     /// An item over its time limit: (`running` value, when to escalate to SIGKILL).
-    overtime: Option<(u64, Instant)>,
+    pub overtime: Option<(u64, Instant)>,
     /// It was killed for writing a corrupt frame (what its receiver found wrong).
-    blame: Option<String>,
+    pub blame: Option<String>,
 }
 
-struct Child {
-    pid: Pid,
-    pidfd: RtFd,
-    ctl: RtFd,
-    finished: bool,
-    init_ok: bool,
-    init_error: Option<String>,
+pub(super) struct Child {
+    pub pid: Pid,
+    pub pidfd: RtFd,
+    pub ctl: RtFd,
+    pub finished: bool,
+    pub init_ok: bool,
+    pub init_error: Option<String>,
     /// Its receiver found a corrupt frame on these input links.
-    corrupt: Vec<CorruptReport>,
-}
-
-/// Cause text for a worker that ended without finishing.
-pub(crate) fn cause(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code} before answering"),
-        WaitStatus::Signaled(_, sig, core) => {
-            let mut s = format!("killed by {}", sig.as_str());
-            if *sig == Signal::SIGKILL {
-                s.push_str(" (possibly out of memory)");
-            }
-            if *core {
-                s.push_str(" (core dumped)");
-            }
-            s
-        }
-        other => format!("ended unexpectedly ({other:?})"),
-    }
+    pub corrupt: Vec<CorruptReport>,
 }
 
 /// The supervisor's whole life, in the forked child. Never returns.
@@ -384,316 +366,7 @@ fn blame(slot: &mut Slot, epoch: u32, cause: String) {
     }
 }
 
-/// A half of a `pipe_next` couple died. The couple is one unit: the other half is killed
-/// too, the producer's senders are told (fail the item the dead half ran, requeue the rest:
-/// the producer holds every item of the couple until its consumer finished it), and both
-/// are replaced with a fresh link and stream between them. Returns the replaced slots.
-fn on_couple_death(
-    stages: &mut [ProcStage],
-    slots: &mut [Slot],
-    k: usize,
-    pid: Pid,
-    why: &str,
-    restarts: &mut [Budget],
-    ctl: &OwnedFd,
-) -> Vec<usize> {
-    let (si, j) = (slots[k].stage, slots[k].slot);
-    let (p_si, c_si) = if stages[si].couple == Some(true) {
-        (si, si + 1)
-    } else {
-        (si - 1, si)
-    };
-    let find = |stage: usize| {
-        slots
-            .iter()
-            .position(|s| s.stage == stage && s.slot == j)
-            .expect("couple slot")
-    };
-    let (pk, ck) = (find(p_si), find(c_si));
-    let partner = if k == pk { ck } else { pk };
-    if let Some(c) = slots[partner].child.take() {
-        sys::kill(c.pid, Signal::SIGKILL);
-        let _ = sys::wait_pid(c.pid, false);
-        slots[partner].state.running.store(0, Ordering::Relaxed);
-        slots[partner].overtime = None;
-        let partner_stage = &stages[slots[partner].stage];
-        protocol::send(
-            ctl,
-            &SupMsg::WorkerDied {
-                stage: partner_stage.idx,
-                pid: c.pid.as_raw() as u32,
-                cause: "killed with its pipe_next partner".into(),
-                restarted: true,
-            },
-        );
-    }
-    let running = slots[k].state.running.swap(0, Ordering::AcqRel);
-    let mut failure = Vec::new();
-    if running != 0 {
-        let seq = running - 1;
-        let e = Error::Died {
-            stage: stages[si].stage.name().to_string(),
-            item: seq,
-            worker: Worker::Process(pid.as_raw() as u32),
-            cause: why.to_string(),
-        };
-        record::encode_failed(seq, stages[si].idx, &e, &mut failure);
-    }
-    let notice = link::dead_notice(slots[pk].epoch, &failure);
-    for &fd in &stages[p_si].workers[j].0 {
-        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
-        // pipeline's life); the borrow does not outlive this statement.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        send_notice(b, &notice);
-    }
-    let restarted = count_restart(
-        &stages[si],
-        &mut slots[k],
-        why,
-        running != 0,
-        &mut restarts[si],
-    );
-    protocol::send(
-        ctl,
-        &SupMsg::WorkerDied {
-            stage: stages[si].idx,
-            pid: pid.as_raw() as u32,
-            cause: why.to_string(),
-            restarted,
-        },
-    );
-    if !restarted {
-        slots[partner].give_up = slots[k].give_up.clone();
-    }
-    // A fresh link and stream between the new couple.
-    let old = [stages[p_si].workers[j].1[0], stages[c_si].workers[j].0[0]];
-    let old_streams = [stages[p_si].streams[j], stages[c_si].streams[j]];
-    for fd in old.into_iter().chain(old_streams.into_iter().flatten()) {
-        fds::unregister(fd);
-        sys::close(fd);
-    }
-    match (fds::seqpacket_pair(), fds::stream_pair()) {
-        (Ok((a, b)), Ok((sa, sb))) => {
-            crate::transport::pipe::tune(&sa);
-            crate::transport::pipe::tune(&sb);
-            stages[p_si].workers[j].1[0] = fds::into_raw(a);
-            stages[c_si].workers[j].0[0] = fds::into_raw(b);
-            stages[p_si].streams[j] = Some(fds::into_raw(sa));
-            stages[c_si].streams[j] = Some(fds::into_raw(sb));
-        }
-        _ => {
-            // (No logging here: a forked process must not take the caller's locks.)
-            return vec![pk, ck];
-        }
-    }
-    for s in [pk, ck] {
-        slots[s].epoch += 1;
-        let in_epochs = sender_epochs(stages, slots, &slots[s]);
-        if let Err(e) = spawn(stages, &mut slots[s], in_epochs) {
-            let _ = e; // the senders requeue into the other workers, if any
-        }
-    }
-    vec![pk, ck]
-}
-
-/// Counts a restart against the stage's budget; past it, the slot's next worker is a
-/// stand-in that fails every item fast. Returns whether this was a real restart.
-///
-/// `mid_item`: the worker died running an item (that item failed). A worker that died
-/// between items made progress only with the items whose outputs it had sent: the others
-/// run again. (So a stage that kills its worker after every item's function returned —
-/// it closed its own sockets — gives up too, instead of being replaced forever.)
-fn count_restart(
-    st: &ProcStage,
-    slot: &mut Slot,
-    why: &str,
-    mid_item: bool,
-    hist: &mut Budget,
-) -> bool {
-    let now = Instant::now();
-    // Items this stage finished so far (each worker keeps its counts in shared memory).
-    let done = slot.state.done.swap(0, Ordering::Relaxed);
-    let sent = slot.state.sent.swap(0, Ordering::Relaxed);
-    hist.done_base += if mid_item { done } else { sent.min(done) };
-    let done = hist.done_base + hist.live_done();
-    while hist
-        .restarts
-        .front()
-        .is_some_and(|(t, _)| now.duration_since(*t) > BUDGET_WINDOW)
-    {
-        hist.restarts.pop_front();
-    }
-    let budget = (5 * st.workers.len()).max(10);
-    // Past the budget, a stage still gets its workers back while it makes progress: at
-    // least as many items finished as restarts in the window (a steady 1% crash rate goes
-    // on; a stage that crashes on every item gives up, with no fork storm).
-    let progress = hist.restarts.front().is_some_and(|&(_, done_then)| {
-        done.saturating_sub(done_then) >= hist.restarts.len() as u64
-    });
-    let restarted = slot.give_up.is_none() && (hist.restarts.len() < budget || progress);
-    if restarted {
-        hist.restarts.push_back((now, done));
-        while hist.restarts.len() > budget {
-            hist.restarts.pop_front();
-        }
-    } else if slot.give_up.is_none() {
-        let secs = hist
-            .restarts
-            .front()
-            .map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64());
-        slot.give_up = Some(GiveUp {
-            restarts: hist.restarts.len() as u32,
-            secs,
-            cause: why.to_string(),
-        });
-    }
-    restarted
-}
-
-/// A stage's restart history: when each restart happened, and how many items the stage
-/// had finished by then.
-struct Budget {
-    restarts: VecDeque<(Instant, u64)>,
-    /// Items finished by workers that are gone.
-    done_base: u64,
-    /// The stage's slots (their live `done` counters).
-    states: Vec<&'static SlotState>,
-}
-
-impl Budget {
-    fn live_done(&self) -> u64 {
-        self.states
-            .iter()
-            .map(|s| s.done.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-/// Grace between SIGTERM and SIGKILL for a worker whose item timed out.
-const TIMEOUT_GRACE: Duration = Duration::from_millis(200);
-
-/// Signals workers whose item ran past the stage's limit (TERM, then KILL after a grace);
-/// returns how long `poll` may sleep before the next deadline.
-fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> {
-    let now_ns = sys::now_ns();
-    let now = Instant::now();
-    let mut next: Option<Duration> = None;
-    let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
-    for s in slots.iter_mut() {
-        let (Some(limit), Some(c)) = (stages[s.stage].timeout, &s.child) else {
-            continue;
-        };
-        let running = s.state.running.load(Ordering::Acquire);
-        if let Some((item, kill_at)) = s.overtime {
-            if item == running || running == 0 {
-                if now >= kill_at {
-                    sys::kill(c.pid, Signal::SIGKILL);
-                } else {
-                    soonest(kill_at - now);
-                }
-                continue;
-            }
-            s.overtime = None; // it finished that item after all
-        }
-        if running == 0 {
-            continue;
-        }
-        let since = s.state.since.load(Ordering::Relaxed);
-        let limit_ns = limit.as_nanos() as u64;
-        let ran = now_ns.saturating_sub(since);
-        if ran >= limit_ns {
-            sys::kill(c.pid, Signal::SIGTERM);
-            s.overtime = Some((running, now + TIMEOUT_GRACE));
-            soonest(TIMEOUT_GRACE);
-        } else {
-            soonest(Duration::from_nanos(limit_ns - ran));
-        }
-    }
-    // Items that start later are noticed at the next event or within this period.
-    if stages.iter().any(|s| s.timeout.is_some()) {
-        soonest(Duration::from_millis(50));
-    }
-    next
-}
-
-/// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
-/// replacement in its place — or, past the restart budget, a stand-in that fails every
-/// item fast.
-#[allow(clippy::too_many_arguments)]
-/// A worker died: its running item fails, its senders requeue the rest, and it is
-/// replaced. `Err` if no replacement could be forked.
-fn on_death(
-    stages: &[ProcStage],
-    slot: &mut Slot,
-    pid: Pid,
-    why: &str,
-    restarts: &mut [Budget],
-    ctl: &OwnedFd,
-    in_epochs: Vec<u32>,
-) -> std::io::Result<()> {
-    let st = &stages[slot.stage];
-    let running = slot.state.running.swap(0, Ordering::AcqRel);
-    let mut failure = Vec::new();
-    if running != 0 {
-        let seq = running - 1;
-        let e = Error::Died {
-            stage: st.stage.name().to_string(),
-            item: seq,
-            worker: Worker::Process(pid.as_raw() as u32),
-            cause: why.to_string(),
-        };
-        record::encode_failed(seq, st.idx, &e, &mut failure);
-    }
-    let notice = link::dead_notice(slot.epoch, &failure);
-    for &fd in &st.workers[slot.slot].0 {
-        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
-        // pipeline's life); the borrow does not outlive this statement.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        send_notice(b, &notice);
-    }
-    let restarted = count_restart(st, slot, why, running != 0, &mut restarts[slot.stage]);
-    protocol::send(
-        ctl,
-        &SupMsg::WorkerDied {
-            stage: st.idx,
-            pid: pid.as_raw() as u32,
-            cause: why.to_string(),
-            restarted,
-        },
-    );
-    slot.epoch += 1;
-    // A fork can fail for a moment (EAGAIN at the process limit): try a few times.
-    let mut tries = 0;
-    loop {
-        match spawn(stages, slot, in_epochs.clone()) {
-            Ok(()) => return Ok(()),
-            Err(e) if tries >= 4 => return Err(e),
-            Err(_) => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(25 << tries));
-            }
-        }
-    }
-}
-
-/// Writes a death notice without ever blocking the supervisor for long.
-fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
-    for _ in 0..200 {
-        match sys::send(fd, notice, true) {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => {
-                let mut p = [libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                }];
-                let _ = sys::poll(&mut p, Some(Duration::from_millis(10)));
-            }
-        }
-    }
-}
-
-fn read_ctl(c: &mut Child) {
+pub(super) fn read_ctl(c: &mut Child) {
     while let Recv::Msg(m) = protocol::recv::<WorkerMsg>(&c.ctl, true) {
         match m {
             WorkerMsg::Finished => c.finished = true,
@@ -704,75 +377,7 @@ fn read_ctl(c: &mut Child) {
     }
 }
 
-/// At start: waits until every worker ran its stage's `init`. The first failure (an init
-/// error, or a worker that died) is returned as the message for the caller.
-/// The caller's control socket is watched too: if the caller goes away meanwhile (even
-/// killed), everything stops rather than wait for an `init` that may never return.
-fn wait_inits(stages: &[ProcStage], slots: &mut [Slot], ctl: BorrowedFd<'_>) -> Option<SupMsg> {
-    loop {
-        let mut pfds = vec![libc::pollfd {
-            fd: ctl.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let mut who = Vec::new();
-        for (k, s) in slots.iter().enumerate() {
-            let c = s.child.as_ref()?;
-            if !c.init_ok {
-                pfds.push(libc::pollfd {
-                    fd: c.ctl.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                pfds.push(libc::pollfd {
-                    fd: c.pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                who.push(k);
-            }
-        }
-        if who.is_empty() {
-            return None;
-        }
-        if sys::poll(&mut pfds, None).is_err() {
-            continue;
-        }
-        if pfds[0].revents != 0 {
-            return Some(SupMsg::StartFailed(
-                "the caller closed the pipeline during init".into(),
-            ));
-        }
-        let pfds = &pfds[1..];
-        for (n, &k) in who.iter().enumerate() {
-            let c = slots[k].child.as_mut().expect("child");
-            if pfds[2 * n].revents != 0 || pfds[2 * n + 1].revents != 0 {
-                read_ctl(c);
-            }
-            let st = &stages[slots[k].stage];
-            let pid = c.pid.as_raw() as u32;
-            if let Some(message) = c.init_error.clone() {
-                return Some(SupMsg::InitFailed {
-                    stage: st.idx,
-                    pid,
-                    message,
-                });
-            }
-            if !c.init_ok && pfds[2 * n + 1].revents != 0 {
-                let status = sys::wait_pid(c.pid, false).ok().flatten();
-                slots[k].child = None;
-                let why = status.as_ref().map_or_else(|| "ended".to_string(), cause);
-                return Some(SupMsg::InitFailed {
-                    stage: st.idx,
-                    pid,
-                    message: format!("the worker died during init: {why}"),
-                });
-            }
-        }
-    }
-}
-
-fn kill_all(slots: &mut [Slot]) {
+pub(super) fn kill_all(slots: &mut [Slot]) {
     for s in slots.iter() {
         if let Some(c) = &s.child {
             sys::kill(c.pid, Signal::SIGKILL);
@@ -787,7 +392,7 @@ fn kill_all(slots: &mut [Slot]) {
 
 /// The current epochs of the senders of a slot's input links: the workers of the previous
 /// stage when it is a process stage right before this one (mesh order), else 0 (the caller).
-fn sender_epochs(stages: &[ProcStage], slots: &[Slot], slot: &Slot) -> Vec<u32> {
+pub(super) fn sender_epochs(stages: &[ProcStage], slots: &[Slot], slot: &Slot) -> Vec<u32> {
     let si = slot.stage;
     let prev_adjacent = si > 0 && stages[si - 1].idx + 1 == stages[si].idx;
     if !prev_adjacent || stages[si].couple == Some(false) {
@@ -800,86 +405,4 @@ fn sender_epochs(stages: &[ProcStage], slots: &[Slot], slot: &Slot) -> Vec<u32> 
         .collect();
     v.sort_unstable();
     v.into_iter().map(|(_, e)| e).collect()
-}
-
-/// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).
-fn spawn(stages: &[ProcStage], slot: &mut Slot, in_epochs: Vec<u32>) -> std::io::Result<()> {
-    let s = &stages[slot.stage];
-    let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
-    let me = nix::unistd::getpid();
-    // SAFETY: the supervisor is single-threaded, so the child inherits no lock held by
-    // another thread; the child runs the worker loop and leaves with `exit_now`.
-    match unsafe { fds::fork() }? {
-        fds::Fork::Child(inherited) => {
-            let (ins, outs) = &s.workers[slot.slot];
-            let stream = s.streams.get(slot.slot).copied().flatten();
-            let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
-            keep.push(ctl_worker.as_raw_fd());
-            keep.extend(stream);
-            sys::child_setup(true, me, exit::ORPHANED, &keep, &inherited);
-            fds::child_reset(&keep);
-            let own = |v: &Vec<RawFd>| {
-                v.iter()
-                    // SAFETY: each descriptor is one of this worker's own link ends, kept
-                    // open by `child_setup`; nothing else in this process closes it (the
-                    // supervisor's records of them are never dropped in this child).
-                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-                    .collect::<Vec<_>>()
-            };
-            // SAFETY: `ctl_worker` is this worker's own control socket, kept open above; the
-            // `RtFd` that owned it is forgotten so only this `OwnedFd` closes it.
-            let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
-            std::mem::forget(ctl_worker);
-            let ctx = WorkerCtx {
-                ctl: Some(ctl),
-                // SAFETY: the couple's stream socket of this worker, kept open above.
-                stream: stream.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                // A consumer replaced with its producer gets a fresh link: nothing to skip.
-                resync_inputs: s.couple != Some(false),
-                in_epochs,
-                idx: s.idx,
-                ins: own(ins),
-                outs: own(outs),
-                credit: s.credit,
-                epoch: slot.epoch,
-                slot: slot.state,
-                give_up: slot.give_up.clone(),
-                position: slot.slot,
-                of: s.workers.len(),
-            };
-            // Nothing may unwind past this point: the stack below is a copy of the caller's.
-            let end =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stage.worker_main(ctx)));
-            let Ok(end) = end else {
-                sys::exit_now(exit::PANIC)
-            };
-            match end {
-                Ok(WorkerEnd::Finished) => sys::exit_now(0),
-                Ok(WorkerEnd::Restart) => sys::exit_now(exit::RESTART),
-                Ok(WorkerEnd::InitFailed) => sys::exit_now(exit::INIT_FAILED),
-                Err(_) => sys::exit_now(exit::LINK_ERROR),
-            }
-        }
-        fds::Fork::Parent(pid) => {
-            drop(ctl_worker);
-            let pidfd = match sys::pidfd_open(pid) {
-                Ok(fd) => fds::adopt(fd),
-                Err(e) => {
-                    sys::kill(pid, Signal::SIGKILL);
-                    let _ = sys::wait_pid(pid, false);
-                    return Err(e);
-                }
-            };
-            slot.child = Some(Child {
-                pid,
-                pidfd,
-                ctl: ctl_sup,
-                finished: false,
-                init_ok: false,
-                init_error: None,
-                corrupt: Vec::new(),
-            });
-            Ok(())
-        }
-    }
 }

@@ -1,0 +1,188 @@
+//! Starting a worker: the fork, the child's first steps, and the `init` handshake.
+//!
+//! # The problem
+//! A worker is forked from the supervisor (single-threaded, so the child inherits no lock
+//! held by another thread), first at start and later as a replacement into the same slot.
+//! The child is a copy of the supervisor: it holds every descriptor of the pipeline, and a
+//! copy it does not need would keep a socket's end of stream from its reader.
+//!
+//! # The approach
+//! [`spawn`] makes the worker's control socket, forks, and in the child closes every
+//! runtime descriptor but the slot's links, its stream and its control socket, then runs
+//! the stage's worker loop and leaves with an exit code that says how it ended. The
+//! supervisor keeps the child's pid, a pidfd to see it exit, and its control socket. At
+//! start, [`wait_inits`] waits until every worker ran its stage's `init`.
+//!
+//! # Invariants
+//! - Nothing unwinds out of the child (its stack is a copy of the supervisor's): it leaves
+//!   with `exit_now`, with a code from `protocol::exit`.
+//! - A child whose pidfd cannot be opened is killed and reaped at once: the supervisor
+//!   watches only children it can see end.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::signal::Signal;
+
+use crate::os::{fds, sys};
+use crate::process::death::cause;
+use crate::process::protocol::{SupMsg, exit};
+use crate::process::supervisor::{Child, ProcStage, Slot, read_ctl};
+use crate::process::worker::{WorkerCtx, WorkerEnd};
+
+/// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).
+pub(super) fn spawn(
+    stages: &[ProcStage],
+    slot: &mut Slot,
+    in_epochs: Vec<u32>,
+) -> std::io::Result<()> {
+    let s = &stages[slot.stage];
+    let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
+    let me = nix::unistd::getpid();
+    // SAFETY: the supervisor is single-threaded, so the child inherits no lock held by
+    // another thread; the child runs the worker loop and leaves with `exit_now`.
+    match unsafe { fds::fork() }? {
+        fds::Fork::Child(inherited) => {
+            let (ins, outs) = &s.workers[slot.slot];
+            let stream = s.streams.get(slot.slot).copied().flatten();
+            let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
+            keep.push(ctl_worker.as_raw_fd());
+            keep.extend(stream);
+            sys::child_setup(true, me, exit::ORPHANED, &keep, &inherited);
+            fds::child_reset(&keep);
+            let own = |v: &Vec<RawFd>| {
+                v.iter()
+                    // SAFETY: each descriptor is one of this worker's own link ends, kept
+                    // open by `child_setup`; nothing else in this process closes it (the
+                    // supervisor's records of them are never dropped in this child).
+                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                    .collect::<Vec<_>>()
+            };
+            // SAFETY: `ctl_worker` is this worker's own control socket, kept open above; the
+            // `RtFd` that owned it is forgotten so only this `OwnedFd` closes it.
+            let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
+            std::mem::forget(ctl_worker);
+            let ctx = WorkerCtx {
+                ctl: Some(ctl),
+                // SAFETY: the couple's stream socket of this worker, kept open above.
+                stream: stream.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                // A consumer replaced with its producer gets a fresh link: nothing to skip.
+                resync_inputs: s.couple != Some(false),
+                in_epochs,
+                idx: s.idx,
+                ins: own(ins),
+                outs: own(outs),
+                credit: s.credit,
+                epoch: slot.epoch,
+                slot: slot.state,
+                give_up: slot.give_up.clone(),
+                position: slot.slot,
+                of: s.workers.len(),
+            };
+            // Nothing may unwind past this point: the stack below is a copy of the caller's.
+            let end =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stage.worker_main(ctx)));
+            let Ok(end) = end else {
+                sys::exit_now(exit::PANIC)
+            };
+            match end {
+                Ok(WorkerEnd::Finished) => sys::exit_now(0),
+                Ok(WorkerEnd::Restart) => sys::exit_now(exit::RESTART),
+                Ok(WorkerEnd::InitFailed) => sys::exit_now(exit::INIT_FAILED),
+                Err(_) => sys::exit_now(exit::LINK_ERROR),
+            }
+        }
+        fds::Fork::Parent(pid) => {
+            drop(ctl_worker);
+            let pidfd = match sys::pidfd_open(pid) {
+                Ok(fd) => fds::adopt(fd),
+                Err(e) => {
+                    sys::kill(pid, Signal::SIGKILL);
+                    let _ = sys::wait_pid(pid, false);
+                    return Err(e);
+                }
+            };
+            slot.child = Some(Child {
+                pid,
+                pidfd,
+                ctl: ctl_sup,
+                finished: false,
+                init_ok: false,
+                init_error: None,
+                corrupt: Vec::new(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// At start: waits until every worker ran its stage's `init`. The first failure (an init
+/// error, or a worker that died) is returned as the message for the caller.
+/// The caller's control socket is watched too: if the caller goes away meanwhile (even
+/// killed), everything stops rather than wait for an `init` that may never return.
+pub(super) fn wait_inits(
+    stages: &[ProcStage],
+    slots: &mut [Slot],
+    ctl: BorrowedFd<'_>,
+) -> Option<SupMsg> {
+    loop {
+        let mut pfds = vec![libc::pollfd {
+            fd: ctl.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let mut who = Vec::new();
+        for (k, s) in slots.iter().enumerate() {
+            let c = s.child.as_ref()?;
+            if !c.init_ok {
+                pfds.push(libc::pollfd {
+                    fd: c.ctl.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                pfds.push(libc::pollfd {
+                    fd: c.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                who.push(k);
+            }
+        }
+        if who.is_empty() {
+            return None;
+        }
+        if sys::poll(&mut pfds, None).is_err() {
+            continue;
+        }
+        if pfds[0].revents != 0 {
+            return Some(SupMsg::StartFailed(
+                "the caller closed the pipeline during init".into(),
+            ));
+        }
+        let pfds = &pfds[1..];
+        for (n, &k) in who.iter().enumerate() {
+            let c = slots[k].child.as_mut().expect("child");
+            if pfds[2 * n].revents != 0 || pfds[2 * n + 1].revents != 0 {
+                read_ctl(c);
+            }
+            let st = &stages[slots[k].stage];
+            let pid = c.pid.as_raw() as u32;
+            if let Some(message) = c.init_error.clone() {
+                return Some(SupMsg::InitFailed {
+                    stage: st.idx,
+                    pid,
+                    message,
+                });
+            }
+            if !c.init_ok && pfds[2 * n + 1].revents != 0 {
+                let status = sys::wait_pid(c.pid, false).ok().flatten();
+                slots[k].child = None;
+                let why = status.as_ref().map_or_else(|| "ended".to_string(), cause);
+                return Some(SupMsg::InitFailed {
+                    stage: st.idx,
+                    pid,
+                    message: format!("the worker died during init: {why}"),
+                });
+            }
+        }
+    }
+}
