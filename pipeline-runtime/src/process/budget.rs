@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::os::fds::RtFd;
 use crate::os::sys::SlotState;
 use crate::process::supervisor::{ProcStage, Slot};
 use crate::process::worker::GiveUp;
@@ -36,7 +37,7 @@ pub(super) const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// run again. (So a stage that kills its worker after every item's function returned —
 /// it closed its own sockets — gives up too, instead of being replaced forever.)
 pub(super) fn count_restart(
-    st: &ProcStage,
+    st: &ProcStage<RtFd>,
     slot: &mut Slot,
     why: &str,
     mid_item: bool,

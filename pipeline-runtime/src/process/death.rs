@@ -19,7 +19,8 @@
 //! - Writing a notice never blocks the supervisor for long (a sender that does not read
 //!   is a sender that died: its own death is seen by its pidfd).
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::{Error, Worker};
-use crate::os::{fds, sys};
+use crate::os::fds::{self, RtFd};
+use crate::os::sys;
 use crate::process::budget::{Budget, count_restart};
 use crate::process::protocol::{self, SupMsg};
 use crate::process::spawn::spawn;
@@ -58,13 +60,13 @@ pub(crate) fn cause(status: &WaitStatus) -> String {
 /// the producer holds every item of the couple until its consumer finished it), and both
 /// are replaced with a fresh link and stream between them. Returns the replaced slots.
 pub(super) fn on_couple_death(
-    stages: &mut [ProcStage],
+    stages: &mut [ProcStage<RtFd>],
     slots: &mut [Slot],
     k: usize,
     pid: Pid,
     why: &str,
     restarts: &mut [Budget],
-    ctl: &OwnedFd,
+    ctl: &RtFd,
 ) -> Vec<usize> {
     let (si, j) = (slots[k].stage, slots[k].slot);
     let (p_si, c_si) = if stages[si].couple == Some(true) {
@@ -109,11 +111,8 @@ pub(super) fn on_couple_death(
         record::encode_failed(seq, stages[si].idx, &e, &mut failure);
     }
     let notice = link::dead_notice(slots[pk].epoch, &failure);
-    for &fd in &stages[p_si].workers[j].0 {
-        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
-        // pipeline's life); the borrow does not outlive this statement.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        send_notice(b, &notice);
+    for fd in &stages[p_si].workers[j].0 {
+        send_notice(fd.as_fd(), &notice);
     }
     let restarted = count_restart(
         &stages[si],
@@ -134,26 +133,9 @@ pub(super) fn on_couple_death(
     if !restarted {
         slots[partner].give_up = slots[k].give_up.clone();
     }
-    // A fresh link and stream between the new couple.
-    let old = [stages[p_si].workers[j].1[0], stages[c_si].workers[j].0[0]];
-    let old_streams = [stages[p_si].streams[j], stages[c_si].streams[j]];
-    for fd in old.into_iter().chain(old_streams.into_iter().flatten()) {
-        fds::unregister(fd);
-        sys::close(fd);
-    }
-    match (fds::seqpacket_pair(), fds::stream_pair()) {
-        (Ok((a, b)), Ok((sa, sb))) => {
-            crate::transport::pipe::tune(&sa);
-            crate::transport::pipe::tune(&sb);
-            stages[p_si].workers[j].1[0] = fds::into_raw(a);
-            stages[c_si].workers[j].0[0] = fds::into_raw(b);
-            stages[p_si].streams[j] = Some(fds::into_raw(sa));
-            stages[c_si].streams[j] = Some(fds::into_raw(sb));
-        }
-        _ => {
-            // (No logging here: a forked process must not take the caller's locks.)
-            return vec![pk, ck];
-        }
+    if relink(stages, p_si, c_si, j).is_err() {
+        // (No logging here: a forked process must not take the caller's locks.)
+        return vec![pk, ck];
     }
     for s in [pk, ck] {
         slots[s].epoch += 1;
@@ -165,6 +147,28 @@ pub(super) fn on_couple_death(
     vec![pk, ck]
 }
 
+/// A fresh link and stream between the halves of couple `j` (its producer in stage `p_si`,
+/// its consumer in stage `c_si`). The old ones close first: at the descriptor limit, the new
+/// ones need their numbers. (The producer's one output link is its consumer's one input.)
+fn relink(stages: &mut [ProcStage<RtFd>], p_si: usize, c_si: usize, j: usize) -> io::Result<()> {
+    let [p, c] = stages
+        .get_disjoint_mut([p_si, c_si])
+        .expect("a couple's two stages");
+    p.workers[j].1.clear();
+    c.workers[j].0.clear();
+    p.streams[j] = None;
+    c.streams[j] = None;
+    let (link, stream) = (fds::seqpacket_pair(), fds::stream_pair());
+    let ((a, b), (sa, sb)) = (link?, stream?);
+    crate::transport::pipe::tune(&sa);
+    crate::transport::pipe::tune(&sb);
+    p.workers[j].1 = vec![a];
+    c.workers[j].0 = vec![b];
+    p.streams[j] = Some(sa);
+    c.streams[j] = Some(sb);
+    Ok(())
+}
+
 /// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
 /// replacement in its place — or, past the restart budget, a stand-in that fails every
 /// item fast.
@@ -172,12 +176,12 @@ pub(super) fn on_couple_death(
 /// A worker died: its running item fails, its senders requeue the rest, and it is
 /// replaced. `Err` if no replacement could be forked.
 pub(super) fn on_death(
-    stages: &[ProcStage],
+    stages: &[ProcStage<RtFd>],
     slot: &mut Slot,
     pid: Pid,
     why: &str,
     restarts: &mut [Budget],
-    ctl: &OwnedFd,
+    ctl: &RtFd,
     in_epochs: Vec<u32>,
 ) -> std::io::Result<()> {
     let st = &stages[slot.stage];
@@ -194,11 +198,8 @@ pub(super) fn on_death(
         record::encode_failed(seq, st.idx, &e, &mut failure);
     }
     let notice = link::dead_notice(slot.epoch, &failure);
-    for &fd in &st.workers[slot.slot].0 {
-        // SAFETY: `fd` is one of this supervisor's own link descriptors (kept open for the
-        // pipeline's life); the borrow does not outlive this statement.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        send_notice(b, &notice);
+    for fd in &st.workers[slot.slot].0 {
+        send_notice(fd.as_fd(), &notice);
     }
     let restarted = count_restart(st, slot, why, running != 0, &mut restarts[slot.stage]);
     protocol::send(

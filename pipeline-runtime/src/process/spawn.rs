@@ -19,11 +19,12 @@
 //! - A child whose pidfd cannot be opened is killed and reaped at once: the supervisor
 //!   watches only children it can see end.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::signal::Signal;
 
-use crate::os::{fds, sys};
+use crate::os::fds::{self, Inherited, RtFd};
+use crate::os::sys;
 use crate::process::death::cause;
 use crate::process::protocol::{SupMsg, exit};
 use crate::process::supervisor::{Child, ProcStage, Slot, read_ctl};
@@ -31,7 +32,7 @@ use crate::process::worker::{WorkerCtx, WorkerEnd};
 
 /// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).
 pub(super) fn spawn(
-    stages: &[ProcStage],
+    stages: &[ProcStage<RtFd>],
     slot: &mut Slot,
     in_epochs: Vec<u32>,
 ) -> std::io::Result<()> {
@@ -39,48 +40,17 @@ pub(super) fn spawn(
     let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
     let me = nix::unistd::getpid();
     // SAFETY: the supervisor is single-threaded, so the child inherits no lock held by
-    // another thread; the child runs the worker loop and leaves with `exit_now`.
+    // another thread. The child only reads the numbers of the supervisor's descriptor objects
+    // (it owns its own through `Inherited::keep`, in `worker_ctx`), runs the worker loop
+    // inside `catch_unwind`, and leaves with `exit_now`.
     match unsafe { fds::fork() }? {
         fds::Fork::Child(inherited) => {
-            let (ins, outs) = &s.workers[slot.slot];
-            let stream = s.streams.get(slot.slot).copied().flatten();
-            let mut keep: Vec<RawFd> = ins.iter().chain(outs).copied().collect();
-            keep.push(ctl_worker.as_raw_fd());
-            keep.extend(stream);
-            sys::child_setup(true, me, exit::ORPHANED, &keep, &inherited);
-            fds::child_reset(&keep);
-            let own = |v: &Vec<RawFd>| {
-                v.iter()
-                    // SAFETY: each descriptor is one of this worker's own link ends, kept
-                    // open by `child_setup`; nothing else in this process closes it (the
-                    // supervisor's records of them are never dropped in this child).
-                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-                    .collect::<Vec<_>>()
-            };
-            // SAFETY: `ctl_worker` is this worker's own control socket, kept open above; the
-            // `RtFd` that owned it is forgotten so only this `OwnedFd` closes it.
-            let ctl = unsafe { OwnedFd::from_raw_fd(ctl_worker.as_raw_fd()) };
-            std::mem::forget(ctl_worker);
-            let ctx = WorkerCtx {
-                ctl: Some(ctl),
-                // SAFETY: the couple's stream socket of this worker, kept open above.
-                stream: stream.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                // A consumer replaced with its producer gets a fresh link: nothing to skip.
-                resync_inputs: s.couple != Some(false),
-                in_epochs,
-                idx: s.idx,
-                ins: own(ins),
-                outs: own(outs),
-                credit: s.credit,
-                epoch: slot.epoch,
-                slot: slot.state,
-                give_up: slot.give_up.clone(),
-                position: slot.slot,
-                of: s.workers.len(),
-            };
             // Nothing may unwind past this point: the stack below is a copy of the caller's.
-            let end =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stage.worker_main(ctx)));
+            let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sys::child_setup(true, me, exit::ORPHANED);
+                let ctx = worker_ctx(inherited, s, slot, &ctl_worker, in_epochs);
+                s.stage.worker_main(ctx)
+            }));
             let Ok(end) = end else {
                 sys::exit_now(exit::PANIC)
             };
@@ -115,12 +85,47 @@ pub(super) fn spawn(
     }
 }
 
+/// In the child: keeps the slot's links, its stream and its control socket `ctl` (every other
+/// runtime descriptor is closed), and makes the worker's context of them.
+fn worker_ctx(
+    inherited: Inherited,
+    s: &ProcStage<RtFd>,
+    slot: &Slot,
+    ctl: &RtFd,
+    in_epochs: Vec<u32>,
+) -> WorkerCtx<OwnedFd> {
+    let (ins, outs) = &s.workers[slot.slot];
+    let stream = s.streams.get(slot.slot).and_then(Option::as_ref);
+    let mut keep: Vec<RawFd> = ins.iter().chain(outs).map(AsRawFd::as_raw_fd).collect();
+    keep.push(ctl.as_raw_fd());
+    keep.extend(stream.map(AsRawFd::as_raw_fd));
+    let mut kept = inherited.keep(&keep);
+    let mut own = |v: &Vec<RtFd>| v.iter().map(|fd| kept.take_owned(fd.as_raw_fd())).collect();
+    let (ins, outs) = (own(ins), own(outs));
+    WorkerCtx {
+        ctl: Some(kept.take_owned(ctl.as_raw_fd())),
+        stream: stream.map(|fd| kept.take_owned(fd.as_raw_fd())),
+        // A consumer replaced with its producer gets a fresh link: nothing to skip.
+        resync_inputs: s.couple != Some(false),
+        in_epochs,
+        idx: s.idx,
+        ins,
+        outs,
+        credit: s.credit,
+        epoch: slot.epoch,
+        slot: slot.state,
+        give_up: slot.give_up.clone(),
+        position: slot.slot,
+        of: s.workers.len(),
+    }
+}
+
 /// At start: waits until every worker ran its stage's `init`. The first failure (an init
 /// error, or a worker that died) is returned as the message for the caller.
 /// The caller's control socket is watched too: if the caller goes away meanwhile (even
 /// killed), everything stops rather than wait for an `init` that may never return.
 pub(super) fn wait_inits(
-    stages: &[ProcStage],
+    stages: &[ProcStage<RtFd>],
     slots: &mut [Slot],
     ctl: BorrowedFd<'_>,
 ) -> Option<SupMsg> {

@@ -29,7 +29,7 @@
 //! - The supervisor never signals a pid after reaping it.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::caller::bridge::AnyStage;
-use crate::os::fds::{self, RtFd};
+use crate::os::fds::{Inherited, Kept, RtFd};
 use crate::os::sys;
 use crate::os::sys::SlotState;
 use crate::process::budget::Budget;
@@ -50,8 +50,10 @@ use crate::process::spawn::{spawn, wait_inits};
 use crate::process::timeout::check_timeouts;
 use crate::process::worker::GiveUp;
 
-/// A process stage as the supervisor sees it.
-pub(crate) struct ProcStage {
+/// A process stage as the supervisor sees it. The caller builds the plan, `ProcStage<RawFd>`:
+/// the numbers of descriptors the supervisor inherits through its fork; the supervisor owns
+/// them from its start on, as `ProcStage<RtFd>` ([`ProcStage::adopt`]).
+pub(crate) struct ProcStage<F = RawFd> {
     pub idx: u32,
     pub stage: Arc<dyn AnyStage>,
     /// Credit on this stage's output links.
@@ -59,12 +61,43 @@ pub(crate) struct ProcStage {
     /// Per-item time limit.
     pub timeout: Option<Duration>,
     /// For each worker: its input and output link descriptors.
-    pub workers: Vec<(Vec<RawFd>, Vec<RawFd>)>,
+    pub workers: Vec<(Vec<F>, Vec<F>)>,
     /// For each worker of a `pipe_next` half: its couple's stream socket.
-    pub streams: Vec<Option<RawFd>>,
+    pub streams: Vec<Option<F>>,
     /// `Some(true)`: a `pipe_next` producer (its consumer is the next stage here);
     /// `Some(false)`: a consumer (its producer is the previous one).
     pub couple: Option<bool>,
+}
+
+impl ProcStage {
+    /// Every descriptor of the plan.
+    fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        let links = self
+            .workers
+            .iter()
+            .flat_map(|(ins, outs)| ins.iter().chain(outs));
+        links.chain(self.streams.iter().flatten()).copied()
+    }
+
+    /// The supervisor's own stage: every descriptor of the plan taken from those it kept.
+    fn adopt(self, kept: &mut Kept) -> ProcStage<RtFd> {
+        let mut take = |v: Vec<RawFd>| v.into_iter().map(|fd| kept.take(fd)).collect();
+        let workers = (self.workers.into_iter())
+            .map(|(ins, outs)| (take(ins), take(outs)))
+            .collect();
+        let streams = (self.streams.into_iter())
+            .map(|s| s.map(|fd| kept.take(fd)))
+            .collect();
+        ProcStage {
+            idx: self.idx,
+            stage: self.stage,
+            credit: self.credit,
+            timeout: self.timeout,
+            workers,
+            streams,
+            couple: self.couple,
+        }
+    }
 }
 
 /// One worker position of a stage; its worker is replaced in place.
@@ -93,21 +126,15 @@ pub(super) struct Child {
 }
 
 /// The supervisor's whole life, in the forked child. Never returns.
-pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>) -> ! {
-    let mut keep: Vec<RawFd> = vec![ctl];
-    for s in &stages {
-        for (ins, outs) in &s.workers {
-            keep.extend(ins);
-            keep.extend(outs);
-        }
-        keep.extend(s.streams.iter().flatten());
-    }
-    sys::child_setup(false, Pid::from_raw(0), exit::ORPHANED, &keep, &inherited);
-    fds::child_reset(&keep);
+pub(crate) fn run(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> ! {
+    let keep: Vec<RawFd> = std::iter::once(ctl)
+        .chain(plan.iter().flat_map(ProcStage::fds))
+        .collect();
+    sys::child_setup(false, Pid::from_raw(0), exit::ORPHANED);
+    let mut kept = inherited.keep(&keep);
     crate::stage::IN_FORKED.store(true, Ordering::Relaxed);
-    // SAFETY: `ctl` is this pipeline's control socket, kept open above and owned by nobody
-    // else in this process (the caller-side objects that mention it are never dropped here).
-    let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
+    let ctl = kept.take(ctl);
+    let mut stages: Vec<ProcStage<RtFd>> = plan.into_iter().map(|s| s.adopt(&mut kept)).collect();
     protocol::send(&ctl, &SupMsg::Alive);
 
     let total: usize = stages.iter().map(|s| s.workers.len()).sum();
@@ -334,7 +361,12 @@ pub(crate) fn run(inherited: Vec<RawFd>, ctl: RawFd, mut stages: Vec<ProcStage>)
 /// The slot of the worker that writes input link `link` of slot `k`'s worker: a worker of
 /// the process stage right before (mesh order), or a `pipe_next` consumer's producer.
 /// `None` when the caller writes that link.
-fn corrupt_sender(stages: &[ProcStage], slots: &[Slot], k: usize, link: usize) -> Option<usize> {
+fn corrupt_sender(
+    stages: &[ProcStage<RtFd>],
+    slots: &[Slot],
+    k: usize,
+    link: usize,
+) -> Option<usize> {
     let (si, j) = (slots[k].stage, slots[k].slot);
     if si == 0 || stages[si - 1].idx + 1 != stages[si].idx {
         return None;
@@ -392,7 +424,7 @@ pub(super) fn kill_all(slots: &mut [Slot]) {
 
 /// The current epochs of the senders of a slot's input links: the workers of the previous
 /// stage when it is a process stage right before this one (mesh order), else 0 (the caller).
-pub(super) fn sender_epochs(stages: &[ProcStage], slots: &[Slot], slot: &Slot) -> Vec<u32> {
+pub(super) fn sender_epochs(stages: &[ProcStage<RtFd>], slots: &[Slot], slot: &Slot) -> Vec<u32> {
     let si = slot.stage;
     let prev_adjacent = si > 0 && stages[si - 1].idx + 1 == stages[si].idx;
     if !prev_adjacent || stages[si].couple == Some(false) {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::os::fds::RtFd;
 use crate::os::sys;
 use crate::process::supervisor::{ProcStage, Slot};
 
@@ -28,7 +29,7 @@ const TIMEOUT_GRACE: Duration = Duration::from_millis(200);
 
 /// Signals workers whose item ran past the stage's limit (TERM, then KILL after a grace);
 /// returns how long `poll` may sleep before the next deadline.
-pub(super) fn check_timeouts(stages: &[ProcStage], slots: &mut [Slot]) -> Option<Duration> {
+pub(super) fn check_timeouts(stages: &[ProcStage<RtFd>], slots: &mut [Slot]) -> Option<Duration> {
     let now_ns = sys::now_ns();
     let now = Instant::now();
     let mut next: Option<Duration> = None;
