@@ -130,6 +130,15 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
         .map(|n| n as usize)
 }
 
+/// A `poll` entry for `fd`, waiting for `events`.
+pub(crate) fn pollfd(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }
+}
+
 /// Result of [`fork`].
 pub(crate) enum Forked {
     Child,

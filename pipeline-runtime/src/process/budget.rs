@@ -86,14 +86,23 @@ pub(super) fn count_restart(
 /// A stage's restart history: when each restart happened, and how many items the stage
 /// had finished by then.
 pub(super) struct Budget {
-    pub restarts: VecDeque<(Instant, u64)>,
+    restarts: VecDeque<(Instant, u64)>,
     /// Items finished by workers that are gone.
-    pub done_base: u64,
+    done_base: u64,
     /// The stage's slots (their live `done` counters).
-    pub states: Vec<&'static SlotState>,
+    states: Vec<&'static SlotState>,
 }
 
 impl Budget {
+    /// A stage's budget, with no restart yet; `states` are the stage's slots.
+    pub(super) fn new(states: impl Iterator<Item = &'static SlotState>) -> Budget {
+        Budget {
+            restarts: VecDeque::new(),
+            done_base: 0,
+            states: states.collect(),
+        }
+    }
+
     fn live_done(&self) -> u64 {
         self.states
             .iter()

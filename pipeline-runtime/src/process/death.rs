@@ -20,7 +20,7 @@
 //!   is a sender that died: its own death is seen by its pidfd).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -31,10 +31,10 @@ use nix::unistd::Pid;
 use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
-use crate::process::budget::{Budget, count_restart};
-use crate::process::protocol::{self, SupMsg};
-use crate::process::spawn::spawn;
-use crate::process::supervisor::{ProcStage, Slot, sender_epochs};
+use crate::process::budget::count_restart;
+use crate::process::protocol::{self, SupMsg, exit};
+use crate::process::spawn::{respawn, spawn};
+use crate::process::supervisor::{Child, ProcStage, Slot, Sup, kill_all, sender_epochs};
 use crate::transport::{link, record};
 
 /// Cause text for a worker that ended without finishing.
@@ -55,96 +55,171 @@ pub(crate) fn cause(status: &WaitStatus) -> String {
     }
 }
 
-/// A half of a `pipe_next` couple died. The couple is one unit: the other half is killed
-/// too, the producer's senders are told (fail the item the dead half ran, requeue the rest:
-/// the producer holds every item of the couple until its consumer finished it), and both
-/// are replaced with a fresh link and stream between them. Returns the replaced slots.
-pub(super) fn on_couple_death(
-    stages: &mut [ProcStage<RtFd>],
-    slots: &mut [Slot],
-    k: usize,
-    pid: Pid,
-    why: &str,
-    restarts: &mut [Budget],
-    ctl: &RtFd,
-) -> Vec<usize> {
-    let (si, j) = (slots[k].stage, slots[k].slot);
-    let (p_si, c_si) = if stages[si].couple == Some(true) {
-        (si, si + 1)
-    } else {
-        (si - 1, si)
+/// Why slot `slot`'s worker `c` ended without finishing (`status`: how it exited, if known;
+/// `timeout`: its stage's item limit). Takes what the slot recorded about it: an item over
+/// its limit, the blame for a corrupt frame, a panic message written before an abort.
+pub(super) fn why_died(
+    slot: &mut Slot,
+    c: &Child,
+    status: Option<&WaitStatus>,
+    timeout: Option<Duration>,
+) -> String {
+    let mut why = match (&c.init_error, status) {
+        (Some(m), _) => format!("init failed: {m}"),
+        (None, Some(WaitStatus::Exited(_, exit::RESTART))) => {
+            "replaced after a panic (the stage keeps init state)".to_string()
+        }
+        (None, Some(st)) => cause(st),
+        (None, None) => "ended; status unavailable".to_string(),
     };
-    let find = |stage: usize| {
-        slots
-            .iter()
-            .position(|s| s.stage == stage && s.slot == j)
-            .expect("couple slot")
-    };
-    let (pk, ck) = (find(p_si), find(c_si));
-    let partner = if k == pk { ck } else { pk };
-    if let Some(c) = slots[partner].child.take() {
+    if let (Some(_), Some(limit)) = (slot.overtime.take(), timeout) {
+        why = format!("timed out after {} ms; worker killed", limit.as_millis());
+    }
+    if let Some(blamed) = slot.blame.take()
+        && matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _)))
+    {
+        why = blamed;
+    }
+    if let Some(msg) = slot.state.take_panic() {
+        // A panic that aborted (a `panic = "abort"` build, or a panic while panicking).
+        why = format!("panicked: {msg}; {why}");
+    }
+    why
+}
+
+impl Sup {
+    /// Slot `k`'s worker `pid` ended without finishing (it is reaped; `why` says how). Its
+    /// item fails, its senders requeue the rest, and it is replaced (or a stand-in takes its
+    /// place past the restart budget). Returns the other slots replaced with it (a
+    /// `pipe_next` couple's), whose events of this turn were those of their old workers.
+    ///
+    /// A stage that lost its last worker and cannot fork another stops the pipeline: nothing
+    /// could ever run its items, so the caller fails every unfinished one with the cause.
+    pub(super) fn on_death(&mut self, k: usize, pid: Pid, why: &str) -> Vec<usize> {
+        let si = self.slots[k].stage;
+        if self.stages[si].couple.is_some() {
+            return self.on_couple_death(k, pid, why);
+        }
+        let in_epochs = sender_epochs(&self.stages, &self.slots, &self.slots[k]);
+        self.bury(k, k, pid, why);
+        self.slots[k].epoch += 1;
+        let replaced = respawn(&self.stages, &mut self.slots[k], in_epochs);
+        if let Err(e) = replaced
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.stage == si && s.child.is_some())
+        {
+            protocol::send(
+                &self.ctl,
+                &SupMsg::Stopped {
+                    stage: self.stages[si].idx,
+                    pid: pid.as_raw() as u32,
+                    cause: format!("{why}; no replacement: fork failed: {e}"),
+                },
+            );
+            kill_all(&mut self.slots);
+            sys::exit_now(0);
+        }
+        Vec::new()
+    }
+
+    /// A half of a `pipe_next` couple died. The couple is one unit: the other half is
+    /// killed too, the producer's senders are told (the producer holds every item of the
+    /// couple until its consumer finished it), and both are replaced with a fresh link and
+    /// stream between them. Returns both slots.
+    fn on_couple_death(&mut self, k: usize, pid: Pid, why: &str) -> Vec<usize> {
+        let (si, j) = (self.slots[k].stage, self.slots[k].slot);
+        let (p_si, c_si) = if self.stages[si].couple == Some(true) {
+            (si, si + 1)
+        } else {
+            (si - 1, si)
+        };
+        let find = |stage: usize| {
+            (self.slots.iter())
+                .position(|s| s.stage == stage && s.slot == j)
+                .expect("couple slot")
+        };
+        let (pk, ck) = (find(p_si), find(c_si));
+        let partner = if k == pk { ck } else { pk };
+        self.kill_partner(partner);
+        if !self.bury(k, pk, pid, why) {
+            self.slots[partner].give_up = self.slots[k].give_up.clone();
+        }
+        if relink(&mut self.stages, p_si, c_si, j).is_err() {
+            // (No logging here: a forked process must not take the caller's locks.)
+            return vec![pk, ck];
+        }
+        for s in [pk, ck] {
+            self.slots[s].epoch += 1;
+            let in_epochs = sender_epochs(&self.stages, &self.slots, &self.slots[s]);
+            if let Err(e) = spawn(&self.stages, &mut self.slots[s], in_epochs) {
+                let _ = e; // the senders requeue into the other workers, if any
+            }
+        }
+        vec![pk, ck]
+    }
+
+    /// Kills and reaps the live half of a couple whose other half died (its item is the
+    /// dead half's too: it is not failed twice).
+    fn kill_partner(&mut self, partner: usize) {
+        let slot = &mut self.slots[partner];
+        let Some(c) = slot.child.take() else {
+            return;
+        };
         sys::kill(c.pid, Signal::SIGKILL);
         let _ = sys::wait_pid(c.pid, false);
-        slots[partner].state.running.store(0, Ordering::Relaxed);
-        slots[partner].overtime = None;
-        let partner_stage = &stages[slots[partner].stage];
+        slot.state.running.store(0, Ordering::Relaxed);
+        slot.overtime = None;
         protocol::send(
-            ctl,
+            &self.ctl,
             &SupMsg::WorkerDied {
-                stage: partner_stage.idx,
+                stage: self.stages[slot.stage].idx,
                 pid: c.pid.as_raw() as u32,
                 cause: "killed with its pipe_next partner".into(),
                 restarted: true,
             },
         );
     }
-    let running = slots[k].state.running.swap(0, Ordering::AcqRel);
-    let mut failure = Vec::new();
-    if running != 0 {
-        let seq = running - 1;
-        let e = Error::Died {
-            stage: stages[si].stage.name().to_string(),
-            item: seq,
-            worker: Worker::Process(pid.as_raw() as u32),
-            cause: why.to_string(),
-        };
-        record::encode_failed(seq, stages[si].idx, &e, &mut failure);
-    }
-    let notice = link::dead_notice(slots[pk].epoch, &failure);
-    for fd in &stages[p_si].workers[j].0 {
-        send_notice(fd.as_fd(), &notice);
-    }
-    let restarted = count_restart(
-        &stages[si],
-        &mut slots[k],
-        why,
-        running != 0,
-        &mut restarts[si],
-    );
-    protocol::send(
-        ctl,
-        &SupMsg::WorkerDied {
-            stage: stages[si].idx,
-            pid: pid.as_raw() as u32,
-            cause: why.to_string(),
-            restarted,
-        },
-    );
-    if !restarted {
-        slots[partner].give_up = slots[k].give_up.clone();
-    }
-    if relink(stages, p_si, c_si, j).is_err() {
-        // (No logging here: a forked process must not take the caller's locks.)
-        return vec![pk, ck];
-    }
-    for s in [pk, ck] {
-        slots[s].epoch += 1;
-        let in_epochs = sender_epochs(stages, slots, &slots[s]);
-        if let Err(e) = spawn(stages, &mut slots[s], in_epochs) {
-            let _ = e; // the senders requeue into the other workers, if any
+
+    /// What every death does: the item slot `k`'s worker `pid` was running fails with
+    /// `why`; each sender of slot `front` (that worker, or the producer of its couple) gets
+    /// the dead notice and requeues the rest of what it sent; the restart is counted; the
+    /// caller is told. Returns whether this was a restart (else the slot's next worker is a
+    /// stand-in that fails every item fast).
+    fn bury(&mut self, k: usize, front: usize, pid: Pid, why: &str) -> bool {
+        let si = self.slots[k].stage;
+        let st = &self.stages[si];
+        let running = self.slots[k].state.running.swap(0, Ordering::AcqRel);
+        let mut failure = Vec::new();
+        if running != 0 {
+            let seq = running - 1;
+            let e = Error::Died {
+                stage: st.stage.name().to_string(),
+                item: seq,
+                worker: Worker::Process(pid.as_raw() as u32),
+                cause: why.to_string(),
+            };
+            record::encode_failed(seq, st.idx, &e, &mut failure);
         }
+        let f = &self.slots[front];
+        let notice = link::dead_notice(f.epoch, &failure);
+        for fd in &self.stages[f.stage].workers[f.slot].0 {
+            send_notice(fd.as_fd(), &notice);
+        }
+        let (slot, hist) = (&mut self.slots[k], &mut self.budgets[si]);
+        let restarted = count_restart(st, slot, why, running != 0, hist);
+        protocol::send(
+            &self.ctl,
+            &SupMsg::WorkerDied {
+                stage: st.idx,
+                pid: pid.as_raw() as u32,
+                cause: why.to_string(),
+                restarted,
+            },
+        );
+        restarted
     }
-    vec![pk, ck]
 }
 
 /// A fresh link and stream between the halves of couple `j` (its producer in stage `p_si`,
@@ -169,74 +244,13 @@ fn relink(stages: &mut [ProcStage<RtFd>], p_si: usize, c_si: usize, j: usize) ->
     Ok(())
 }
 
-/// A worker died: tell its senders (fail the item it ran, requeue the rest), then put a
-/// replacement in its place — or, past the restart budget, a stand-in that fails every
-/// item fast.
-#[allow(clippy::too_many_arguments)]
-/// A worker died: its running item fails, its senders requeue the rest, and it is
-/// replaced. `Err` if no replacement could be forked.
-pub(super) fn on_death(
-    stages: &[ProcStage<RtFd>],
-    slot: &mut Slot,
-    pid: Pid,
-    why: &str,
-    restarts: &mut [Budget],
-    ctl: &RtFd,
-    in_epochs: Vec<u32>,
-) -> std::io::Result<()> {
-    let st = &stages[slot.stage];
-    let running = slot.state.running.swap(0, Ordering::AcqRel);
-    let mut failure = Vec::new();
-    if running != 0 {
-        let seq = running - 1;
-        let e = Error::Died {
-            stage: st.stage.name().to_string(),
-            item: seq,
-            worker: Worker::Process(pid.as_raw() as u32),
-            cause: why.to_string(),
-        };
-        record::encode_failed(seq, st.idx, &e, &mut failure);
-    }
-    let notice = link::dead_notice(slot.epoch, &failure);
-    for fd in &st.workers[slot.slot].0 {
-        send_notice(fd.as_fd(), &notice);
-    }
-    let restarted = count_restart(st, slot, why, running != 0, &mut restarts[slot.stage]);
-    protocol::send(
-        ctl,
-        &SupMsg::WorkerDied {
-            stage: st.idx,
-            pid: pid.as_raw() as u32,
-            cause: why.to_string(),
-            restarted,
-        },
-    );
-    slot.epoch += 1;
-    // A fork can fail for a moment (EAGAIN at the process limit): try a few times.
-    let mut tries = 0;
-    loop {
-        match spawn(stages, slot, in_epochs.clone()) {
-            Ok(()) => return Ok(()),
-            Err(e) if tries >= 4 => return Err(e),
-            Err(_) => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(25 << tries));
-            }
-        }
-    }
-}
-
 /// Writes a death notice without ever blocking the supervisor for long.
 fn send_notice(fd: BorrowedFd<'_>, notice: &[u8]) {
     for _ in 0..200 {
         match sys::send(fd, notice, true) {
             Ok(Some(_)) | Err(_) => return,
             Ok(None) => {
-                let mut p = [libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                }];
+                let mut p = [sys::pollfd(fd, libc::POLLOUT)];
                 let _ = sys::poll(&mut p, Some(Duration::from_millis(10)));
             }
         }

@@ -19,7 +19,9 @@
 //! - A child whose pidfd cannot be opened is killed and reaped at once: the supervisor
 //!   watches only children it can see end.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -35,7 +37,7 @@ pub(super) fn spawn(
     stages: &[ProcStage<RtFd>],
     slot: &mut Slot,
     in_epochs: Vec<u32>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     let s = &stages[slot.stage];
     let (ctl_sup, ctl_worker) = fds::seqpacket_pair()?;
     let me = nix::unistd::getpid();
@@ -85,6 +87,26 @@ pub(super) fn spawn(
     }
 }
 
+/// [`spawn`] for a replacement: a fork can fail for a moment (EAGAIN at the process limit),
+/// so it tries a few times.
+pub(super) fn respawn(
+    stages: &[ProcStage<RtFd>],
+    slot: &mut Slot,
+    in_epochs: Vec<u32>,
+) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match spawn(stages, slot, in_epochs.clone()) {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 4 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(25 << tries));
+            }
+        }
+    }
+}
+
 /// In the child: keeps the slot's links, its stream and its control socket `ctl` (every other
 /// runtime descriptor is closed), and makes the worker's context of them.
 fn worker_ctx(
@@ -130,25 +152,13 @@ pub(super) fn wait_inits(
     ctl: BorrowedFd<'_>,
 ) -> Option<SupMsg> {
     loop {
-        let mut pfds = vec![libc::pollfd {
-            fd: ctl.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut pfds = vec![sys::pollfd(ctl, libc::POLLIN)];
         let mut who = Vec::new();
         for (k, s) in slots.iter().enumerate() {
             let c = s.child.as_ref()?;
             if !c.init_ok {
-                pfds.push(libc::pollfd {
-                    fd: c.ctl.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                pfds.push(libc::pollfd {
-                    fd: c.pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                pfds.push(sys::pollfd(c.ctl.as_fd(), libc::POLLIN));
+                pfds.push(sys::pollfd(c.pidfd.as_fd(), libc::POLLIN));
                 who.push(k);
             }
         }

@@ -27,9 +27,15 @@
 //! - A worker is *finished* only if it said so on its control socket and then exited with
 //!   code 0; any other end (a signal, any exit code, 0 included) is a death.
 //! - The supervisor never signals a pid after reaping it.
+//!
+//! # Where it lives
+//! This file: the plan, the supervisor's state and its event loop (the caller's messages, a
+//! worker's messages, a worker's exit). [`spawn`](super::spawn) forks a worker and waits
+//! for the first ones' `init`; [`death`](super::death) handles a worker that ended without
+//! finishing; [`budget`](super::budget) decides whether it is replaced;
+//! [`timeout`](super::timeout) stops an item that runs too long.
 
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -44,7 +50,7 @@ use crate::os::sys;
 use crate::os::sys::SlotState;
 use crate::process::budget::Budget;
 pub(crate) use crate::process::death::cause;
-use crate::process::death::{on_couple_death, on_death};
+use crate::process::death::why_died;
 use crate::process::protocol::{self, CallerMsg, CorruptReport, Recv, SupMsg, WorkerMsg, exit};
 use crate::process::spawn::{spawn, wait_inits};
 use crate::process::timeout::check_timeouts;
@@ -114,6 +120,22 @@ pub(super) struct Slot {
     pub blame: Option<String>,
 }
 
+impl Slot {
+    fn new(stage: usize, slot: usize, state: &'static SlotState) -> Slot {
+        Slot {
+            stage,
+            slot,
+            state,
+            epoch: 0,
+            give_up: None,
+            child: None,
+            overtime: None,
+            blame: None,
+        }
+    }
+}
+
+/// The worker a slot runs now.
 pub(super) struct Child {
     pub pid: Pid,
     pub pidfd: RtFd,
@@ -125,8 +147,29 @@ pub(super) struct Child {
     pub corrupt: Vec<CorruptReport>,
 }
 
+/// The supervisor's state, from its start on.
+pub(super) struct Sup {
+    /// The control socket to the caller.
+    pub ctl: RtFd,
+    pub stages: Vec<ProcStage<RtFd>>,
+    /// Every worker position, stage by stage.
+    pub slots: Vec<Slot>,
+    /// Each stage's restart history.
+    pub budgets: Vec<Budget>,
+}
+
 /// The supervisor's whole life, in the forked child. Never returns.
 pub(crate) fn run(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> ! {
+    let (ctl, stages) = adopt(inherited, ctl, plan);
+    protocol::send(&ctl, &SupMsg::Alive);
+    let sup = start(ctl, stages);
+    protocol::send(&sup.ctl, &SupMsg::Ready);
+    sup.serve()
+}
+
+/// The supervisor's first step: keeps this pipeline's descriptors (every other runtime
+/// descriptor inherited from the caller is closed) and owns them from now on.
+fn adopt(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> (RtFd, Vec<ProcStage<RtFd>>) {
     let keep: Vec<RawFd> = std::iter::once(ctl)
         .chain(plan.iter().flat_map(ProcStage::fds))
         .collect();
@@ -134,9 +177,14 @@ pub(crate) fn run(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> ! {
     let mut kept = inherited.keep(&keep);
     crate::stage::IN_FORKED.store(true, Ordering::Relaxed);
     let ctl = kept.take(ctl);
-    let mut stages: Vec<ProcStage<RtFd>> = plan.into_iter().map(|s| s.adopt(&mut kept)).collect();
-    protocol::send(&ctl, &SupMsg::Alive);
+    let stages = plan.into_iter().map(|s| s.adopt(&mut kept)).collect();
+    (ctl, stages)
+}
 
+/// Makes the slots (their state in shared memory), forks the first workers and waits until
+/// each ran its stage's `init`. If any of it fails, the caller is told why, every worker is
+/// killed, and the supervisor exits.
+fn start(ctl: RtFd, stages: Vec<ProcStage<RtFd>>) -> Sup {
     let total: usize = stages.iter().map(|s| s.workers.len()).sum();
     let states = match sys::shared_slots(total) {
         Ok(s) => s,
@@ -148,214 +196,152 @@ pub(crate) fn run(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> ! {
     let mut slots: Vec<Slot> = Vec::with_capacity(total);
     for (si, s) in stages.iter().enumerate() {
         for j in 0..s.workers.len() {
-            slots.push(Slot {
-                stage: si,
-                slot: j,
-                state: &states[slots.len()],
-                epoch: 0,
-                give_up: None,
-                child: None,
-                overtime: None,
-                blame: None,
-            });
+            slots.push(Slot::new(si, j, &states[slots.len()]));
         }
     }
-    for k in 0..slots.len() {
-        if let Err(e) = spawn(&stages, &mut slots[k], Vec::new()) {
-            let msg = format!(
-                "fork failed for stage '{}': {e}",
-                stages[slots[k].stage].stage.name()
-            );
-            kill_all(&mut slots);
-            protocol::send(&ctl, &SupMsg::StartFailed(msg));
-            sys::exit_now(0);
+    let budgets = (0..stages.len())
+        .map(|si| Budget::new(slots.iter().filter(|s| s.stage == si).map(|s| s.state)))
+        .collect();
+    let mut sup = Sup {
+        ctl,
+        stages,
+        slots,
+        budgets,
+    };
+    for k in 0..sup.slots.len() {
+        if let Err(e) = spawn(&sup.stages, &mut sup.slots[k], Vec::new()) {
+            let name = sup.stages[sup.slots[k].stage].stage.name();
+            let msg = format!("fork failed for stage '{name}': {e}");
+            sup.fail_start(&SupMsg::StartFailed(msg));
         }
     }
-    if let Some(msg) = wait_inits(&stages, &mut slots, ctl.as_fd()) {
-        kill_all(&mut slots);
-        protocol::send(&ctl, &msg);
+    if let Some(msg) = wait_inits(&sup.stages, &mut sup.slots, sup.ctl.as_fd()) {
+        sup.fail_start(&msg);
+    }
+    sup
+}
+
+impl Sup {
+    /// The pipeline did not start: every worker is killed, the caller told why.
+    fn fail_start(&mut self, msg: &SupMsg) -> ! {
+        kill_all(&mut self.slots);
+        protocol::send(&self.ctl, msg);
         sys::exit_now(0);
     }
-    protocol::send(&ctl, &SupMsg::Ready);
 
-    let mut restarts: Vec<Budget> = stages
-        .iter()
-        .enumerate()
-        .map(|(si, _)| Budget {
-            restarts: VecDeque::new(),
-            done_base: 0,
-            states: slots
-                .iter()
-                .filter(|s| s.stage == si)
-                .map(|s| s.state)
-                .collect(),
-        })
-        .collect();
-    let mut pfds: Vec<libc::pollfd> = Vec::new();
-    let mut who: Vec<usize> = Vec::new();
-    loop {
-        if slots.iter().all(|s| s.child.is_none()) {
-            protocol::send(&ctl, &SupMsg::Done);
-            sys::exit_now(0);
+    /// The event loop: one `poll` a turn over the caller's control socket and each live
+    /// worker's pidfd and control socket, until every worker finished (or the caller left).
+    fn serve(mut self) -> ! {
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut who: Vec<usize> = Vec::new();
+        loop {
+            if self.slots.iter().all(|s| s.child.is_none()) {
+                protocol::send(&self.ctl, &SupMsg::Done);
+                sys::exit_now(0);
+            }
+            self.poll_set(&mut pfds, &mut who);
+            let wait = check_timeouts(&self.stages, &mut self.slots);
+            if sys::poll(&mut pfds, wait).is_err() {
+                continue;
+            }
+            if pfds[0].revents != 0 {
+                self.on_caller();
+            }
+            let mut replaced: Vec<usize> = Vec::new();
+            for (n, &k) in who.iter().enumerate() {
+                let (pid_ev, ctl_ev) = (pfds[1 + 2 * n].revents, pfds[2 + 2 * n].revents);
+                if replaced.contains(&k) || self.slots[k].child.is_none() {
+                    continue; // (its events were those of the worker it replaced)
+                }
+                if ctl_ev != 0 {
+                    self.on_worker_msgs(k);
+                }
+                if pid_ev != 0 {
+                    replaced.extend(self.on_exit(k));
+                }
+            }
         }
+    }
+
+    /// This turn's poll set: the caller's control socket first, then each live worker's
+    /// pidfd and control socket; `who[n]` is the slot of the `n`th pair.
+    fn poll_set(&self, pfds: &mut Vec<libc::pollfd>, who: &mut Vec<usize>) {
         pfds.clear();
         who.clear();
-        pfds.push(libc::pollfd {
-            fd: ctl.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        for (k, s) in slots.iter().enumerate() {
+        pfds.push(sys::pollfd(self.ctl.as_fd(), libc::POLLIN));
+        for (k, s) in self.slots.iter().enumerate() {
             if let Some(c) = &s.child {
-                pfds.push(libc::pollfd {
-                    fd: c.pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                pfds.push(libc::pollfd {
-                    fd: c.ctl.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                pfds.push(sys::pollfd(c.pidfd.as_fd(), libc::POLLIN));
+                pfds.push(sys::pollfd(c.ctl.as_fd(), libc::POLLIN));
                 who.push(k);
             }
         }
-        let wait = check_timeouts(&stages, &mut slots);
-        if sys::poll(&mut pfds, wait).is_err() {
-            continue;
-        }
-        if pfds[0].revents != 0 {
-            // A report from the caller's side, or the caller closed the pipeline (or died):
-            // then stop everything now.
-            loop {
-                match protocol::recv::<CallerMsg>(&ctl, true) {
-                    Recv::Empty => break,
-                    Recv::Msg(CallerMsg::Corrupt { stage, report: r }) => {
-                        if let Some(k) = slots
-                            .iter()
-                            .position(|s| stages[s.stage].idx == stage && s.slot == r.link)
-                        {
-                            blame(
-                                &mut slots[k],
-                                r.epoch,
-                                format!("sent a corrupt frame ({}); worker killed", r.what),
-                            );
-                        }
-                    }
-                    Recv::Closed => {
-                        kill_all(&mut slots);
-                        sys::exit_now(0);
+    }
+
+    /// The caller's control socket is readable: reports of corrupt frames its collector
+    /// found, or its end (the caller closed the pipeline, or died): then everything stops.
+    fn on_caller(&mut self) {
+        loop {
+            match protocol::recv::<CallerMsg>(&self.ctl, true) {
+                Recv::Empty => return,
+                Recv::Msg(CallerMsg::Corrupt { stage, report: r }) => {
+                    let stages = &self.stages;
+                    let found = (self.slots.iter())
+                        .position(|s| stages[s.stage].idx == stage && s.slot == r.link);
+                    if let Some(k) = found {
+                        blame(&mut self.slots[k], r.epoch, corrupt_sent(&r));
                     }
                 }
-            }
-        }
-        let mut replaced: Vec<usize> = Vec::new();
-        for (n, &k) in who.iter().enumerate() {
-            let (pid_ev, ctl_ev) = (pfds[1 + 2 * n].revents, pfds[2 + 2 * n].revents);
-            if replaced.contains(&k) {
-                continue; // (its events were those of the worker it replaced)
-            }
-            let Some(c) = slots[k].child.as_mut() else {
-                continue;
-            };
-            if ctl_ev != 0 {
-                read_ctl(c);
-                for r in std::mem::take(&mut c.corrupt) {
-                    match corrupt_sender(&stages, &slots, k, r.link) {
-                        Some(sender) => blame(
-                            &mut slots[sender],
-                            r.epoch,
-                            format!("sent a corrupt frame ({}); worker killed", r.what),
-                        ),
-                        // The caller wrote it (a forkpipe bug): this worker starts afresh.
-                        None => {
-                            let epoch = slots[k].epoch;
-                            blame(
-                                &mut slots[k],
-                                epoch,
-                                format!(
-                                    "read a corrupt frame from the caller ({}); worker killed",
-                                    r.what
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            if pid_ev == 0 {
-                continue;
-            }
-            let mut c = slots[k].child.take().expect("child");
-            read_ctl(&mut c);
-            let status = sys::wait_pid(c.pid, false).ok().flatten();
-            if c.finished && matches!(status, Some(WaitStatus::Exited(_, 0))) {
-                slots[k].state.running.store(0, Ordering::Relaxed);
-                continue; // finished its input: the slot is done
-            }
-            let mut why = match (&c.init_error, &status) {
-                (Some(m), _) => format!("init failed: {m}"),
-                (None, Some(WaitStatus::Exited(_, exit::RESTART))) => {
-                    "replaced after a panic (the stage keeps init state)".to_string()
-                }
-                (None, Some(st)) => cause(st),
-                (None, None) => "ended; status unavailable".to_string(),
-            };
-            if let (Some(_), Some(limit)) =
-                (slots[k].overtime.take(), stages[slots[k].stage].timeout)
-            {
-                why = format!("timed out after {} ms; worker killed", limit.as_millis());
-            }
-            if let Some(blamed) = slots[k].blame.take()
-                && matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _)))
-            {
-                why = blamed;
-            }
-            if let Some(msg) = slots[k].state.take_panic() {
-                // A panic that aborted (a `panic = "abort"` build, or a panic while panicking).
-                why = format!("panicked: {msg}; {why}");
-            }
-            if stages[slots[k].stage].couple.is_some() {
-                replaced.extend(on_couple_death(
-                    &mut stages,
-                    &mut slots,
-                    k,
-                    c.pid,
-                    &why,
-                    &mut restarts,
-                    &ctl,
-                ));
-            } else {
-                let in_epochs = sender_epochs(&stages, &slots, &slots[k]);
-                let replaced = on_death(
-                    &stages,
-                    &mut slots[k],
-                    c.pid,
-                    &why,
-                    &mut restarts,
-                    &ctl,
-                    in_epochs,
-                );
-                let stage = slots[k].stage;
-                if let Err(e) = replaced
-                    && !slots.iter().any(|s| s.stage == stage && s.child.is_some())
-                {
-                    // The stage has no worker left and cannot get one: nothing could ever
-                    // run its items. Stop the pipeline with the cause (the caller fails
-                    // every unfinished item with it) instead of pretending to be done.
-                    protocol::send(
-                        &ctl,
-                        &SupMsg::Stopped {
-                            stage: stages[stage].idx,
-                            pid: c.pid.as_raw() as u32,
-                            cause: format!("{why}; no replacement: fork failed: {e}"),
-                        },
-                    );
-                    kill_all(&mut slots);
+                Recv::Closed => {
+                    kill_all(&mut self.slots);
                     sys::exit_now(0);
                 }
             }
         }
     }
+
+    /// Worker `k`'s control socket is readable: reads its messages. For each corrupt frame
+    /// its receiver found, the worker that wrote it is killed.
+    fn on_worker_msgs(&mut self, k: usize) {
+        let Some(c) = self.slots[k].child.as_mut() else {
+            return;
+        };
+        read_ctl(c);
+        for r in std::mem::take(&mut c.corrupt) {
+            match corrupt_sender(&self.stages, &self.slots, k, r.link) {
+                Some(sender) => blame(&mut self.slots[sender], r.epoch, corrupt_sent(&r)),
+                // The caller wrote it (a forkpipe bug): this worker starts afresh.
+                None => {
+                    let epoch = self.slots[k].epoch;
+                    let what = &r.what;
+                    let cause =
+                        format!("read a corrupt frame from the caller ({what}); worker killed");
+                    blame(&mut self.slots[k], epoch, cause);
+                }
+            }
+        }
+    }
+
+    /// Worker `k`'s pidfd is readable: it is reaped. One that said it finished and exited
+    /// with 0 leaves its slot done; any other end is a death. Returns the slots replaced
+    /// with it (see [`Sup::on_death`]).
+    fn on_exit(&mut self, k: usize) -> Vec<usize> {
+        let mut c = self.slots[k].child.take().expect("child");
+        read_ctl(&mut c);
+        let status = sys::wait_pid(c.pid, false).ok().flatten();
+        if c.finished && matches!(status, Some(WaitStatus::Exited(_, 0))) {
+            self.slots[k].state.running.store(0, Ordering::Relaxed);
+            return Vec::new(); // finished its input: the slot is done
+        }
+        let timeout = self.stages[self.slots[k].stage].timeout;
+        let why = why_died(&mut self.slots[k], &c, status.as_ref(), timeout);
+        self.on_death(k, c.pid, &why)
+    }
+}
+
+/// The cause for a worker that sent a corrupt frame.
+fn corrupt_sent(r: &CorruptReport) -> String {
+    format!("sent a corrupt frame ({}); worker killed", r.what)
 }
 
 /// The slot of the worker that writes input link `link` of slot `k`'s worker: a worker of
