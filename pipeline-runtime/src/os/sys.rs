@@ -3,6 +3,7 @@
 //! Outside `os/` an `unsafe` block only calls an `unsafe fn` of `os/` whose contract just
 //! its caller can keep (the forks: only the caller knows what the child runs), or is one
 //! of the few borrows not moved here yet (`transport::pipe`, the panic hook in `stage`).
+//! One function here is still safe only by its caller's word: [`send_raw`].
 //!
 //! Conventions (nix's): errors come back as `io::Error`; descriptors become `OwnedFd` at
 //! once; `EINTR` is retried in one place ([`retry`]); sockets are created `SOCK_CLOEXEC`;
@@ -66,7 +67,8 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Res
     }
 }
 
-/// [`send`] on a descriptor known only by number; the caller guarantees it is open.
+/// [`send`] on a descriptor known only by number; the caller guarantees it is open. (To
+/// become an `unsafe fn` together with its one call, in `process::worker`.)
 pub(crate) fn send_raw(fd: RawFd, buf: &[u8]) {
     // SAFETY: the caller (fault injection in a worker) passes one of the worker's own
     // output links, which stay open while its stage runs; a borrow for one call.

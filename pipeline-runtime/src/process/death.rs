@@ -16,8 +16,8 @@
 //!
 //! # Invariants
 //! - The caller hears of every death once, with whether it was restarted.
-//! - Writing a notice never blocks the supervisor for long (a sender that does not read
-//!   is a sender that died: its own death is seen by its pidfd).
+//! - Writing a notice never blocks the supervisor for long: on a full socket it gives up
+//!   after about two seconds.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
