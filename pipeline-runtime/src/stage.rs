@@ -710,7 +710,6 @@ impl<Out: Send + 'static> Source<Out> {
     }
 }
 
-pub(crate) use crate::guard::IN_FORKED;
 pub(crate) use crate::guard::{apply, guarded, install_panic_hook};
 
 /// What a recipe's `make` returns (see [`crate::recipe`]).

@@ -9,12 +9,15 @@
 //! runtime descriptors it received, and closes those it does not own before anything else.
 //!
 //! The forking thread holds the lock across `fork`, so in the child the lock is held by the
-//! child's only thread and can be released normally; the child then resets the registry to
-//! the descriptors it kept ([`child_reset`]), which makes nested pipelines work too.
+//! child's only thread and can be released normally. The child then names the descriptors
+//! it keeps ([`Inherited::keep`]): every other inherited one is closed, the registry becomes
+//! exactly the kept ones (which makes nested pipelines work too), and the child takes
+//! ownership of each kept one once, from [`Kept`]. The raw numbers that cross a fork (the
+//! supervisor's plan, a worker's links) become owned descriptors there and nowhere else.
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::os::sys;
@@ -68,20 +71,6 @@ pub(crate) fn seqpacket_pair() -> io::Result<(RtFd, RtFd)> {
     pair(sys::seqpacket_pair)
 }
 
-/// Removes a descriptor from the registry (it is about to be closed by its raw number).
-pub(crate) fn unregister(fd: RawFd) {
-    lock().remove(&fd);
-}
-
-/// Keeps a registered descriptor open for the life of the process, by its raw number.
-pub(crate) fn into_raw(mut fd: RtFd) -> RawFd {
-    let raw = fd.as_raw_fd();
-    if let Some(owned) = fd.0.take() {
-        std::mem::forget(owned);
-    }
-    raw
-}
-
 /// A registered `SOCK_STREAM` pair.
 pub(crate) fn stream_pair() -> io::Result<(RtFd, RtFd)> {
     pair(sys::stream_pair)
@@ -101,8 +90,9 @@ pub(crate) fn adopt(fd: OwnedFd) -> RtFd {
 
 /// What a fork returned, with the runtime descriptors the child inherited.
 pub(crate) enum Fork {
-    /// In the child: every runtime descriptor it inherited (it must close the foreign ones).
-    Child(Vec<RawFd>),
+    /// In the child: every runtime descriptor it inherited (it keeps its own, see
+    /// [`Inherited::keep`], and the rest are closed).
+    Child(Inherited),
     Parent(nix::unistd::Pid),
 }
 
@@ -111,7 +101,11 @@ pub(crate) enum Fork {
 ///
 /// # Safety
 /// As [`sys::fork`]: the child must only run code that needs no lock another thread could
-/// have held, and must leave with [`sys::exit_now`].
+/// have held, and must leave with [`sys::exit_now`]. And in the child, every object that
+/// owns a runtime descriptor and was copied from the parent (an [`RtFd`], or an `OwnedFd`
+/// made from one) is dead: the child never does I/O with it and never drops it (leaving
+/// with `exit_now` runs no destructor). It may read such an object's number, to name a
+/// descriptor it keeps; it owns the kept ones through [`Inherited::keep`] only.
 pub(crate) unsafe fn fork() -> io::Result<Fork> {
     let reg = lock();
     let snapshot: Vec<RawFd> = reg.iter().copied().collect();
@@ -119,15 +113,70 @@ pub(crate) unsafe fn fork() -> io::Result<Fork> {
     let r = unsafe { sys::fork() };
     drop(reg); // in the child too: this thread took the lock, so releasing it is sound
     match r? {
-        sys::Forked::Child => Ok(Fork::Child(snapshot)),
+        sys::Forked::Child => Ok(Fork::Child(Inherited(snapshot))),
         sys::Forked::Parent(pid) => Ok(Fork::Parent(pid)),
     }
 }
 
-/// In a forked child, after closing the foreign descriptors: the registry becomes exactly
-/// the runtime descriptors this child kept.
-pub(crate) fn child_reset(kept: &[RawFd]) {
-    let mut reg = lock();
-    reg.clear();
-    reg.extend(kept.iter().copied());
+/// The runtime descriptors a forked child inherited: the registry at the fork, each one open
+/// then (a registered descriptor is closed under the registry's lock, which the fork held).
+#[derive(Debug)]
+pub(crate) struct Inherited(Vec<RawFd>);
+
+impl Inherited {
+    /// The child's first step with descriptors: closes every inherited runtime descriptor
+    /// that is not in `keep`, and the registry becomes exactly `keep`. The child then owns
+    /// each kept descriptor by taking it from the returned [`Kept`].
+    ///
+    /// # Panics
+    /// If `keep` names a descriptor that was not inherited (a runtime bug: no descriptor of
+    /// the user's, nor a number already closed, is the child's to keep).
+    pub(crate) fn keep(self, keep: &[RawFd]) -> Kept {
+        if let Some(fd) = keep.iter().find(|fd| !self.0.contains(fd)) {
+            panic!("descriptor {fd} is not a runtime descriptor this child inherited");
+        }
+        for &fd in &self.0 {
+            if !keep.contains(&fd) {
+                // SAFETY: `fd` is a runtime descriptor inherited through the fork, open then,
+                // that this child does not keep; by `fork`'s contract no object in the child
+                // uses or closes it, and it is in `self` once (the registry is a set).
+                unsafe { libc::close(fd) };
+            }
+        }
+        let mut reg = lock();
+        reg.clear();
+        reg.extend(keep.iter().copied());
+        Kept(keep.iter().copied().collect())
+    }
+}
+
+/// The descriptors a forked child kept, each to be taken (owned) at most once. One never
+/// taken stays open, owned by nobody, for the life of the process.
+#[derive(Debug)]
+pub(crate) struct Kept(BTreeSet<RawFd>);
+
+impl Kept {
+    /// Takes the kept descriptor `fd`, registered: dropping it unregisters and closes it.
+    ///
+    /// # Panics
+    /// If `fd` was not kept, or was taken already.
+    pub(crate) fn take(&mut self, fd: RawFd) -> RtFd {
+        RtFd(Some(self.take_owned(fd)))
+    }
+
+    /// Takes the kept descriptor `fd` as a plain `OwnedFd` (a worker's links and sockets: it
+    /// stays in the registry after it is closed).
+    ///
+    /// # Panics
+    /// If `fd` was not kept, or was taken already.
+    pub(crate) fn take_owned(&mut self, fd: RawFd) -> OwnedFd {
+        assert!(
+            self.0.remove(&fd),
+            "descriptor {fd} is not kept, or taken twice"
+        );
+        // SAFETY: `fd` was inherited open and kept by `Inherited::keep`, and `remove` makes
+        // this its only taking; by `fork`'s contract no object copied from the parent uses
+        // or closes it, so this `OwnedFd` is its one owner.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
 }

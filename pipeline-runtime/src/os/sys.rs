@@ -1,4 +1,9 @@
-//! The syscall boundary: every `unsafe` of the runtime lives here, behind safe functions.
+//! The syscall boundary: the runtime's `unsafe` code lives in `os/` — here, behind safe
+//! functions, and in [`fds`](super::fds) (the fork and the descriptors a child keeps).
+//! Outside `os/` an `unsafe` block only calls an `unsafe fn` of `os/` whose contract just
+//! its caller can keep: the forks (only the caller knows what the child runs), [`send_raw`]
+//! (only the caller knows the number is open), and `image::fn_at`/`image::remake` (only the
+//! caller knows the address is a function of that type, in this same executable).
 //!
 //! Conventions (nix's): errors come back as `io::Error`; descriptors become `OwnedFd` at
 //! once; `EINTR` is retried in one place ([`retry`]); sockets are created `SOCK_CLOEXEC`;
@@ -62,16 +67,19 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> io::Res
     }
 }
 
-/// Receives one message into `buf` (its capacity bounds the size). `Ok(None)`: would block.
-/// `Ok(Some(0))` is end of stream.
-/// [`send`] on a descriptor known only by number; the caller guarantees it is open.
-pub(crate) fn send_raw(fd: RawFd, buf: &[u8]) {
-    // SAFETY: the caller (fault injection in a worker) passes one of the worker's own
-    // output links, which stay open while its stage runs; a borrow for one call.
+/// [`send`] on a descriptor known only by number.
+///
+/// # Safety
+/// `fd` must be open for the whole call and refer to the socket the caller means (no other
+/// thread may close it meanwhile).
+pub(crate) unsafe fn send_raw(fd: RawFd, buf: &[u8]) {
+    // SAFETY: forwarded to our caller's contract; a borrow for one call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = send(fd, buf, false);
 }
 
+/// Receives one message into `buf` (its capacity bounds the size). `Ok(None)`: would block.
+/// `Ok(Some(0))` is end of stream.
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
@@ -126,6 +134,15 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
         .map(|n| n as usize)
 }
 
+/// A `poll` entry for `fd`, waiting for `events`.
+pub(crate) fn pollfd(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }
+}
+
 /// Result of [`fork`].
 pub(crate) enum Forked {
     Child,
@@ -156,17 +173,11 @@ pub(crate) fn exit_now(code: i32) -> ! {
 }
 
 /// The first steps of every forked child: die with the parent (then re-check that the
-/// parent is still `expected_parent`, since the signal is not sent if it died already),
+/// parent is still `expected_parent`, since the signal is not sent if it died already), and
 /// put signals in a known state (mask cleared, SIGINT ignored: the caller decides about
-/// Ctrl-C, and workers follow through end of stream), and close every runtime descriptor
-/// this child must not hold.
-pub(crate) fn child_setup(
-    pdeathsig: bool,
-    expected_parent: Pid,
-    orphaned_code: i32,
-    keep: &[RawFd],
-    close: &[RawFd],
-) {
+/// Ctrl-C, and workers follow through end of stream). Its descriptors come next
+/// ([`Inherited::keep`](super::fds::Inherited::keep)).
+pub(crate) fn child_setup(pdeathsig: bool, expected_parent: Pid, orphaned_code: i32) {
     if pdeathsig {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
         unsafe {
@@ -193,13 +204,6 @@ pub(crate) fn child_setup(
     ] {
         // SAFETY: installing SIG_IGN or SIG_DFL runs no handler code.
         let _ = unsafe { signal::signal(sig, how) };
-    }
-    for &fd in close {
-        if !keep.contains(&fd) {
-            // SAFETY: `fd` is a runtime descriptor inherited through fork that this child
-            // does not own; no object in the child refers to it any more.
-            unsafe { libc::close(fd) };
-        }
     }
 }
 
@@ -330,12 +334,6 @@ pub(crate) fn now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// Closes a raw descriptor this process owns and no object refers to any more.
-pub(crate) fn close(fd: RawFd) {
-    // SAFETY: by the caller's contract the descriptor is ours and unreferenced.
-    unsafe { libc::close(fd) };
 }
 
 /// `Ok` if this process has one thread; else `Err` with the number of threads. Race-free:

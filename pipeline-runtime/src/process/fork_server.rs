@@ -37,7 +37,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::Error;
-use crate::os::fds::{self, RtFd};
+use crate::os::fds::{self, Inherited, RtFd};
 use crate::os::{rights, sys};
 use crate::process::protocol::{
     self, ExitStatus, Recv, ServerMsg, ShippedStage, SpawnRequest, SupMsg, exit,
@@ -83,8 +83,12 @@ pub fn init() -> Result<(), Error> {
         fds::Fork::Child(inherited) => {
             // (Unlocked in the child too: descendants see no server and fork directly.)
             drop(g);
+            // The server owns its socket from `Inherited::keep` on; the copies of the
+            // caller's objects are never dropped here.
+            let sock = theirs.as_raw_fd();
+            std::mem::forget((theirs, mine));
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                serve(caller, theirs, &inherited)
+                serve(caller, sock, inherited)
             }));
             sys::exit_now(exit::PANIC)
         }
@@ -200,10 +204,9 @@ struct Forked {
 }
 
 /// The server's loop. Never returns.
-fn serve(caller: Pid, sock: RtFd, inherited: &[RawFd]) -> ! {
-    let keep = [sock.as_raw_fd()];
-    sys::child_setup(true, caller, exit::ORPHANED, &keep, inherited);
-    fds::child_reset(&keep);
+fn serve(caller: Pid, sock: RawFd, inherited: Inherited) -> ! {
+    sys::child_setup(true, caller, exit::ORPHANED);
+    let sock = inherited.keep(&[sock]).take(sock);
     crate::guard::IN_FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut live: Vec<Forked> = Vec::new();
     loop {
@@ -339,7 +342,7 @@ fn plan_of(s: ShippedStage, raw: &[RawFd]) -> Result<ProcStage, String> {
 }
 
 /// In the supervisor's child of the server: runs the supervisor, or says why it cannot.
-fn start_supervisor(inherited: Vec<RawFd>, ctl: &RtFd, plan: Vec<Result<ProcStage, String>>) -> ! {
+fn start_supervisor(inherited: Inherited, ctl: &RtFd, plan: Vec<Result<ProcStage, String>>) -> ! {
     match plan.into_iter().collect::<Result<Vec<_>, _>>() {
         Ok(plan) => {
             let ctl = ctl.as_raw_fd();

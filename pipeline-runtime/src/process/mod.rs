@@ -1,6 +1,10 @@
 //! What runs in forked processes: the supervisor and the workers it forks.
 
+mod budget;
+mod death;
 pub(crate) mod fork_server;
 pub(crate) mod protocol;
+mod spawn;
 pub(crate) mod supervisor;
+mod timeout;
 pub(crate) mod worker;

@@ -100,8 +100,10 @@ pub fn inject_corrupt_frame(kind: u8) {
     let fds = OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let m = crate::transport::link::corrupt_message(kind);
     for fd in fds {
-        // (Open: the stage calling this runs inside the worker's loop, which owns them.)
-        sys::send_raw(fd, &m);
+        // SAFETY: `fd` is one of this worker's output links, recorded when its loop took
+        // them; the stage calling this runs inside that loop, which owns them and keeps them
+        // open, and a worker process has no other thread that could close them.
+        unsafe { sys::send_raw(fd, &m) };
     }
 }
 

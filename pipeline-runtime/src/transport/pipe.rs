@@ -320,10 +320,9 @@ impl PipeReader {
     pub(crate) fn finish(mut self) -> io::Result<(End, bool)> {
         let read_to_end = !matches!(self.end, End::Open) && self.pos >= self.buf.len();
         if matches!(self.end, End::Open) {
-            let fd = self.fd;
-            // SAFETY: the couple's stream socket outlives this reader (see `PipeWriter::fd`).
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            let _ = sys::send(b, &self.seq.to_le_bytes(), false);
+            // SAFETY: the couple's stream socket outlives this reader (see `PipeWriter::fd`),
+            // and nothing closes it while the worker's loop runs the consumer.
+            unsafe { sys::send_raw(self.fd, &self.seq.to_le_bytes()) };
             let mut sink = vec![0u8; 64 * 1024];
             while matches!(self.end, End::Open) {
                 match self.read_stream(&mut sink) {
