@@ -97,6 +97,10 @@ fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
     PANIC_AT.with(|p| *p.borrow_mut() = at);
 }
 
+/// The payload a `.when` determiner's panic is re-raised with: its message, to be told
+/// apart from a panic of the stage function.
+pub(crate) struct DeterminerPanic(pub(crate) String);
+
 fn run_one<In, Out>(
     f: &mut WorkerFn<In, Out>,
     stage: &str,
@@ -129,7 +133,10 @@ pub(crate) fn guarded(
             message,
         }),
         Err(payload) => {
-            let mut message = panic_message(payload.as_ref() as &(dyn Any + Send));
+            let mut message = match payload.downcast_ref::<DeterminerPanic>() {
+                Some(DeterminerPanic(m)) => format!("determiner of stage '{stage}' panicked: {m}"),
+                None => panic_message(payload.as_ref() as &(dyn Any + Send)),
+            };
             if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
                 message = format!("{message} (at {at})");
             }

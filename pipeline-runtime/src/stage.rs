@@ -630,20 +630,18 @@ impl<T: Send + 'static> Stage<T, T> {
         self.recipe = recipe::with_when::<T, D>(inner_recipe);
         let inner = Arc::clone(&self.make);
         let det = Arc::new(det);
-        let name = self.name.clone();
         self.make = Arc::new(move || {
             let mut f = inner()?;
             let det = Arc::clone(&det);
-            let name = name.clone();
             Ok(Box::new(move |x: T, e: &mut Emit<T>| {
                 let pass = match catch_unwind(AssertUnwindSafe(|| det(&x))) {
                     Ok(pass) => pass,
                     // Still a panic of this item (a stage with `init` state is replaced),
-                    // but one that says it was the determiner's.
-                    Err(p) => std::panic::resume_unwind(Box::new(format!(
-                        "determiner of stage '{name}' panicked: {}",
-                        panic_message(p.as_ref())
-                    ))),
+                    // but one that says it was the determiner's: the guard names the stage
+                    // by its name when the item runs (a later `.named` counts).
+                    Err(p) => std::panic::resume_unwind(Box::new(DeterminerPanic(panic_message(
+                        p.as_ref(),
+                    )))),
                 };
                 if pass {
                     f(x, e)
@@ -710,7 +708,7 @@ impl<Out: Send + 'static> Source<Out> {
     }
 }
 
-pub(crate) use crate::guard::{apply, guarded, install_panic_hook};
+pub(crate) use crate::guard::{DeterminerPanic, apply, guarded, install_panic_hook};
 
 /// What a recipe's `make` returns (see [`crate::recipe`]).
 type Made<In, Out> = Result<Stage<In, Out>, String>;

@@ -1252,7 +1252,48 @@ pub fn started_on_a_thread_that_exits() -> Vec<u32> {
 /// A named scenario: (name, watchdog seconds, body returning the pids it saw).
 pub type Scenario = (&'static str, u64, fn() -> Vec<u32>);
 
-/// Every scenario with its name and hang bound (seconds), for `tests/fork.rs`.
+// --- 16. a determiner's panic names the stage by its final name ---------------------------
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn panics_on_5(x: &u64) -> bool {
+    if *x == 5 {
+        panic!("determiner boom {x}");
+    }
+    true
+}
+
+/// A stage renamed after `.when(det)` (in a process and in a thread): the determiner's
+/// panic fails its item only, under the stage's last name (FAULTS A21).
+pub fn determiner_panic_names_the_stage() -> Vec<u32> {
+    for process in [true, false] {
+        let stage = Stage::map("first_name", double).when(panics_on_5);
+        let stage = if process { stage.subprocess() } else { stage };
+        let r: Vec<_> = Pipeline::new(stage.named("gated"))
+            .run(0..10u64)
+            .expect("start")
+            .collect();
+        for (x, r) in (0..10u64).zip(&r) {
+            match r {
+                Ok(y) => assert_eq!(*y, x * 2, "item {x} (process: {process})"),
+                Err(e) => {
+                    assert_eq!(x, 5, "only item 5 fails (process: {process}): {e}");
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("determiner of stage 'gated' panicked: determiner boom 5"),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        assert!(r[5].is_err(), "item 5 fails (process: {process})");
+    }
+    Vec::new()
+}
+
+/// Every scenario with its name and hang bound (seconds), for `tests/fork.rs` and `tests/forkserver.rs`.
 pub const SCENARIOS: &[Scenario] = &[
     ("atbu_basic_three_stage_work_item", 30, atbu_basic),
     ("atbu_mixed_twenty_stages", 30, atbu_mixed),
@@ -1292,5 +1333,10 @@ pub const SCENARIOS: &[Scenario] = &[
         "started_on_a_thread_that_exits",
         30,
         started_on_a_thread_that_exits,
+    ),
+    (
+        "determiner_panic_names_the_stage_by_its_last_name",
+        30,
+        determiner_panic_names_the_stage,
     ),
 ];
