@@ -1,5 +1,7 @@
 //! W4 (DESIGN §5): one item submitted and awaited through 3 process stages — forkpipe's
-//! `submit` + `wait` next to the bare 3-hop socketpair round trip, in the same run.
+//! `submit` + `wait` in direct mode and in fork-server mode (each in a fresh child process,
+//! `forkpipe::init()` first in the second) next to the bare 3-hop socketpair round trip, in
+//! the same run.
 //!
 //! `cargo bench --bench w4_latency` (add `-- --test` for a quick smoke run).
 
@@ -30,29 +32,54 @@ fn forkpipe_latencies(rounds: usize) -> Vec<u64> {
 
 fn main() {
     let rounds = if bare::test_mode() { 200 } else { 20_000 };
-    let mut b = bare::chain_latencies(rounds, 3);
-    let mut f = forkpipe_latencies(rounds);
-    let (b50, b99) = (
-        bare::percentile(&mut b, 0.5),
-        bare::percentile(&mut b, 0.99),
-    );
-    let (f50, f99) = (
-        bare::percentile(&mut f, 0.5),
-        bare::percentile(&mut f, 0.99),
-    );
-    println!("W4 latency: one u64 through 3 process stages, {rounds} rounds");
+    if bare::child_mode().is_some() {
+        let mut f = forkpipe_latencies(rounds);
+        let (p50, p99) = (
+            bare::percentile(&mut f, 0.5),
+            bare::percentile(&mut f, 0.99),
+        );
+        println!("{p50} {p99}");
+        return;
+    }
+    let runs = if bare::test_mode() { 1 } else { 3 };
+    // (bare, direct, fork-server) × (p50, p99), in ns; the modes alternate.
+    let mut got = [[vec![], vec![]], [vec![], vec![]], [vec![], vec![]]];
+    for _ in 0..runs {
+        let mut b = bare::chain_latencies(rounds, 3);
+        let b = [
+            bare::percentile(&mut b, 0.5),
+            bare::percentile(&mut b, 0.99),
+        ];
+        for (m, p) in [(0, b), (1, child("direct")), (2, child("server"))] {
+            got[m][0].push(p[0] as f64);
+            got[m][1].push(p[1] as f64);
+        }
+    }
+    let [b, d, s] = got.map(|[mut p50, mut p99]| [bare::median(&mut p50), bare::median(&mut p99)]);
     println!(
-        "  forkpipe        p50 {:>7.1} µs   p99 {:>7.1} µs",
-        f50 as f64 / 1e3,
-        f99 as f64 / 1e3
+        "W4 latency: one u64 through 3 process stages, {rounds} rounds (median of {runs} runs)"
     );
+    for (what, [p50, p99]) in [
+        ("forkpipe direct ", d),
+        ("forkpipe server ", s),
+        ("bare socketpair ", b),
+    ] {
+        println!(
+            "  {what} p50 {:>7.1} µs   p99 {:>7.1} µs",
+            p50 / 1e3,
+            p99 / 1e3
+        );
+    }
     println!(
-        "  bare socketpair p50 {:>7.1} µs   p99 {:>7.1} µs",
-        b50 as f64 / 1e3,
-        b99 as f64 / 1e3
+        "  p50 ratio direct {:>7.2} x   (target <= 2 x)",
+        d[0] / b[0]
     );
-    println!(
-        "  p50 ratio       {:>7.2} x   (target <= 2 x)",
-        f50 as f64 / b50 as f64
-    );
+    println!("  p50 ratio server {:>7.2} x", s[0] / b[0]);
+}
+
+/// p50 and p99 (ns) measured by a child in `mode`.
+fn child(mode: &str) -> [u64; 2] {
+    let out = bare::in_child(mode);
+    let mut v = out.split_whitespace().map(|n| n.parse().expect("ns"));
+    [v.next().expect("p50"), v.next().expect("p99")]
 }

@@ -167,3 +167,40 @@ pub fn percentile(v: &mut [u64], p: f64) -> u64 {
     v.sort_unstable();
     v[((v.len() - 1) as f64 * p) as usize]
 }
+
+/// The environment variable that makes a bench binary one measuring child (see [`in_child`]).
+pub const MODE_VAR: &str = "FORKPIPE_BENCH_MODE";
+
+/// This process's measuring mode, if it is a child started by [`in_child`]. In mode
+/// `"server"` it calls `forkpipe::init()` first, as a program's `main` would.
+pub fn child_mode() -> Option<String> {
+    let mode = std::env::var(MODE_VAR).ok()?;
+    if mode == "server" {
+        forkpipe::init().expect("init() in a single-threaded bench child");
+    }
+    Some(mode)
+}
+
+/// Runs this bench binary again (same arguments) as a child measuring in `mode` — a fresh
+/// process, so that fork-server mode (`forkpipe::init()` first) and direct mode can be
+/// measured alternately in one run — and returns what it printed.
+pub fn in_child(mode: &str) -> String {
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(std::env::args_os().skip(1))
+        .env(MODE_VAR, mode)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run the bench child");
+    assert!(
+        out.status.success(),
+        "bench child in mode {mode}: {}",
+        out.status
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The median of `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
