@@ -21,8 +21,8 @@
 //!   gzip trailer's size against the spec, and returns (name, original size, compressed
 //!   size, digest).
 //!
-//! Both run at the same time on each file, with one couple per CPU (up to 8): nothing is
-//! buffered whole in memory, and the compressed bytes cross no other process. If the
+//! Both run at the same time on each file, in four couples: nothing is buffered whole in
+//! memory, and the compressed bytes cross no other process. If the
 //! producer fails (an unreadable file), the consumer's read fails and the item fails with
 //! the producer's cause; the partial output file is removed.
 //!
@@ -30,6 +30,10 @@
 //! prints a table, the compression ratio and the throughput (original bytes per second of
 //! wall time), and removes the backup directory (a temporary directory, unless `--keep`).
 //! The exit status is non-zero if any file failed.
+//!
+//! `main` calls `forkpipe::init()` first, so the workers are forked by forkpipe's
+//! single-threaded fork server; that is why both stages are `#[stage]` functions and the
+//! backup directory is a bound parameter (`store(out)`), not a captured variable.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -40,7 +44,8 @@ use std::time::Instant;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use forkpipe::{Consumer, PipeReader, PipeWriter, Pipeline, Producer, Source};
+use forkpipe::prelude::*;
+use forkpipe::{PipeReader, PipeWriter, Source};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +100,12 @@ struct Stored {
 // The pair
 // ---------------------------------------------------------------------------------------
 
+/// Compress ⇒ store couples: each is two worker processes joined by a byte stream.
+/// (The `workers = 4` of `compress` below: the attribute takes a literal.)
+const COUPLES: usize = 4;
+
 /// The producer: reads or generates the file, and gzips it into the stream.
+#[stage(subprocess, pipe_next, workers = 4)]
 fn compress(spec: FileSpec, w: &mut PipeWriter) -> io::Result<()> {
     let mut gz = GzEncoder::new(&mut *w, Compression::default());
     let n = match &spec.origin {
@@ -128,8 +138,10 @@ fn compress(spec: FileSpec, w: &mut PipeWriter) -> io::Result<()> {
     Ok(())
 }
 
-/// The consumer: hashes the compressed stream while writing it to `out/<name>.gz`.
-fn store(out: &Path, spec: FileSpec, r: &mut PipeReader) -> io::Result<Stored> {
+/// The consumer: hashes the compressed stream while writing it to `out/<name>.gz` (`out`
+/// is bound when the pipeline is composed, and travels to the workers as data).
+#[stage(subprocess)]
+fn store(spec: FileSpec, r: &mut PipeReader, out: PathBuf) -> io::Result<Stored> {
     let path = out.join(format!("{}.gz", spec.name));
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
@@ -454,6 +466,12 @@ fn verify(out: &Path, s: &Stored) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: every pipeline's processes are forked by
+    // forkpipe's single-threaded fork server from now on, whatever threads come later.
+    if let Err(e) = forkpipe::init() {
+        eprintln!("backup: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut keep = false;
     let mut input: Option<PathBuf> = None;
     for arg in std::env::args_os().skip(1) {
@@ -511,23 +529,14 @@ fn main() -> ExitCode {
         eprintln!("backup: cannot create {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
-    let couples = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
     println!(
-        "backing up {what} to {} with {couples} compress ⇒ store couples",
+        "backing up {what} to {} with {COUPLES} compress ⇒ store couples",
         out.display()
     );
 
     let t0 = Instant::now();
-    let dest = out.clone();
-    let pipeline = Pipeline::new(Source::new("files", move || specs)).then_pipe(
-        Producer::new("compress", compress)
-            .subprocess()
-            .workers(couples),
-        Consumer::new("store", move |spec: FileSpec, r: &mut PipeReader| {
-            store(&dest, spec, r)
-        })
-        .subprocess(),
-    );
+    let pipeline =
+        pipeline![{ Source::new("files", move || specs) } | compress | store(out.clone())];
     let results = match pipeline.results() {
         Ok(r) => r,
         Err(e) => {
@@ -592,9 +601,9 @@ fn main() -> ExitCode {
         100.0 * compressed as f64 / original.max(1) as f64
     );
     println!(
-        "time:  {secs:.2} s, {:.1} MB/s of original data ({couples} couples, {} worker processes)",
+        "time:  {secs:.2} s, {:.1} MB/s of original data ({COUPLES} couples, {} worker processes)",
         original as f64 / secs.max(1e-9) / 1e6,
-        2 * couples
+        2 * COUPLES
     );
     if failures > 0 {
         println!("FAILED: {failures} file(s); see the messages above");

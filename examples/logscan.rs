@@ -792,6 +792,12 @@ fn report(out: &mut impl Write, run: &Run) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: every pipeline's processes are forked by
+    // forkpipe's single-threaded fork server from now on, whatever threads come later.
+    if let Err(e) = forkpipe::init() {
+        eprintln!("logscan: {e}");
+        return ExitCode::FAILURE;
+    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--generate") {
         // `logscan --generate N > access.log`: the built-in log, to try logscan on a file.
