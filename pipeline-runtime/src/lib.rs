@@ -14,6 +14,8 @@
 //!
 //! The machinery, one mechanism per module:
 //! - `erase` — type erasure of stages (`dyn AnyStage`), and why.
+//! - `recipe` — stage identity: how a process stage is made again in a process that did
+//!   not inherit it (the fork server's supervisors; later, other hosts).
 //! - `guard` — calling user code: `catch_unwind`, the panic hook.
 //! - `stream` — running `stream` stages (whole-stream functions).
 //! - `caller/` — what runs in the caller's process: `launch` (start in four steps),
@@ -21,12 +23,17 @@
 //!   (stop and join), `feeder`, `thread_stage`, `bridge` (into and out of process stages),
 //!   `output`, `window` (the in-flight bound), `shared`, `threads`, `collector` (order and
 //!   accounting at the end), `stream_pull`.
-//! - `process/` — what runs in forked processes: `supervisor` (forks and watches the
-//!   workers), `worker` (a worker's loop), `protocol` (every control message and exit code).
+//! - `process/` — what runs in forked processes: `fork_server` (`init()`: the
+//!   single-threaded process that forks every supervisor), `supervisor` (its state and event
+//!   loop), `spawn` (forking a worker), `death`, `budget` (restarts), `timeout`, `worker` (a
+//!   worker's loop), `protocol` (every control message and exit code).
 //! - `transport/` — how items move: `link` (framed records, credit, acks, death notices),
 //!   `record` (the record format), `codec` (bincode), `pipe` (`pipe_next` byte streams).
 //! - `os/` — the operating-system boundary: `sys` (syscalls), `fds` (the registry of the
-//!   runtime's descriptors), `current` (this worker's shared slot). Every `unsafe` is here.
+//!   runtime's descriptors, and what a forked child keeps), `rights` (`SCM_RIGHTS`), `image`
+//!   (function addresses valid in every fork of this executable), `current` (this worker's
+//!   shared slot). Every `unsafe` operation is here; elsewhere an `unsafe` block only calls
+//!   an `unsafe fn` of `os/` whose contract just that caller can keep (see `sys`).
 //!
 //! # An item's path
 //! The **feeder** thread pulls the user's iterator (or submitted work items) within the
@@ -34,7 +41,8 @@
 //! (socketpairs carrying batched records, with credit and acks), from the feeder or from a
 //! **bridge** thread; consecutive process stages talk **worker to worker** over a mesh of
 //! links, never through the caller. Each **worker** process (forked by the pipeline's
-//! **supervisor**) decodes a record, runs the stage function under `catch_unwind`, and sends
+//! **supervisor**, itself forked by the caller or, after `init()`, by the **fork server**)
+//! decodes a record, runs the stage function under `catch_unwind`, and sends
 //! the outputs on, acking upstream only once they are flushed downstream — so every item is
 //! held by exactly one side at every moment, and a dead worker's items are known. Thread
 //! stages move batches on bounded channels. At the end a **merger** reads the last process

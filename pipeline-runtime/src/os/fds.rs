@@ -2,8 +2,9 @@
 //!
 //! `fork` copies every descriptor, `O_CLOEXEC` or not. A worker that keeps a copy of a socket
 //! that is not its own stops end-of-stream from ever reaching that socket's reader, and could
-//! read or write another pipeline's channel. DESIGN §3 decides that a forked child closes the
-//! runtime's descriptors that are not its own and leaves the user's alone, so the runtime
+//! read or write another pipeline's channel. The rule (README, "Decisions: Descriptors") is
+//! that a forked child closes the runtime's descriptors that are not its own and leaves the
+//! user's alone, so the runtime
 //! must know its descriptors: every one is created, and every fork is done, while holding
 //! this registry's lock. A child therefore inherits a registry that is exactly the set of
 //! runtime descriptors it received, and closes those it does not own before anything else.
