@@ -15,15 +15,7 @@ fn main() {
     args.test_threads = Some(1);
     common::set_no_core_dumps();
 
-    let mut trials: Vec<Trial> = common::SCENARIOS
-        .iter()
-        .map(|&(name, secs, scenario)| {
-            Trial::test(name, move || {
-                common::run_clean(name, secs, scenario);
-                Ok(())
-            })
-        })
-        .collect();
+    let mut trials: Vec<Trial> = common::scenario_trials("");
 
     trials.push(Trial::test("drop_100_pipelines_mid_stream", || {
         let base = common::Baseline::now();

@@ -33,15 +33,7 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     common::set_no_core_dumps();
-    let mut trials: Vec<Trial> = common::SCENARIOS
-        .iter()
-        .map(|&(name, secs, scenario)| {
-            Trial::test(format!("fork_server/{name}"), move || {
-                common::run_clean(name, secs, scenario);
-                Ok(())
-            })
-        })
-        .collect();
+    let mut trials: Vec<Trial> = common::scenario_trials("fork_server/");
     let own: [(&str, Case); 10] = [
         (
             "supervisors_are_children_of_the_fork_server",

@@ -263,6 +263,20 @@ pub fn assert_gone(pids: &[u32]) {
     );
 }
 
+/// Every scenario of [`SCENARIOS`](super::SCENARIOS) as a libtest-mimic trial named
+/// `{prefix}{name}`, each run by [`run_clean`].
+pub fn scenario_trials(prefix: &str) -> Vec<libtest_mimic::Trial> {
+    super::SCENARIOS
+        .iter()
+        .map(|&(name, secs, scenario)| {
+            libtest_mimic::Trial::test(format!("{prefix}{name}"), move || {
+                run_clean(name, secs, scenario);
+                Ok(())
+            })
+        })
+        .collect()
+}
+
 /// Runs a whole scenario the way `tests/fork.rs` does: baseline, deadline, then *clean*
 /// (no children, no descendants, fds and threads back to the baseline).
 pub fn run_clean(name: &str, secs: u64, scenario: fn() -> Vec<u32>) {
