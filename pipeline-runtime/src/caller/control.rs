@@ -23,7 +23,8 @@ use crate::os::fds::{self, RtFd};
 use crate::os::sys;
 use crate::process::fork_server;
 use crate::process::protocol::{self, ShippedStage, SupMsg};
-use crate::process::supervisor::{self, ProcStage};
+use crate::process::state::ProcStage;
+use crate::process::supervisor;
 use crate::stage::PipeSide;
 
 /// How long the supervisor may take to say it is alive.
@@ -281,7 +282,7 @@ pub(crate) fn control_loop(sup: Supervisor, shared: Arc<Shared>) {
         // item fails with that cause; nothing can be submitted any more.
         let cause = status
             .as_ref()
-            .map_or_else(|| "ended".to_string(), supervisor::cause);
+            .map_or_else(|| "ended".to_string(), protocol::cause);
         tracing::error!(pid = sup.pid.as_raw(), %cause, "forkpipe: the supervisor process died");
         shared.set_abort(Error::Died {
             stage: "(supervisor)".into(),

@@ -21,32 +21,32 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::os::fds::RtFd;
 use crate::os::sys::SlotState;
-use crate::process::supervisor::{ProcStage, Slot};
 use crate::process::worker::GiveUp;
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 pub(super) const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// Counts a restart against the stage's budget; past it, the slot's next worker is a
-/// stand-in that fails every item fast. Returns whether this was a real restart.
+/// stand-in that fails every item fast (`give_up` is the slot's). `workers`: the stage's
+/// count; `slot`: the dying worker's shared counters. Returns whether this was a real restart.
 ///
 /// `mid_item`: the worker died running an item (that item failed). A worker that died
 /// between items made progress only with the items whose outputs it had sent: the others
 /// run again. (So a stage that kills its worker after every item's function returned —
 /// it closed its own sockets — gives up too, instead of being replaced forever.)
 pub(super) fn count_restart(
-    st: &ProcStage<RtFd>,
-    slot: &mut Slot,
+    hist: &mut Budget,
+    workers: usize,
+    slot: &SlotState,
+    give_up: &mut Option<GiveUp>,
     why: &str,
     mid_item: bool,
-    hist: &mut Budget,
 ) -> bool {
     let now = Instant::now();
     // Items this stage finished so far (each worker keeps its counts in shared memory).
-    let done = slot.state.done.swap(0, Ordering::Relaxed);
-    let sent = slot.state.sent.swap(0, Ordering::Relaxed);
+    let done = slot.done.swap(0, Ordering::Relaxed);
+    let sent = slot.sent.swap(0, Ordering::Relaxed);
     hist.done_base += if mid_item { done } else { sent.min(done) };
     let done = hist.done_base + hist.live_done();
     while hist
@@ -56,25 +56,25 @@ pub(super) fn count_restart(
     {
         hist.restarts.pop_front();
     }
-    let budget = (5 * st.workers.len()).max(10);
+    let budget = (5 * workers).max(10);
     // Past the budget, a stage still gets its workers back while it makes progress: at
     // least as many items finished as restarts in the window (a steady 1% crash rate goes
     // on; a stage that crashes on every item gives up, with no fork storm).
     let progress = hist.restarts.front().is_some_and(|&(_, done_then)| {
         done.saturating_sub(done_then) >= hist.restarts.len() as u64
     });
-    let restarted = slot.give_up.is_none() && (hist.restarts.len() < budget || progress);
+    let restarted = give_up.is_none() && (hist.restarts.len() < budget || progress);
     if restarted {
         hist.restarts.push_back((now, done));
         while hist.restarts.len() > budget {
             hist.restarts.pop_front();
         }
-    } else if slot.give_up.is_none() {
+    } else if give_up.is_none() {
         let secs = hist
             .restarts
             .front()
             .map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64());
-        slot.give_up = Some(GiveUp {
+        *give_up = Some(GiveUp {
             restarts: hist.restarts.len() as u32,
             secs,
             cause: why.to_string(),

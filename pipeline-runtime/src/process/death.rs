@@ -32,28 +32,10 @@ use crate::error::{Error, Worker};
 use crate::os::fds::{self, RtFd};
 use crate::os::sys;
 use crate::process::budget::count_restart;
-use crate::process::protocol::{self, SupMsg, exit};
+use crate::process::protocol::{self, SupMsg, cause, exit};
 use crate::process::spawn::{respawn, spawn};
-use crate::process::supervisor::{Child, ProcStage, Slot, Sup, kill_all, sender_epochs};
+use crate::process::state::{Child, ProcStage, Slot, Sup, kill_all, sender_epochs};
 use crate::transport::{link, record};
-
-/// Cause text for a worker that ended without finishing.
-pub(crate) fn cause(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code} before answering"),
-        WaitStatus::Signaled(_, sig, core) => {
-            let mut s = format!("killed by {}", sig.as_str());
-            if *sig == Signal::SIGKILL {
-                s.push_str(" (possibly out of memory)");
-            }
-            if *core {
-                s.push_str(" (core dumped)");
-            }
-            s
-        }
-        other => format!("ended unexpectedly ({other:?})"),
-    }
-}
 
 /// Why slot `slot`'s worker `c` ended without finishing (`status`: how it exited, if known;
 /// `timeout`: its stage's item limit). Takes what the slot recorded about it: an item over
@@ -208,7 +190,8 @@ impl Sup {
             send_notice(fd.as_fd(), &notice);
         }
         let (slot, hist) = (&mut self.slots[k], &mut self.budgets[si]);
-        let restarted = count_restart(st, slot, why, running != 0, hist);
+        let (workers, mid_item) = (st.workers.len(), running != 0);
+        let restarted = count_restart(hist, workers, slot.state, &mut slot.give_up, why, mid_item);
         protocol::send(
             &self.ctl,
             &SupMsg::WorkerDied {

@@ -42,7 +42,8 @@ use crate::os::{rights, sys};
 use crate::process::protocol::{
     self, ExitStatus, Recv, ServerMsg, ShippedStage, SpawnRequest, SupMsg, exit,
 };
-use crate::process::supervisor::{self, ProcStage};
+use crate::process::state::ProcStage;
+use crate::process::supervisor;
 
 /// The caller's handle on its fork server.
 #[derive(Debug)]
@@ -163,7 +164,7 @@ fn gone() -> String {
     };
     if client.gone.is_none() {
         let cause = match sys::wait_pid(client.pid, true) {
-            Ok(Some(st)) => supervisor::cause(&st),
+            Ok(Some(st)) => protocol::cause(&st),
             _ => "it stopped answering".to_string(),
         };
         client.gone = Some(format!(

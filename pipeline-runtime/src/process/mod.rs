@@ -5,6 +5,7 @@ mod death;
 pub(crate) mod fork_server;
 pub(crate) mod protocol;
 mod spawn;
+pub(crate) mod state;
 pub(crate) mod supervisor;
 mod timeout;
 pub(crate) mod worker;

@@ -19,6 +19,8 @@
 
 use std::os::fd::AsFd;
 
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -197,5 +199,23 @@ pub(crate) fn recv_blocking<M: DeserializeOwned>(fd: impl AsFd) -> Option<M> {
     match recv(fd, false) {
         Recv::Msg(m) => Some(m),
         _ => None,
+    }
+}
+
+/// Cause text for a worker that ended without finishing.
+pub(crate) fn cause(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code} before answering"),
+        WaitStatus::Signaled(_, sig, core) => {
+            let mut s = format!("killed by {}", sig.as_str());
+            if *sig == Signal::SIGKILL {
+                s.push_str(" (possibly out of memory)");
+            }
+            if *core {
+                s.push_str(" (core dumped)");
+            }
+            s
+        }
+        other => format!("ended unexpectedly ({other:?})"),
     }
 }

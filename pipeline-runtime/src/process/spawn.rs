@@ -27,9 +27,8 @@ use nix::sys::signal::Signal;
 
 use crate::os::fds::{self, Inherited, RtFd};
 use crate::os::sys;
-use crate::process::death::cause;
-use crate::process::protocol::{SupMsg, exit};
-use crate::process::supervisor::{Child, ProcStage, Slot, read_ctl};
+use crate::process::protocol::{SupMsg, cause, exit};
+use crate::process::state::{Child, ProcStage, Slot, read_ctl};
 use crate::process::worker::{WorkerCtx, WorkerEnd};
 
 /// Forks the worker of `slot` (its first, or a replacement when `slot.epoch > 0`).

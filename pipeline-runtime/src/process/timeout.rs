@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 
 use crate::os::fds::RtFd;
 use crate::os::sys;
-use crate::process::supervisor::{ProcStage, Slot};
+use crate::process::state::{ProcStage, Slot};
 
 /// Grace between SIGTERM and SIGKILL for a worker whose item timed out.
 const TIMEOUT_GRACE: Duration = Duration::from_millis(200);
