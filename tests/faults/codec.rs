@@ -8,7 +8,7 @@ use forkpipe::prelude::*;
 use forkpipe::{FRAME_LIMIT, Running, Worker};
 use libtest_mimic::Trial;
 
-use crate::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, my_pid};
+use super::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, my_pid};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("d01_input_cannot_be_encoded", 30, d01_encode_err));
@@ -416,7 +416,7 @@ const CORRUPT: [&str; 6] = [
 fn corrupt_case(kind: u8, then_stage: bool) {
     const N: u64 = 40;
     let first = Stage::map("writer", move |x: u64| {
-        if x == 10 && crate::support::first_time(&format!("d08.{kind}.{then_stage}")) {
+        if x == 10 && super::support::first_time(&format!("d08.{kind}.{then_stage}")) {
             forkpipe::__private::inject_corrupt_frame(kind);
             thread::sleep(Duration::from_secs(20)); // killed long before
         }
@@ -446,7 +446,7 @@ fn corrupt_case(kind: u8, then_stage: bool) {
         assert_eq!(r.1, r.0 * 3 + 1, "kind {kind}: a value came through intact");
     }
     assert_eq!(errors.len(), 1, "kind {kind}: {errors:?}");
-    crate::support::expect_died(
+    super::support::expect_died(
         &errors[&10],
         "writer",
         10,
@@ -482,9 +482,9 @@ fn d09_killed_mid_write() {
     let fill = |x: u64| -> Vec<u8> { (0..64 * MIB).map(|i| (i as u64 * 7 + x) as u8).collect() };
     let running = Pipeline::new(
         Stage::map("writer", move |x: u64| {
-            if x == 3 && crate::support::first_time("d09.big") {
+            if x == 3 && super::support::first_time("d09.big") {
                 std::fs::write(
-                    crate::support::run_dir().join("d09.pid"),
+                    super::support::run_dir().join("d09.pid"),
                     my_pid().to_string(),
                 )
                 .expect("mark");
@@ -498,24 +498,24 @@ fn d09_killed_mid_write() {
     .start()
     .expect("start");
     let (_, _, reader, _) = running.submit(0).unwrap().wait().expect("item 0");
-    crate::support::signal(reader, libc::SIGSTOP);
+    super::support::signal(reader, libc::SIGSTOP);
     let t = running.submit(3).unwrap();
-    let mark = crate::support::run_dir().join("d09.pid");
-    assert!(crate::support::wait_until(Duration::from_secs(20), || mark.exists()));
+    let mark = super::support::run_dir().join("d09.pid");
+    assert!(super::support::wait_until(Duration::from_secs(20), || mark.exists()));
     let writer: u32 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
     // Blocked in its write: sleeping (not running) for a while, with the reader stopped.
-    assert!(crate::support::wait_blocked(
+    assert!(super::support::wait_blocked(
         writer,
         Duration::from_secs(20)
     ));
-    crate::support::signal(writer, libc::SIGKILL);
-    crate::support::signal(reader, libc::SIGCONT);
+    super::support::signal(writer, libc::SIGKILL);
+    super::support::signal(reader, libc::SIGCONT);
     let seq = t.item();
     let e = t
         .wait()
         .expect_err("the item fails with its worker's death");
     assert_eq!(
-        crate::support::expect_died(&e, "writer", seq, "killed by SIGKILL"),
+        super::support::expect_died(&e, "writer", seq, "killed by SIGKILL"),
         writer
     );
     // The stage goes on: the replacement answers, the reader is unharmed.
@@ -540,7 +540,7 @@ fn d10_foreign_item() {
     const N: u64 = 40;
     for ordered in [true, false] {
         let mut first = Stage::map("forger", move |x: u64| {
-            if x == 10 && crate::support::first_time(&format!("d10.{ordered}")) {
+            if x == 10 && super::support::first_time(&format!("d10.{ordered}")) {
                 forkpipe::__private::inject_corrupt_frame(6);
             }
             (x, x * 3)

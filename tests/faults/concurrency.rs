@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{expect_died, fault};
+use super::support::{expect_died, fault};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault(
@@ -106,7 +106,7 @@ fn h01() {
 }
 
 fn i01() {
-    let noisy = crate::support::Noisy::start();
+    let noisy = super::support::Noisy::start();
     let mut worst = Duration::ZERO;
     for k in 0..100u64 {
         let t0 = Instant::now();

@@ -8,7 +8,7 @@ use forkpipe::Worker;
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{
+use super::support::{
     ABORT, FINE, Marked, by_item, collect, default_action, expect_died, fault, my_pid,
     only_one_death, run_dir, signal, wait_until,
 };
@@ -439,7 +439,7 @@ fn a12_idle_worker_killed() {
 
 /// A marker that exists once per test run: the first caller gets `true`.
 fn first_time(tag: &str) -> bool {
-    crate::support::first_time(tag)
+    super::support::first_time(tag)
 }
 
 /// Arms an abort of this worker process ~1 ms from now (a helper thread).
@@ -549,7 +549,7 @@ fn a14_bystanders() {
 fn a14b_completed_items_not_rerun() {
     let p = Pipeline::new(
         Stage::map("counted", |x: u64| {
-            let n = crate::support::ticket_number(&format!("a14b-{x}"));
+            let n = super::support::ticket_number(&format!("a14b-{x}"));
             if x == 5 {
                 thread::sleep(Duration::from_millis(50));
                 std::process::abort();

@@ -16,8 +16,8 @@ use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{self, Baseline};
-use crate::support::{expect_died, fault, my_pid, run_dir, signal, wait_dead, wait_until};
+use super::common::{self, Baseline};
+use super::support::{expect_died, fault, my_pid, run_dir, signal, wait_dead, wait_until};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("e04_paused_consumer_no_timeouts", 30, e04));
@@ -755,7 +755,7 @@ fn d06b() {
 /// parent thread held can be inherited by a worker).
 fn c08() {
     const KILLS: u64 = 200;
-    let noisy = crate::support::Noisy::start();
+    let noisy = super::support::Noisy::start();
     // Started while the noisy threads run: the supervisor is forked from a busy process.
     let running = Pipeline::new(
         Stage::map("c8", |x: u64| {

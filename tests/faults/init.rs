@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use forkpipe::{Emit, Error, Pipeline, Stage};
 use libtest_mimic::Trial;
 
-use crate::support::{by_item, fault, ticket_number};
+use super::support::{by_item, fault, ticket_number};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("b05_slow_init_is_not_item_time", 30, b05_slow_init));

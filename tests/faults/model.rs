@@ -10,8 +10,8 @@ use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::common::{self, Baseline};
-use crate::support::{fault, my_pid, signal, wait_until};
+use super::common::{self, Baseline};
+use super::support::{fault, my_pid, signal, wait_until};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("k01_model_based_fault_schedule", 60, k01_full));
@@ -32,7 +32,7 @@ pub fn trials(t: &mut Vec<Trial>) {
 /// replacement acked with a stale epoch). Runs in a victim process so that a hang leaves
 /// nothing behind in the test process.
 fn k01r_two_stage_crash() {
-    let mut v = crate::support::Victim::spawn("k1r");
+    let mut v = super::support::Victim::spawn("k1r");
     let n = v.expect_line("COUNT", Duration::from_secs(10));
     assert_eq!(n, "10");
     assert_eq!(v.wait(Duration::from_secs(5)).code(), Some(0));

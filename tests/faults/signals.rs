@@ -20,8 +20,8 @@ use forkpipe::prelude::*;
 use forkpipe::{Error, Running};
 use libtest_mimic::Trial;
 
-use crate::common::{self, Baseline};
-use crate::support::{
+use super::common::{self, Baseline};
+use super::support::{
     Victim, alive, default_action, expect_died, fault, my_pid, parent_pid, run_dir, signal,
     wait_dead, wait_until,
 };

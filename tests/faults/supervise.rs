@@ -8,7 +8,7 @@ use forkpipe::Worker;
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{
+use super::support::{
     by_item, expect_died, fault, my_pid, parent_pid, signal, ticket_number, wait_dead, wait_until,
 };
 
@@ -168,7 +168,7 @@ fn c04a_init_err_process() {
             "could not start the pipeline: init of stage 'db' (worker pid {pid}) failed: no connection for worker 2"
         )
     );
-    assert!(!crate::support::alive(*pid));
+    assert!(!super::support::alive(*pid));
 }
 
 fn c04b_init_err_thread() {

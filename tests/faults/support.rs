@@ -17,7 +17,8 @@ use libtest_mimic::Trial;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::common::{self, Baseline};
+use super::Mode;
+use super::common::{self, Baseline};
 
 /// Environment variable that turns the test binary into a victim process.
 pub const VICTIM_VAR: &str = "FORKPIPE_VICTIM";
@@ -551,4 +552,17 @@ impl Drop for Noisy {
             let _ = h.join();
         }
     }
+}
+
+/// The mode this run of the catalogue starts pipelines in (set once, first thing in `run`).
+static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
+
+/// Sets the catalogue's mode; once, before any case runs.
+pub fn set_mode(mode: Mode) {
+    MODE.set(mode).expect("the mode is set once");
+}
+
+/// True when the catalogue runs in fork-server mode (`forkpipe::init()` was called first).
+pub fn server_mode() -> bool {
+    MODE.get() == Some(&Mode::Server)
 }
