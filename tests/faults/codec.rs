@@ -410,34 +410,32 @@ const CORRUPT: [&str; 6] = [
     "chunk without a start",
 ];
 
-/// A worker of `first` writes a corrupt frame of `kind` while running item 10 (then waits to
-/// be killed): exactly item 10 fails, naming that worker and the corruption; the worker is
-/// replaced; every other item is delivered once with its right value, in order.
+/// The first stage of D8: writes a corrupt frame of `kind` while running item 10, once per
+/// case (then waits to be killed).
+#[stage(subprocess, workers = 2, name = "writer")]
+fn corrupt_writer(x: u64, kind: u8, then_stage: bool) -> (u64, u64) {
+    if x == 10 && super::support::first_time(&format!("d08.{kind}.{then_stage}")) {
+        forkpipe::__private::inject_corrupt_frame(kind);
+        thread::sleep(Duration::from_secs(20)); // killed long before
+    }
+    (x, x * 3)
+}
+
+/// A worker of the first stage writes a corrupt frame of `kind` while running item 10:
+/// exactly item 10 fails, naming that worker and the corruption; the worker is replaced;
+/// every other item is delivered once with its right value, in order. The second stage
+/// runs in processes if `then_stage`, else on a thread of the caller.
 fn corrupt_case(kind: u8, then_stage: bool) {
     const N: u64 = 40;
-    let first = Stage::map("writer", move |x: u64| {
-        if x == 10 && super::support::first_time(&format!("d08.{kind}.{then_stage}")) {
-            forkpipe::__private::inject_corrupt_frame(kind);
-            thread::sleep(Duration::from_secs(20)); // killed long before
-        }
-        (x, x * 3)
-    })
-    .subprocess()
-    .workers(2);
-    let p = Pipeline::new(first);
-    let mut results = if then_stage {
-        p.then(
-            Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1))
-                .subprocess()
-                .workers(2),
-        )
-        .run(0..N)
-        .expect("start")
+    let reader = Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1));
+    let reader = if then_stage {
+        reader.subprocess().workers(2)
     } else {
-        p.then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
-            .run(0..N)
-            .expect("start")
+        reader
     };
+    let mut results = pipeline![corrupt_writer(kind, then_stage) | { reader }]
+        .run(0..N)
+        .expect("start");
     let all: Vec<_> = results.by_ref().collect();
     let stats = results.stats();
     drop(results);
@@ -532,6 +530,15 @@ fn d09_killed_mid_write() {
 
 // --- D10 -----------------------------------------------------------------------------------
 
+/// The first stage of D10: sends a result for an item never issued while running item 10,
+/// once per case (`ORDERED`, a const parameter: the stage is a fn item).
+fn forger<const ORDERED: bool>(x: u64) -> (u64, u64) {
+    if x == 10 && super::support::first_time(&format!("d10.{ORDERED}")) {
+        forkpipe::__private::inject_corrupt_frame(6);
+    }
+    (x, x * 3)
+}
+
 /// A worker sends a well-formed result for item 2^40, which was never issued (a bug or a
 /// hostile stage): the collector refuses it — no foreign item is delivered, no room is
 /// made for it (the ordered ring would otherwise grow to 2^40 slots) — and every real item
@@ -539,17 +546,13 @@ fn d09_killed_mid_write() {
 fn d10_foreign_item() {
     const N: u64 = 40;
     for ordered in [true, false] {
-        let mut first = Stage::map("forger", move |x: u64| {
-            if x == 10 && super::support::first_time(&format!("d10.{ordered}")) {
-                forkpipe::__private::inject_corrupt_frame(6);
-            }
-            (x, x * 3)
-        })
+        let first = if ordered {
+            Stage::map("forger", forger::<true>)
+        } else {
+            Stage::map("forger", forger::<false>).unordered()
+        }
         .subprocess()
         .workers(2);
-        if !ordered {
-            first = first.unordered();
-        }
         let mut results = Pipeline::new(first)
             .then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
             .run(0..N)

@@ -53,19 +53,26 @@ fn main() {
 }
 
 /// Runs the whole catalogue (or, in a victim, its one scenario) in `mode`.
+///
+/// What the workers must inherit is set up before `forkpipe::init()`: in fork-server mode
+/// every worker is forked from the image taken there (the run directory, and what a victim
+/// prepares: signal handlers, credentials, limits, descriptors).
 pub fn run(mode: Mode) {
     support::set_mode(mode);
+    let victim = std::env::var(support::VICTIM_VAR).ok();
+    common::set_no_core_dumps();
+    let dir = support::run_dir().to_path_buf();
+    if let Some(scenario) = &victim {
+        parent::victim_prepare(scenario);
+    }
     if mode == Mode::Server {
         forkpipe::init().expect("init() first in a single-threaded main");
     }
-    if let Ok(scenario) = std::env::var(support::VICTIM_VAR) {
-        common::set_no_core_dumps();
+    if let Some(scenario) = victim {
         parent::victim_main(&scenario);
     }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    common::set_no_core_dumps();
-    let dir = support::run_dir().to_path_buf();
 
     let mut trials: Vec<Trial> = Vec::new();
     crash::trials(&mut trials);

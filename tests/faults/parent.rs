@@ -110,6 +110,11 @@ fn print_pids(p: &[u32]) {
     ));
 }
 
+/// What the victim of `scenario` sets up before `forkpipe::init()` (its workers inherit it).
+pub fn victim_prepare(scenario: &str) {
+    super::signals::prepare(scenario);
+}
+
 /// The victim's `main`.
 pub fn victim_main(scenario: &str) -> ! {
     match scenario {
