@@ -8,7 +8,7 @@ use forkpipe::prelude::*;
 use forkpipe::{FRAME_LIMIT, Running, Worker};
 use libtest_mimic::Trial;
 
-use crate::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, my_pid};
+use super::support::{BAD, Bytes, ERR, FINE, Marked, PANIC, by_item, fault, my_pid};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("d01_input_cannot_be_encoded", 30, d01_encode_err));
@@ -410,34 +410,32 @@ const CORRUPT: [&str; 6] = [
     "chunk without a start",
 ];
 
-/// A worker of `first` writes a corrupt frame of `kind` while running item 10 (then waits to
-/// be killed): exactly item 10 fails, naming that worker and the corruption; the worker is
-/// replaced; every other item is delivered once with its right value, in order.
+/// The first stage of D8: writes a corrupt frame of `kind` while running item 10, once per
+/// case (then waits to be killed).
+#[stage(subprocess, workers = 2, name = "writer")]
+fn corrupt_writer(x: u64, kind: u8, then_stage: bool) -> (u64, u64) {
+    if x == 10 && super::support::first_time(&format!("d08.{kind}.{then_stage}")) {
+        forkpipe::__private::inject_corrupt_frame(kind);
+        thread::sleep(Duration::from_secs(20)); // killed long before
+    }
+    (x, x * 3)
+}
+
+/// A worker of the first stage writes a corrupt frame of `kind` while running item 10:
+/// exactly item 10 fails, naming that worker and the corruption; the worker is replaced;
+/// every other item is delivered once with its right value, in order. The second stage
+/// runs in processes if `then_stage`, else on a thread of the caller.
 fn corrupt_case(kind: u8, then_stage: bool) {
     const N: u64 = 40;
-    let first = Stage::map("writer", move |x: u64| {
-        if x == 10 && crate::support::first_time(&format!("d08.{kind}.{then_stage}")) {
-            forkpipe::__private::inject_corrupt_frame(kind);
-            thread::sleep(Duration::from_secs(20)); // killed long before
-        }
-        (x, x * 3)
-    })
-    .subprocess()
-    .workers(2);
-    let p = Pipeline::new(first);
-    let mut results = if then_stage {
-        p.then(
-            Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1))
-                .subprocess()
-                .workers(2),
-        )
-        .run(0..N)
-        .expect("start")
+    let reader = Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1));
+    let reader = if then_stage {
+        reader.subprocess().workers(2)
     } else {
-        p.then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
-            .run(0..N)
-            .expect("start")
+        reader
     };
+    let mut results = pipeline![corrupt_writer(kind, then_stage) | { reader }]
+        .run(0..N)
+        .expect("start");
     let all: Vec<_> = results.by_ref().collect();
     let stats = results.stats();
     drop(results);
@@ -446,7 +444,7 @@ fn corrupt_case(kind: u8, then_stage: bool) {
         assert_eq!(r.1, r.0 * 3 + 1, "kind {kind}: a value came through intact");
     }
     assert_eq!(errors.len(), 1, "kind {kind}: {errors:?}");
-    crate::support::expect_died(
+    super::support::expect_died(
         &errors[&10],
         "writer",
         10,
@@ -482,9 +480,9 @@ fn d09_killed_mid_write() {
     let fill = |x: u64| -> Vec<u8> { (0..64 * MIB).map(|i| (i as u64 * 7 + x) as u8).collect() };
     let running = Pipeline::new(
         Stage::map("writer", move |x: u64| {
-            if x == 3 && crate::support::first_time("d09.big") {
+            if x == 3 && super::support::first_time("d09.big") {
                 std::fs::write(
-                    crate::support::run_dir().join("d09.pid"),
+                    super::support::run_dir().join("d09.pid"),
                     my_pid().to_string(),
                 )
                 .expect("mark");
@@ -498,24 +496,24 @@ fn d09_killed_mid_write() {
     .start()
     .expect("start");
     let (_, _, reader, _) = running.submit(0).unwrap().wait().expect("item 0");
-    crate::support::signal(reader, libc::SIGSTOP);
+    super::support::signal(reader, libc::SIGSTOP);
     let t = running.submit(3).unwrap();
-    let mark = crate::support::run_dir().join("d09.pid");
-    assert!(crate::support::wait_until(Duration::from_secs(20), || mark.exists()));
+    let mark = super::support::run_dir().join("d09.pid");
+    assert!(super::support::wait_until(Duration::from_secs(20), || mark.exists()));
     let writer: u32 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
     // Blocked in its write: sleeping (not running) for a while, with the reader stopped.
-    assert!(crate::support::wait_blocked(
+    assert!(super::support::wait_blocked(
         writer,
         Duration::from_secs(20)
     ));
-    crate::support::signal(writer, libc::SIGKILL);
-    crate::support::signal(reader, libc::SIGCONT);
+    super::support::signal(writer, libc::SIGKILL);
+    super::support::signal(reader, libc::SIGCONT);
     let seq = t.item();
     let e = t
         .wait()
         .expect_err("the item fails with its worker's death");
     assert_eq!(
-        crate::support::expect_died(&e, "writer", seq, "killed by SIGKILL"),
+        super::support::expect_died(&e, "writer", seq, "killed by SIGKILL"),
         writer
     );
     // The stage goes on: the replacement answers, the reader is unharmed.
@@ -532,6 +530,15 @@ fn d09_killed_mid_write() {
 
 // --- D10 -----------------------------------------------------------------------------------
 
+/// The first stage of D10: sends a result for an item never issued while running item 10,
+/// once per case (`ORDERED`, a const parameter: the stage is a fn item).
+fn forger<const ORDERED: bool>(x: u64) -> (u64, u64) {
+    if x == 10 && super::support::first_time(&format!("d10.{ORDERED}")) {
+        forkpipe::__private::inject_corrupt_frame(6);
+    }
+    (x, x * 3)
+}
+
 /// A worker sends a well-formed result for item 2^40, which was never issued (a bug or a
 /// hostile stage): the collector refuses it — no foreign item is delivered, no room is
 /// made for it (the ordered ring would otherwise grow to 2^40 slots) — and every real item
@@ -539,17 +546,13 @@ fn d09_killed_mid_write() {
 fn d10_foreign_item() {
     const N: u64 = 40;
     for ordered in [true, false] {
-        let mut first = Stage::map("forger", move |x: u64| {
-            if x == 10 && crate::support::first_time(&format!("d10.{ordered}")) {
-                forkpipe::__private::inject_corrupt_frame(6);
-            }
-            (x, x * 3)
-        })
+        let first = if ordered {
+            Stage::map("forger", forger::<true>)
+        } else {
+            Stage::map("forger", forger::<false>).unordered()
+        }
         .subprocess()
         .workers(2);
-        if !ordered {
-            first = first.unordered();
-        }
         let mut results = Pipeline::new(first)
             .then(Stage::map("reader", |(x, y): (u64, u64)| (x, y + 1)))
             .run(0..N)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{expect_died, fault};
+use super::support::{expect_died, fault};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault(
@@ -105,20 +105,19 @@ fn h01() {
     assert!(counts.0 >= THREADS * PER - crashing - counts.2);
 }
 
+/// I01's process stage: `x` summed 16 times, plus the round `k` (a bound parameter).
+#[stage(subprocess, workers = 2)]
+fn busy_parent(x: u64, k: u64) -> u64 {
+    let v: Vec<u64> = vec![x; 16];
+    v.iter().sum::<u64>() + k
+}
+
 fn i01() {
-    let noisy = crate::support::Noisy::start();
+    let noisy = super::support::Noisy::start();
     let mut worst = Duration::ZERO;
     for k in 0..100u64 {
         let t0 = Instant::now();
-        let p = Pipeline::new(
-            Stage::map("busy_parent", move |x: u64| {
-                let v: Vec<u64> = vec![x; 16];
-                v.iter().sum::<u64>() + k
-            })
-            .subprocess()
-            .workers(2),
-        )
-        .then(Stage::map("t", |x: u64| x));
+        let p = pipeline![busy_parent(k) | { Stage::map("t", |x: u64| x) }];
         let r = p.run(0..20u64).expect("start");
         let started = t0.elapsed();
         worst = worst.max(started);

@@ -8,7 +8,7 @@ use forkpipe::Worker;
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{
+use super::support::{
     ABORT, FINE, Marked, by_item, collect, default_action, expect_died, fault, my_pid,
     only_one_death, run_dir, signal, wait_until,
 };
@@ -68,13 +68,18 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
 }
 
-/// A process stage (2 workers) that calls `die` on item `at` and otherwise returns
-/// `(x, pid)`; asserts: item `at` fails with `cause`, every other item is `Ok` in order,
-/// one restart.
-fn crash_case(name: &'static str, at: u64, die: fn(), cause: &str) {
+/// A process stage (2 workers) that calls `die` on item `AT` and otherwise returns
+/// `(x, pid)`; asserts: item `AT` fails with `cause`, every other item is `Ok` in order,
+/// one restart. (`die` is a closure that captures nothing, so the stage's closure is
+/// zero-sized too: fork-server mode makes it again from its type.)
+fn crash_case<const AT: u64>(
+    name: &'static str,
+    die: impl Fn() + Send + Sync + 'static,
+    cause: &str,
+) {
     let p = Pipeline::new(
         Stage::map(name, move |x: u64| {
-            if x == at {
+            if x == AT {
                 die();
             }
             (x, my_pid())
@@ -82,7 +87,7 @@ fn crash_case(name: &'static str, at: u64, die: fn(), cause: &str) {
         .subprocess()
         .workers(2),
     );
-    only_one_death(&collect(p, 40), 40, name, at, cause);
+    only_one_death(&collect(p, 40), 40, name, AT, cause);
 }
 
 // --- A1 ---------------------------------------------------------------------------------
@@ -132,13 +137,12 @@ fn a01_panic() {
 // --- A3–A7 -------------------------------------------------------------------------------
 
 fn a03_abort() {
-    crash_case("aborter", 13, || std::process::abort(), "killed by SIGABRT");
+    crash_case::<13>("aborter", || std::process::abort(), "killed by SIGABRT");
 }
 
 fn a04a_raised_sigsegv() {
-    crash_case(
+    crash_case::<7>(
         "raiser",
-        7,
         || {
             // Rust's runtime handles SIGSEGV (stack-overflow detection): for a fault outside
             // a guard page its handler restores the default action and returns, so the
@@ -153,9 +157,8 @@ fn a04a_raised_sigsegv() {
 }
 
 fn a04b_null_write() {
-    crash_case(
+    crash_case::<7>(
         "scribbler",
-        7,
         || {
             // SAFETY: not safe at all — a real invalid write in the worker, on purpose.
             unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
@@ -171,9 +174,8 @@ fn recurse(n: u64) -> u64 {
 }
 
 fn a05_stack_overflow() {
-    crash_case(
+    crash_case::<5>(
         "recursor",
-        5,
         || {
             std::hint::black_box(recurse(0));
         },
@@ -182,27 +184,24 @@ fn a05_stack_overflow() {
 }
 
 fn a06_exit_3() {
-    crash_case(
+    crash_case::<19>(
         "exiter",
-        19,
         || std::process::exit(3),
         "exited with code 3 before answering",
     );
 }
 
 fn a07a_exit_0() {
-    crash_case(
+    crash_case::<19>(
         "quitter",
-        19,
         || std::process::exit(0),
         "exited with code 0 before answering",
     );
 }
 
 fn a07b_libc_exit_0() {
-    crash_case(
+    crash_case::<19>(
         "underscore_exit",
-        19,
         || {
             // SAFETY: ends the worker process at once, on purpose.
             unsafe { libc::_exit(0) }
@@ -264,12 +263,14 @@ fn a08_sigkill_mid_stream() {
 
 // --- A9 ------------------------------------------------------------------------------------
 
-fn signal_busy_worker(sig: i32, cause: &str) {
+/// Signal `SIG` (a const parameter: the stage's closure captures nothing) to a worker
+/// busy with item 1; the item fails with `cause`.
+fn signal_busy_worker<const SIG: i32>(cause: &str) {
     let running = Pipeline::new(
-        Stage::map("sleeper", move |x: u64| {
+        Stage::map("sleeper", |x: u64| {
             // The worker inherits the caller's dispositions (under `nohup`, SIGHUP ignored):
-            // item 0, awaited before `sig` is sent, puts it back at its default (death).
-            default_action(&[sig]);
+            // item 0, awaited before `SIG` is sent, puts it back at its default (death).
+            default_action(&[SIG]);
             if x == 1 {
                 thread::sleep(Duration::from_secs(30));
             }
@@ -282,7 +283,7 @@ fn signal_busy_worker(sig: i32, cause: &str) {
     let (_, pid) = running.submit(0).expect("submit").wait().expect("item 0");
     let t = running.submit(1).expect("submit");
     thread::sleep(Duration::from_millis(300));
-    signal(pid, sig);
+    signal(pid, SIG);
     let e = t
         .wait()
         .expect_err("item 1 fails: its worker was signalled");
@@ -301,11 +302,11 @@ fn signal_busy_worker(sig: i32, cause: &str) {
 }
 
 fn a09a_sigterm() {
-    signal_busy_worker(libc::SIGTERM, "killed by SIGTERM");
+    signal_busy_worker::<{ libc::SIGTERM }>("killed by SIGTERM");
 }
 
 fn a09b_sighup() {
-    signal_busy_worker(libc::SIGHUP, "killed by SIGHUP");
+    signal_busy_worker::<{ libc::SIGHUP }>("killed by SIGHUP");
 }
 
 // --- A11 -----------------------------------------------------------------------------------
@@ -439,7 +440,7 @@ fn a12_idle_worker_killed() {
 
 /// A marker that exists once per test run: the first caller gets `true`.
 fn first_time(tag: &str) -> bool {
-    crate::support::first_time(tag)
+    super::support::first_time(tag)
 }
 
 /// Arms an abort of this worker process ~1 ms from now (a helper thread).
@@ -549,7 +550,7 @@ fn a14_bystanders() {
 fn a14b_completed_items_not_rerun() {
     let p = Pipeline::new(
         Stage::map("counted", |x: u64| {
-            let n = crate::support::ticket_number(&format!("a14b-{x}"));
+            let n = super::support::ticket_number(&format!("a14b-{x}"));
             if x == 5 {
                 thread::sleep(Duration::from_millis(50));
                 std::process::abort();

@@ -10,7 +10,7 @@ use forkpipe::prelude::*;
 use forkpipe::{Running, Stats, Worker};
 use libtest_mimic::Trial;
 
-use crate::support::{
+use super::support::{
     Bytes, Victim, alive, by_item, collect, expect_died, fault, my_pid, only_one_death, parent_pid,
     run_dir, signal, ticket_number, wait_dead, wait_until,
 };

@@ -16,8 +16,8 @@ use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{self, Baseline};
-use crate::support::{expect_died, fault, my_pid, run_dir, signal, wait_dead, wait_until};
+use super::common::{self, Baseline};
+use super::support::{expect_died, fault, my_pid, run_dir, signal, wait_dead, wait_until};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("e04_paused_consumer_no_timeouts", 30, e04));
@@ -192,24 +192,24 @@ fn e09() {
 
 // --- F1 -----------------------------------------------------------------------------------
 
+/// F1's stage: in round `round`, item 60 publishes its worker's pid and stays 60 s.
+#[stage(subprocess, workers = 2)]
+fn f1(x: u64, round: u64) -> (u64, u32) {
+    if x == 60 {
+        publish_pid(&format!("f01.{round}"));
+        thread::sleep(Duration::from_secs(60));
+    }
+    thread::sleep(Duration::from_millis(1));
+    (x, my_pid())
+}
+
 /// 20 rounds: read 50 results of an endless stream, wait until a worker is inside a 60 s
 /// item, drop. Drop must kill that worker and reap everything before it returns.
 fn f01() {
     const ROUNDS: u64 = 20;
     let mut slowest = Duration::ZERO;
     for round in 0..ROUNDS {
-        let p = Pipeline::new(
-            Stage::map("f1", move |x: u64| {
-                if x == 60 {
-                    publish_pid(&format!("f01.{round}"));
-                    thread::sleep(Duration::from_secs(60));
-                }
-                thread::sleep(Duration::from_millis(1));
-                (x, my_pid())
-            })
-            .subprocess()
-            .workers(2),
-        );
+        let p = pipeline![f1(round)];
         let mut results = p.run(0u64..).expect("start");
         let mut procs = BTreeSet::new();
         for x in 0..50u64 {
@@ -252,16 +252,13 @@ fn f01() {
 /// the per-stage counts add up.
 fn f04() {
     const N: u64 = 100;
-    let gate = run_dir().join("f04.gate");
-    let g = gate.clone();
+    const GATE: &str = "f04.gate";
     let running = Pipeline::new(
-        Stage::map("f4_slow", move |x: u64| {
+        Stage::map("f4_slow", |x: u64| {
             if x == 0 {
                 // Item 0 waits for the gate (bounded: the test fails, not hangs).
-                let t = Instant::now();
-                while !g.exists() && t.elapsed() < Duration::from_secs(20) {
-                    thread::sleep(Duration::from_millis(5));
-                }
+                let gate = run_dir().join(GATE);
+                wait_until(Duration::from_secs(20), || gate.exists());
             }
             thread::sleep(Duration::from_millis(2));
             x
@@ -280,9 +277,9 @@ fn f04() {
         (N, N),
         "all {N} items in flight when shutdown is called: {before:?}"
     );
-    let opener = thread::spawn(move || {
+    let opener = thread::spawn(|| {
         thread::sleep(Duration::from_millis(200));
-        std::fs::write(&gate, b"").expect("open the gate");
+        std::fs::write(run_dir().join(GATE), b"").expect("open the gate");
     });
     let t0 = Instant::now();
     let report = running.shutdown().expect("shutdown");
@@ -755,7 +752,7 @@ fn d06b() {
 /// parent thread held can be inherited by a worker).
 fn c08() {
     const KILLS: u64 = 200;
-    let noisy = crate::support::Noisy::start();
+    let noisy = super::support::Noisy::start();
     // Started while the noisy threads run: the supervisor is forked from a busy process.
     let running = Pipeline::new(
         Stage::map("c8", |x: u64| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{by_item, expect_died, fault, my_pid, signal};
+use super::support::{by_item, expect_died, fault, my_pid, signal};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("b01_timeout_fails_the_item", 30, b01_timeout));
@@ -181,7 +181,7 @@ fn b04b_stopped_times_out() {
             if x == 1 {
                 // Say "item 1 runs", then stay in it: the stop below lands mid-item (a
                 // worker stopped between items holds no running item, so nothing times out).
-                let _ = std::fs::File::create(crate::support::run_dir().join("b04b.running"));
+                let _ = std::fs::File::create(super::support::run_dir().join("b04b.running"));
                 thread::sleep(Duration::from_secs(2));
             }
             (x, my_pid())
@@ -194,8 +194,8 @@ fn b04b_stopped_times_out() {
     let (_, pid) = running.submit(0).unwrap().wait().unwrap();
     // Stop the worker while it runs item 1: the item outlives its limit while stopped.
     let t1 = running.submit(1).unwrap();
-    let mark = crate::support::run_dir().join("b04b.running");
-    assert!(crate::support::wait_until(Duration::from_secs(10), || mark.exists()));
+    let mark = super::support::run_dir().join("b04b.running");
+    assert!(super::support::wait_until(Duration::from_secs(10), || mark.exists()));
     signal(pid, libc::SIGSTOP);
     let t0 = Instant::now();
     let e = t1.wait().expect_err("item 1 times out");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use forkpipe::{Emit, Error, Pipeline, Stage};
 use libtest_mimic::Trial;
 
-use crate::support::{by_item, fault, ticket_number};
+use super::support::{by_item, fault, ticket_number};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("b05_slow_init_is_not_item_time", 30, b05_slow_init));
@@ -55,11 +55,10 @@ fn b05_slow_init() {
 /// item 5 therefore leaves no healthy worker: the remaining items must fail — with the
 /// init's cause, after the restart budget — rather than wait.
 fn c03_init_fails_in_replacements() {
-    let tag = format!("c03-{}", std::process::id());
     let stage = Stage::stateful(
         "reinit",
-        move || {
-            if ticket_number(&tag) == 0 {
+        || {
+            if ticket_number("c03") == 0 {
                 Ok(())
             } else {
                 Err("the database is gone".to_string())

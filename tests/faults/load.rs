@@ -11,8 +11,8 @@ use forkpipe::prelude::*;
 use forkpipe::{DEFAULT_QUEUE, Source};
 use libtest_mimic::Trial;
 
-use crate::common::{self, Baseline};
-use crate::support::{expect_died, fault, my_pid, wait_dead};
+use super::common::{self, Baseline};
+use super::support::{expect_died, fault, my_pid, wait_dead};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("e02_infinite_input_take_50_drop", 30, e02_infinite));
@@ -124,7 +124,7 @@ fn pids_below(sup_of: u32) -> Vec<u32> {
 
 fn e07_drop_a_keep_b() {
     let stage = |n| {
-        Stage::map(n, |x: u64| (x, crate::support::parent_pid()))
+        Stage::map(n, |x: u64| (x, super::support::parent_pid()))
             .subprocess()
             .workers(2)
     };

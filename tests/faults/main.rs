@@ -14,6 +14,10 @@
 //! clean afterwards: no child or zombie, descriptors and threads back to the baseline),
 //! every body under a watchdog. Cases that kill or signal the *caller* run in a victim: this
 //! binary re-executed with `FORKPIPE_VICTIM=<scenario>`, in its own process group.
+//!
+//! The same catalogue runs twice: here in direct mode (the caller forks each supervisor), and
+//! as `tests/faults_server.rs` in fork-server mode (`forkpipe::init()` first, in the victims
+//! too), which compiles this file as its module and calls [`run`] with [`Mode::Server`].
 
 mod codec;
 #[path = "../common/mod.rs"]
@@ -33,15 +37,42 @@ mod support;
 
 use libtest_mimic::{Arguments, Trial};
 
+/// How the catalogue's pipelines are started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No `forkpipe::init()`: the caller forks every supervisor.
+    Direct,
+    /// `forkpipe::init()` first: the fork server forks every supervisor.
+    Server,
+}
+
+// (Unused when this file is `tests/faults_server.rs`'s module, which has its own `main`.)
+#[allow(dead_code)]
 fn main() {
-    if let Ok(scenario) = std::env::var(support::VICTIM_VAR) {
-        common::set_no_core_dumps();
+    run(Mode::Direct)
+}
+
+/// Runs the whole catalogue (or, in a victim, its one scenario) in `mode`.
+///
+/// What the workers must inherit is set up before `forkpipe::init()`: in fork-server mode
+/// every worker is forked from the image taken there (the run directory, and what a victim
+/// prepares: signal handlers, credentials, limits, descriptors).
+pub fn run(mode: Mode) {
+    support::set_mode(mode);
+    let victim = std::env::var(support::VICTIM_VAR).ok();
+    common::set_no_core_dumps();
+    let dir = support::run_dir().to_path_buf();
+    if let Some(scenario) = &victim {
+        parent::victim_prepare(scenario);
+    }
+    if mode == Mode::Server {
+        forkpipe::init().expect("init() first in a single-threaded main");
+    }
+    if let Some(scenario) = victim {
         parent::victim_main(&scenario);
     }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    common::set_no_core_dumps();
-    let dir = support::run_dir().to_path_buf();
 
     let mut trials: Vec<Trial> = Vec::new();
     crash::trials(&mut trials);

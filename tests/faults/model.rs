@@ -2,16 +2,16 @@
 //! external `kill -9`, checked against a pure oracle.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use serde::{Deserialize, Serialize};
 
-use crate::common::{self, Baseline};
-use crate::support::{fault, my_pid, signal, wait_until};
+use super::common::{self, Baseline};
+use super::support::{fault, my_pid, share, shared, signal, wait_until};
 
 pub fn trials(t: &mut Vec<Trial>) {
     t.push(fault("k01_model_based_fault_schedule", 60, k01_full));
@@ -32,24 +32,24 @@ pub fn trials(t: &mut Vec<Trial>) {
 /// replacement acked with a stale epoch). Runs in a victim process so that a hang leaves
 /// nothing behind in the test process.
 fn k01r_two_stage_crash() {
-    let mut v = crate::support::Victim::spawn("k1r");
+    let mut v = super::support::Victim::spawn("k1r");
     let n = v.expect_line("COUNT", Duration::from_secs(10));
     assert_eq!(n, "10");
     assert_eq!(v.wait(Duration::from_secs(5)).code(), Some(0));
 }
 
+/// Aborts on item `AT` (a const parameter, so that a stage of it is a fn item).
+fn abort_at<const AT: u64>(x: u64) -> u64 {
+    if x == AT {
+        std::process::abort();
+    }
+    x
+}
+
 /// The victim side of [`k01r_two_stage_crash`].
 pub fn k01r_victim() -> usize {
-    let stage = |name: &'static str, at: u64| {
-        Stage::map(name, move |x: u64| {
-            if x == at {
-                std::process::abort();
-            }
-            x
-        })
-        .subprocess()
-    };
-    let p = Pipeline::new(stage("s0", 3)).then(stage("s1", 7));
+    let p = Pipeline::new(Stage::map("s0", abort_at::<3>).subprocess())
+        .then(Stage::map("s1", abort_at::<7>).subprocess());
     p.run(0..10u64).expect("start").count()
 }
 
@@ -58,7 +58,7 @@ const NAMES: [&str; 3] = ["s0", "s1", "s2"];
 /// Crash faults allowed per stage (well under the restart budget of 10).
 const MAX_CRASHES: usize = 4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum F {
     Ok,
     Err,
@@ -169,27 +169,36 @@ fn oracle(case: &Case, id: usize) -> Want {
     Want::Value(v)
 }
 
+/// Where [`build`] leaves the plan of the case for its stages.
+const PLAN: &str = "k01.plan";
+
+/// Stage `I` of a case: does what the case's plan says for this item. The plan comes from
+/// the run directory ([`build`] shares it), so that the stage is a fn item, which
+/// fork-server mode makes again from its type.
+fn planned<const I: usize>((id, v): (u64, u64), out: &mut Emit<(u64, u64)>) -> Result<(), String> {
+    let plan: Vec<Vec<F>> = shared(PLAN);
+    match plan[id as usize][I] {
+        F::Ok => {
+            out.emit((id, step(I, v)));
+            Ok(())
+        }
+        F::Err => Err(format!("k1 err {I} {id}")),
+        F::None => Ok(()),
+        F::Panic => panic!("k1 panic {I} {id}"),
+        F::Abort => std::process::abort(),
+        F::Exit3 => std::process::exit(3),
+    }
+}
+
 fn build(case: &Case) -> Pipeline<(u64, u64), (u64, u64)> {
-    let plan = Arc::new(case.plan.clone());
+    share(PLAN, &case.plan);
     let stage = |i: usize| {
-        let plan = Arc::clone(&plan);
         let spec = &case.stages[i];
-        let mut s = Stage::try_emit(
-            NAMES[i],
-            move |(id, v): (u64, u64), out: &mut Emit<(u64, u64)>| -> Result<(), String> {
-                match plan[id as usize][i] {
-                    F::Ok => {
-                        out.emit((id, step(i, v)));
-                        Ok(())
-                    }
-                    F::Err => Err(format!("k1 err {i} {id}")),
-                    F::None => Ok(()),
-                    F::Panic => panic!("k1 panic {i} {id}"),
-                    F::Abort => std::process::abort(),
-                    F::Exit3 => std::process::exit(3),
-                }
-            },
-        )
+        let mut s = match i {
+            0 => Stage::try_emit(NAMES[0], planned::<0>),
+            1 => Stage::try_emit(NAMES[1], planned::<1>),
+            _ => Stage::try_emit(NAMES[2], planned::<2>),
+        }
         .workers(spec.workers);
         if spec.unordered {
             s = s.unordered();

@@ -10,8 +10,8 @@ use forkpipe::Running;
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::common;
-use crate::support::{
+use super::common;
+use super::support::{
     Bytes, Victim, default_action, expect_died, fault, my_pid, parent_pid, signal, wait_dead, who,
 };
 
@@ -108,6 +108,11 @@ fn print_pids(p: &[u32]) {
             .collect::<Vec<_>>()
             .join(" ")
     ));
+}
+
+/// What the victim of `scenario` sets up before `forkpipe::init()` (its workers inherit it).
+pub fn victim_prepare(scenario: &str) {
+    super::signals::prepare(scenario);
 }
 
 /// The victim's `main`.
@@ -265,15 +270,15 @@ pub fn victim_main(scenario: &str) -> ! {
             std::process::exit(0);
         }
         "k1r" => {
-            let n = crate::model::k01r_victim();
+            let n = super::model::k01r_victim();
             say(format!("COUNT {n}"));
             std::process::exit(0);
         }
         other => {
             // Scenarios of other files exit inside these calls.
-            crate::death::victim(other);
-            crate::signals::victim(other);
-            crate::flow::victim(other);
+            super::death::victim(other);
+            super::signals::victim(other);
+            super::flow::victim(other);
             eprintln!("unknown victim scenario {other}");
             std::process::exit(2);
         }
@@ -290,7 +295,7 @@ fn kill_victim_and_check(scenario: &str, sig: i32) {
     let mut v = Victim::spawn(scenario);
     let pids = v.expect_pids(Duration::from_secs(10));
     assert_eq!(pids.len(), 3, "supervisor and 2 workers: {pids:?}");
-    assert!(pids.iter().all(|&p| crate::support::alive(p)));
+    assert!(pids.iter().all(|&p| super::support::alive(p)));
     signal(v.pid(), sig);
     let st = v.wait(Duration::from_secs(5));
     use std::os::unix::process::ExitStatusExt;
@@ -319,7 +324,7 @@ fn g01c() {
         .expect("a pid");
     signal(v.pid(), libc::SIGSTOP);
     // Blocked in its write: sleeping for a while with its reader stopped.
-    assert!(crate::support::wait_blocked(
+    assert!(super::support::wait_blocked(
         writer,
         Duration::from_secs(20)
     ));

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -20,8 +20,8 @@ use forkpipe::prelude::*;
 use forkpipe::{Error, Running};
 use libtest_mimic::Trial;
 
-use crate::common::{self, Baseline};
-use crate::support::{
+use super::common::{self, Baseline};
+use super::support::{
     Victim, alive, default_action, expect_died, fault, my_pid, parent_pid, run_dir, signal,
     wait_dead, wait_until,
 };
@@ -134,10 +134,11 @@ fn in_mask(mask_hex: &str, sig: i32) -> bool {
     m & (1u64 << (sig - 1)) != 0
 }
 
-/// A process stage answering `(x, pid, ppid)` after `ms` milliseconds.
-fn who_stage(name: &'static str, workers: usize, ms: u64) -> Stage<u64, (u64, u32, u32)> {
-    Stage::map(name, move |x: u64| {
-        thread::sleep(Duration::from_millis(ms));
+/// A process stage answering `(x, pid, ppid)` after `MS` milliseconds (a const parameter:
+/// the stage's closure captures nothing).
+fn who_stage<const MS: u64>(name: &'static str, workers: usize) -> Stage<u64, (u64, u32, u32)> {
+    Stage::map(name, |x: u64| {
+        thread::sleep(Duration::from_millis(MS));
         (x, my_pid(), parent_pid())
     })
     .subprocess()
@@ -200,13 +201,21 @@ fn on_signal(sig: i32, handler: extern "C" fn(libc::c_int), flags: i32) {
     assert_eq!(r, 0, "sigaction({sig})");
 }
 
-/// A pipe whose descriptors workers inherit (the user's own descriptors are left alone).
-fn pipe() -> (i32, i32) {
+/// A pipe whose descriptors workers inherit (the user's own descriptors are left alone),
+/// made by [`prepare`] for the victims that gate an item on it.
+static PIPE: std::sync::OnceLock<(i32, i32)> = std::sync::OnceLock::new();
+
+fn make_pipe() {
     let mut fds = [0i32; 2];
     // SAFETY: valid pointer to two ints.
     let r = unsafe { libc::pipe(fds.as_mut_ptr()) };
     assert_eq!(r, 0, "pipe");
-    (fds[0], fds[1])
+    PIPE.set((fds[0], fds[1])).expect("one pipe");
+}
+
+/// The pipe made by [`prepare`]: `(read end, write end)`.
+fn pipe() -> (i32, i32) {
+    *PIPE.get().expect("the victim made its pipe in `prepare`")
 }
 
 fn write_byte(fd: i32) {
@@ -259,6 +268,14 @@ extern "C" fn at_exit() {
 
 /// `nobody` (its real uid counts its processes against `RLIMIT_NPROC`).
 const NOBODY: u32 = 65534;
+
+/// Becomes `nobody`, or says `NOSETUID` (the case fails on it) and exits.
+fn become_nobody_or_exit() {
+    if !become_nobody() {
+        say(format!("NOSETUID {}", std::io::Error::last_os_error()));
+        std::process::exit(0);
+    }
+}
 
 /// Becomes `nobody`; false if that is not permitted.
 fn become_nobody() -> bool {
@@ -329,18 +346,51 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The path the test handed to its victim.
+fn victim_path() -> PathBuf {
+    std::env::var_os(PATH_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{PATH_VAR} is not set"))
+}
+
+/// What the victims of this file set up before `forkpipe::init()`, because their
+/// supervisors and workers must inherit it (in fork-server mode those are forked from the
+/// image taken at `init()`): signal dispositions and handlers, credentials and limits, the
+/// gating pipe. Does nothing for a scenario that is not this file's.
+pub fn prepare(scenario: &str) {
+    match scenario {
+        "sig_g6" => make_pipe(),
+        // The whole group must stop on SIGTSTP: its default action, whatever the victim
+        // inherited.
+        "sig_g7" => default_action(&[libc::SIGTSTP]),
+        "sig_g11" => on_signal(libc::SIGUSR1, count_hit, 0),
+        // The host's SIGTERM is at its default (the check is that workers do not ignore
+        // it), whatever the victim inherited (`trap "" TERM` in the shell that ran the tests).
+        "sig_i5" => default_action(&[libc::SIGTERM]),
+        "sig_c6a" => {
+            become_nobody_or_exit();
+            // `RLIMIT_NPROC` a few tasks above what nobody runs now.
+            set_nproc(0, tasks_of_uid(NOBODY) + 8);
+        }
+        "sig_c6b" => {
+            become_nobody_or_exit();
+            make_pipe();
+        }
+        _ => {}
+    }
+}
+
 /// Victim scenarios of this file (see `support::Victim`); returns without exiting only
 /// for a scenario that is not this file's.
 pub fn victim(scenario: &str) {
-    let path = std::env::var_os(PATH_VAR).map(PathBuf::from);
     match scenario {
         "sig_g4a" => v_g4a(),
         "sig_g4b" => v_g4b(),
         "sig_g6" => v_g6(),
-        "sig_g7" => v_g7(&path.expect("gate path")),
+        "sig_g7" => v_g7(),
         "sig_g8" => v_g8(),
         "sig_g11" => v_g11(),
-        "sig_i2" => v_i2(path.expect("atexit path")),
+        "sig_i2" => v_i2(victim_path()),
         "sig_i5" => v_i5(),
         "sig_c6a" => v_c6a(),
         "sig_c6b" => v_c6b(),
@@ -354,7 +404,7 @@ fn v_g4a() {
     // A terminal's program starts with SIGINT at its default; a victim spawned from a
     // background job of a non-interactive shell (as CI runs the tests) inherits it ignored.
     default_action(&[libc::SIGINT]);
-    let mut results = Pipeline::new(who_stage("ctrl_c", 2, 1))
+    let mut results = Pipeline::new(who_stage::<1>("ctrl_c", 2))
         .run(0u64..)
         .expect("start");
     let mut pids = Pids::default();
@@ -376,7 +426,7 @@ fn v_g4a() {
 /// G4 handled: SIGINT sets a flag; the submitting loop then drops the pipeline.
 fn v_g4b() {
     on_signal(libc::SIGINT, on_sigint, libc::SA_RESTART);
-    let running = Pipeline::new(who_stage("ctrl_c_handled", 2, 1))
+    let running = Pipeline::new(who_stage::<1>("ctrl_c_handled", 2))
         .start()
         .expect("start");
     let (tx, rx) = std::sync::mpsc::channel::<forkpipe::Ticket<(u64, u32, u32)>>();
@@ -426,14 +476,13 @@ fn v_g4b() {
 /// in flight (item 100 waits on a pipe until the signal came).
 fn v_g6() {
     block(&[libc::SIGUSR1]); // before any thread: every thread of the victim inherits it
-    let (rd, wr) = pipe();
     const N: u64 = 600;
     const GATED: u64 = 100;
     let running = Pipeline::new(
-        Stage::map("sigwait_shutdown", move |x: u64| {
+        Stage::map("sigwait_shutdown", |x: u64| {
             thread::sleep(Duration::from_millis(2));
             if x == GATED {
-                read_byte(rd);
+                read_byte(pipe().0);
             }
             x
         })
@@ -465,7 +514,7 @@ fn v_g6() {
         assert_eq!((r, sig), (0, libc::SIGUSR1));
         let in_flight = running.stats().in_flight;
         say(format!("GOT in_flight={in_flight}"));
-        write_byte(wr);
+        write_byte(pipe().1);
         let report = running.shutdown().expect("shutdown");
         say(format!(
             "SHUTDOWN graceful={} completed={}",
@@ -481,17 +530,15 @@ fn v_g6() {
     say(format!("DONE ok={ok} err={err}"));
 }
 
-/// G7: a run whose item 750 waits for a gate file the test creates after SIGCONT.
-fn v_g7(gate: &Path) {
+/// G7: a run whose item 750 waits for a gate file (the victim's path) the test creates
+/// after SIGCONT. SIGTSTP is at its default action ([`prepare`]).
+fn v_g7() {
     const N: u64 = 1500;
-    // The whole group must stop on SIGTSTP: its default action, set before the pipeline
-    // forks (its supervisor and workers inherit it), whatever the victim inherited.
-    default_action(&[libc::SIGTSTP]);
-    let gate = gate.to_path_buf();
     let p = Pipeline::new(
-        Stage::map("tstp", move |x: u64| {
+        Stage::map("tstp", |x: u64| {
             thread::sleep(Duration::from_millis(1));
             if x == N / 2 {
+                let gate = victim_path();
                 while !gate.exists() {
                     thread::sleep(Duration::from_millis(5));
                 }
@@ -571,10 +618,10 @@ fn v_g8() {
     say(format!("CLEAN {}", base.problems(false).join(" | ")));
 }
 
-/// G11: SIGUSR1 with a no-op handler installed without SA_RESTART, sent ~1000×/s to this
-/// process (and to the supervisor and workers, which inherit the handler) during a run.
+/// G11: SIGUSR1 with a no-op handler installed without SA_RESTART ([`prepare`]), sent
+/// ~1000×/s to this process (and to the supervisor and workers, which inherit the handler)
+/// during a run.
 fn v_g11() {
-    on_signal(libc::SIGUSR1, count_hit, 0);
     const N: u64 = 200_000;
     let stop = Arc::new(AtomicBool::new(false));
     let targets: Arc<Mutex<Vec<u32>>> = Arc::default();
@@ -678,9 +725,6 @@ fn v_i2(file: PathBuf) {
 /// I5: the pipeline is started from a thread that blocked SIGINT and SIGTERM and made
 /// SIGINT ignored; its stage reports the worker's signal state and hangs on item 1.
 fn v_i5() {
-    // The host's SIGTERM is at its default (the check is that workers do not ignore it),
-    // whatever the victim inherited (`trap "" TERM` in the shell that ran the tests).
-    default_action(&[libc::SIGTERM]);
     let h = thread::spawn(|| {
         block(&[libc::SIGINT, libc::SIGTERM]);
         // SAFETY: setting a disposition to SIG_IGN runs no handler code.
@@ -728,16 +772,10 @@ fn v_i5() {
     h.join().expect("starter thread");
 }
 
-/// C6 at start: as `nobody` with `RLIMIT_NPROC` a few tasks above what nobody runs now,
-/// a 64-worker stage cannot be forked.
+/// C6 at start: as `nobody` with `RLIMIT_NPROC` a few tasks above what nobody ran
+/// ([`prepare`]), a 64-worker stage cannot be forked.
 fn v_c6a() {
-    if !become_nobody() {
-        say(format!("NOSETUID {}", std::io::Error::last_os_error()));
-        return;
-    }
     let base = Baseline::now();
-    let now = tasks_of_uid(NOBODY);
-    set_nproc(0, now + 8);
     let p = Pipeline::new(Stage::map("wide", |x: u64| x).subprocess().workers(64));
     match p.start() {
         Ok(r) => {
@@ -749,19 +787,14 @@ fn v_c6a() {
     say(format!("CLEAN {}", base.problems(true).join(" | ")));
 }
 
-/// C6 mid-run: the supervisor's `RLIMIT_NPROC` drops to 1, then the only worker is killed
-/// while it runs item 1 and holds items 2..=20.
+/// C6 mid-run, as `nobody` ([`prepare`]): the supervisor's `RLIMIT_NPROC` drops to 1, then
+/// the only worker is killed while it runs item 1 and holds items 2..=20.
 fn v_c6b() {
-    if !become_nobody() {
-        say(format!("NOSETUID {}", std::io::Error::last_os_error()));
-        return;
-    }
     let base = Baseline::now();
-    let (rd, wr) = pipe();
     let running = Pipeline::new(
-        Stage::map("thin", move |x: u64| {
+        Stage::map("thin", |x: u64| {
             if x == 1 {
-                write_byte(wr);
+                write_byte(pipe().1);
                 sleep_forever();
             }
             (x, my_pid(), parent_pid())
@@ -772,7 +805,7 @@ fn v_c6b() {
     .expect("start");
     let (_, worker, sup) = running.submit(0).unwrap().wait().expect("item 0");
     let tickets: Vec<_> = (1..=20u64).map(|x| running.submit(x).unwrap()).collect();
-    read_byte(rd); // item 1 runs; items 2..=20 are held
+    read_byte(pipe().0); // item 1 runs; items 2..=20 are held
     set_nproc(sup, 1);
     // SAFETY: plain syscall on this victim's own worker.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
@@ -1026,11 +1059,10 @@ fn i05() {
 }
 
 fn i07() {
-    let marker = run_dir().join("i07.pids");
-    let m = marker.clone();
+    const MARKER: &str = "i07.pids";
     let running = Pipeline::new(
-        Stage::map("outer", move |x: u64| -> u64 {
-            let inner: Running<u64, (u64, u32, u32)> = Pipeline::new(who_stage("inner", 2, 0))
+        Stage::map("outer", |x: u64| -> u64 {
+            let inner: Running<u64, (u64, u32, u32)> = Pipeline::new(who_stage::<0>("inner", 2))
                 .start()
                 .expect("inner start");
             let mut pids = Pids::default();
@@ -1049,6 +1081,7 @@ fn i07() {
             for w in &pids.workers {
                 text.push_str(&format!(" {w}"));
             }
+            let m = run_dir().join(MARKER);
             let tmp = m.with_extension("tmp");
             std::fs::write(&tmp, text).expect("marker");
             std::fs::rename(&tmp, &m).expect("marker");
@@ -1065,6 +1098,7 @@ fn i07() {
     .start()
     .expect("start");
     let t = running.submit(0).unwrap();
+    let marker = run_dir().join(MARKER);
     assert!(
         wait_until(SOON, || marker.exists()),
         "the outer worker started its inner pipeline"

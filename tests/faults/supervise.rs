@@ -8,7 +8,7 @@ use forkpipe::Worker;
 use forkpipe::prelude::*;
 use libtest_mimic::Trial;
 
-use crate::support::{
+use super::support::{
     by_item, expect_died, fault, my_pid, parent_pid, signal, ticket_number, wait_dead, wait_until,
 };
 
@@ -125,23 +125,22 @@ fn c02_rate() {
 
 // --- C4 / C5 ----------------------------------------------------------------------------------
 
-/// `init` of the third worker to start returns `Err` (the workers count themselves through
-/// marker files: they are separate processes).
-fn third_fails(tag: &'static str) -> impl Fn() -> Result<u64, String> + Send + Sync + 'static {
-    move || {
-        let n = ticket_number(tag);
-        if n == 2 {
-            Err(format!("no connection for worker {n}"))
-        } else {
-            Ok(n as u64)
-        }
+/// `init` of the third worker of case C04`CASE` to start returns `Err` (the workers count
+/// themselves through marker files: they are separate processes). The case is a const
+/// parameter, so that the init is a fn item (fork-server mode makes it again from its type).
+fn third_fails<const CASE: char>() -> Result<u64, String> {
+    let n = ticket_number(&format!("c04{CASE}"));
+    if n == 2 {
+        Err(format!("no connection for worker {n}"))
+    } else {
+        Ok(n as u64)
     }
 }
 
 fn c04a_init_err_process() {
     let stage = Stage::stateful(
         "db",
-        third_fails("c04a"),
+        third_fails::<'a'>,
         |x: u64, st: &mut u64, out: &mut Emit<u64>| -> Result<(), String> {
             out.emit(x + *st);
             Ok(())
@@ -168,13 +167,13 @@ fn c04a_init_err_process() {
             "could not start the pipeline: init of stage 'db' (worker pid {pid}) failed: no connection for worker 2"
         )
     );
-    assert!(!crate::support::alive(*pid));
+    assert!(!super::support::alive(*pid));
 }
 
 fn c04b_init_err_thread() {
     let stage = Stage::stateful(
         "tdb",
-        third_fails("c04b"),
+        third_fails::<'b'>,
         |x: u64, st: &mut u64, out: &mut Emit<u64>| -> Result<(), String> {
             out.emit(x + *st);
             Ok(())

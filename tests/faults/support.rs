@@ -17,10 +17,14 @@ use libtest_mimic::Trial;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::common::{self, Baseline};
+use super::Mode;
+use super::common::{self, Baseline};
 
 /// Environment variable that turns the test binary into a victim process.
 pub const VICTIM_VAR: &str = "FORKPIPE_VICTIM";
+
+/// Environment variable that hands the test's run directory to its victims.
+const RUN_DIR_VAR: &str = "FORKPIPE_FAULTS_RUN_DIR";
 
 /// A fault test: baseline, the body under a watchdog of `secs` seconds, then *clean* (no
 /// children or zombies, descriptors ±2, threads back to the baseline).
@@ -214,6 +218,7 @@ impl Victim {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
         cmd.env(VICTIM_VAR, scenario)
+            .env(RUN_DIR_VAR, run_dir())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -432,10 +437,14 @@ impl<'de, const ENC: u8, const DEC: u8> Deserialize<'de> for Marked<ENC, DEC> {
 
 static RUN_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
-/// A scratch directory of this test run (made in `main`, before any fork, so workers
-/// inherit the path).
+/// A scratch directory of this test run, shared with its victims. `run` makes it before
+/// `forkpipe::init()`, so that every worker has the path: in fork-server mode a worker is
+/// forked from the image taken at `init()` and sees nothing set later.
 pub fn run_dir() -> &'static std::path::Path {
     RUN_DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os(RUN_DIR_VAR) {
+            return d.into();
+        }
         let d = std::env::temp_dir().join(format!("forkpipe-faults-{}", my_pid()));
         std::fs::create_dir_all(&d).expect("scratch dir");
         d
@@ -457,6 +466,24 @@ pub fn ticket_number(tag: &str) -> usize {
     (0..)
         .find(|n| first_time(&format!("{tag}.{n}")))
         .expect("a free number")
+}
+
+/// Hands `value` to the stages of the pipelines started next, under `name` in the run
+/// directory: data that a closure would capture, for a process stage that must be a fn
+/// item (fork-server mode makes it again from its type) and whose data is made at run time.
+pub fn share<T: Serialize>(name: &str, value: &T) {
+    let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encode");
+    let tmp = run_dir().join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes).expect("write the shared value");
+    std::fs::rename(&tmp, run_dir().join(name)).expect("publish the shared value");
+}
+
+/// The value last [`share`]d under `name`.
+pub fn shared<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let bytes = std::fs::read(run_dir().join(name)).expect("read the shared value");
+    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        .expect("decode the shared value")
+        .0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -551,4 +578,17 @@ impl Drop for Noisy {
             let _ = h.join();
         }
     }
+}
+
+/// The mode this run of the catalogue starts pipelines in (set once, first thing in `run`).
+static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
+
+/// Sets the catalogue's mode; once, before any case runs.
+pub fn set_mode(mode: Mode) {
+    MODE.set(mode).expect("the mode is set once");
+}
+
+/// True when the catalogue runs in fork-server mode (`forkpipe::init()` was called first).
+pub fn server_mode() -> bool {
+    MODE.get() == Some(&Mode::Server)
 }
