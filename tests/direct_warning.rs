@@ -1,0 +1,74 @@
+//! Direct mode (no `forkpipe::init()`) from a multi-threaded process: the first pipeline
+//! logs one `tracing` warning naming the hazard and the remedy; a single-threaded start
+//! logs none, and later starts do not repeat it.
+
+use std::sync::{Arc, Mutex};
+
+use forkpipe::prelude::*;
+
+#[stage(subprocess)]
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+/// Every log line, kept for the asserts.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn warnings(log: &Log) -> usize {
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    text.matches("without forkpipe::init()").count()
+}
+
+fn run_one() {
+    let out: Vec<u64> = pipeline![inc]
+        .run(0..10u64)
+        .expect("start")
+        .collect::<Result<_, _>>()
+        .expect("items");
+    assert_eq!(out, (1..11).collect::<Vec<_>>());
+}
+
+fn main() {
+    let log = Log::default();
+    let writer = log.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+    run_one();
+    assert_eq!(
+        warnings(&log),
+        0,
+        "a single-threaded start warns of nothing"
+    );
+
+    let (stop, parked) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || parked.recv());
+    run_one();
+    run_one();
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        warnings(&log),
+        1,
+        "one warning, at the first threaded start: {text}"
+    );
+    assert!(text.contains("WARN"), "{text}");
+    assert!(
+        text.contains("#[forkpipe::main]"),
+        "names the remedy: {text}"
+    );
+    drop(stop);
+    let _ = other.join();
+    println!("direct_warning: ok");
+}
