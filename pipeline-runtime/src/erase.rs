@@ -11,6 +11,7 @@
 //! agree, so every downcast succeeds; a failed one is a forkpipe bug and panics.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
 
@@ -20,8 +21,11 @@ use crate::caller::output::{Batch, Output};
 use crate::caller::threads::Rt;
 use crate::caller::{bridge, thread_stage};
 use crate::os::fds::RtFd;
+use crate::os::image;
+use crate::process::protocol::Shipment;
 use crate::process::worker::{self, WorkerCtx, WorkerEnd};
-use crate::stage::{Opts, Stage};
+use crate::recipe::Make;
+use crate::stage::{Opts, Stage, WireOps};
 
 /// A stage with its types erased (see the module docs).
 pub(crate) trait AnyStage: Send + Sync {
@@ -61,7 +65,7 @@ pub(crate) trait AnyStage: Send + Sync {
     fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd>;
     /// What this (process) stage is, as data, for the fork server; `Err` says why it
     /// cannot be shipped.
-    fn ship(&self) -> Result<crate::recipe::Shipment, String>;
+    fn ship(&self) -> Result<Shipment, String>;
     /// Runs a worker of this link stage on a thread of the caller (the halves of a
     /// `pipe_next` pair that are not `subprocess`).
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()>;
@@ -123,14 +127,50 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         worker::run(self, ctx)
     }
 
-    fn ship(&self) -> Result<crate::recipe::Shipment, String> {
-        match &self.wire {
-            Some(w) => (w.ship)(self),
-            None => Err("its items cannot cross a process boundary".into()),
-        }
+    fn ship(&self) -> Result<Shipment, String> {
+        let Some(wire) = &self.wire else {
+            return Err("its items cannot cross a process boundary".into());
+        };
+        let recipe = self.recipe.as_ref().map_err(|why| why.to_string())?;
+        Ok(Shipment {
+            rebuild: image::addr_of(remake::<In, Out> as Remake),
+            make: image::addr_of(recipe.make),
+            wire: image::addr_of(wire.ops),
+            params: recipe.params.clone(),
+            id: recipe.id.to_string(),
+            name: self.name.to_string(),
+            opts: self.opts.clone(),
+        })
     }
 
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()> {
         thread_stage::spawn_link_worker(self, ctx, rt)
     }
+}
+
+/// Makes the stage of a shipment (the typed half, chosen by [`AnyStage::ship`]).
+type Remake = fn(&Shipment) -> Result<Arc<dyn AnyStage>, String>;
+
+fn remake<In: Send + 'static, Out: Send + 'static>(
+    s: &Shipment,
+) -> Result<Arc<dyn AnyStage>, String> {
+    // SAFETY: `ship` on a `Stage<In, Out>` wrote `make` with `addr_of` of that stage's
+    // `Make<Stage<In, Out>>`, `wire` with that of its `fn() -> WireOps<In, Out>`, and chose
+    // this `remake::<In, Out>` by the same types.
+    let make: Make<Stage<In, Out>> = unsafe { image::fn_at(s.make) };
+    // SAFETY: as above.
+    let wire: fn() -> WireOps<In, Out> = unsafe { image::fn_at(s.wire) };
+    let mut stage = make(&s.params)?;
+    stage.name = Cow::Owned(s.name.clone());
+    stage.opts = s.opts.clone();
+    stage.wire = Some(wire());
+    Ok(Arc::new(stage))
+}
+
+/// Makes a shipped stage again (in a fork of this image).
+pub(crate) fn rebuild(s: &Shipment) -> Result<Arc<dyn AnyStage>, String> {
+    // SAFETY: a shipment is made only by `ship` in a caller of this image and comes over
+    // the fork server's private socketpair, whose only peer is that caller.
+    let remake: Remake = unsafe { image::fn_at(s.rebuild) };
+    remake(s).map_err(|e| format!("could not make stage '{}' ({}): {e}", s.name, s.id))
 }

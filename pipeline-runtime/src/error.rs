@@ -203,7 +203,11 @@ impl Error {
     }
 }
 
-/// Text of a panic payload.
+/// The payload a `.when` determiner's panic is re-raised with: its message, to be told
+/// apart from a panic of the stage function (the guard names the stage).
+pub(crate) struct DeterminerPanic(pub(crate) String);
+
+/// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()

@@ -10,7 +10,7 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::error::{Error, Worker, panic_message};
+use crate::error::{DeterminerPanic, Error, Worker, panic_message};
 use crate::stage::{Body, Emit, WorkerFn};
 
 /// Runs the stage function on one record, catching panics: the heart of every worker.
@@ -96,10 +96,6 @@ fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
     });
     PANIC_AT.with(|p| *p.borrow_mut() = at);
 }
-
-/// The payload a `.when` determiner's panic is re-raised with: its message, to be told
-/// apart from a panic of the stage function.
-pub(crate) struct DeterminerPanic(pub(crate) String);
 
 fn run_one<In, Out>(
     f: &mut WorkerFn<In, Out>,

@@ -13,9 +13,11 @@
 //! - `compose` — the traits `pipeline!` composes with (compile-time checks).
 //!
 //! The machinery, one mechanism per module:
-//! - `erase` — type erasure of stages (`dyn AnyStage`), and why.
+//! - `erase` — type erasure of stages (`dyn AnyStage`), and why; making a shipped stage
+//!   again.
 //! - `recipe` — stage identity: how a process stage is made again in a process that did
-//!   not inherit it (the fork server's supervisors; later, other hosts).
+//!   not inherit it (the fork server's supervisors; later, other hosts). `ctor` — the
+//!   recipes `#[stage]` gives its stages.
 //! - `guard` — calling user code: `catch_unwind`, the panic hook.
 //! - `stream` — running `stream` stages (whole-stream functions).
 //! - `caller/` — what runs in the caller's process: `launch` (start in four steps),
@@ -53,6 +55,7 @@
 
 mod caller;
 mod compose;
+mod ctor;
 mod erase;
 mod error;
 mod guard;
@@ -67,14 +70,14 @@ mod transport;
 
 #[doc(hidden)]
 pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
+#[doc(hidden)]
+pub use ctor::{ByValue, Ctor, Made, NoValue, Probe, attach};
 pub use error::{Error, Worker};
 pub use handles::{Report, Results, Running, StageStats, Stats, Ticket};
 pub use pipeline::{FirstStage, PipePending, Pipeline};
 pub use process::fork_server::{init, pid as fork_server_pid};
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
-#[doc(hidden)]
-pub use recipe::{ByValue, Ctor, Made, NoValue, Probe, attach};
 pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
 pub use transport::codec::{FRAME_LIMIT, Wire};
 pub use transport::pipe::{PipeReader, PipeWriter};

@@ -5,8 +5,10 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use crate::error::DeterminerPanic;
 use crate::error::{Error, panic_message};
-use crate::recipe::{self, MaybeRecipe, Shipment};
+use crate::os::image;
+use crate::recipe::{self, Make, MaybeRecipe, Recipe};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
 
@@ -152,7 +154,7 @@ impl<In: Wire> Producer<In> {
         )));
         stage.opts.pipe = Some(PipeSide::Producer);
         stage.set_wire();
-        stage.recipe = recipe::of_fn::<F, In, In>(remake_producer::<In, E, F>);
+        stage.recipe = recipe::of_fn::<F, Stage<In, In>>(remake_producer::<In, E, F>);
         Producer(stage)
     }
 
@@ -210,7 +212,7 @@ impl<In: Wire, Out: Wire> Consumer<In, Out> {
         )));
         stage.opts.pipe = Some(PipeSide::Consumer);
         stage.set_wire();
-        stage.recipe = recipe::of_fn::<F, In, Out>(remake_consumer::<In, Out, E, F>);
+        stage.recipe = recipe::of_fn::<F, Stage<In, Out>>(remake_consumer::<In, Out, E, F>);
         Consumer(stage)
     }
 
@@ -317,7 +319,7 @@ pub struct Stage<In, Out> {
     pub(crate) opts: Opts,
     pub(crate) wire: Option<WireOps<In, Out>>,
     /// How to make this stage again in the fork server (see [`crate::recipe`]).
-    pub(crate) recipe: MaybeRecipe<In, Out>,
+    pub(crate) recipe: MaybeRecipe<Stage<In, Out>>,
 }
 
 impl<In, Out> fmt::Debug for Stage<In, Out> {
@@ -355,8 +357,9 @@ pub(crate) struct WireOps<In, Out> {
     pub decode_in: fn(&[u8]) -> Result<In, String>,
     pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
     pub decode_out: fn(&[u8]) -> Result<Out, String>,
-    /// What the stage is, as data, for the fork server.
-    pub ship: fn(&Stage<In, Out>) -> Result<Shipment, String>,
+    /// These functions again (`wire_ops::<In, Out>`): what a stage made again in the fork
+    /// server's supervisor gets (see `erase::rebuild`).
+    pub ops: fn() -> WireOps<In, Out>,
 }
 
 impl<In, Out> Clone for WireOps<In, Out> {
@@ -410,7 +413,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 Ok(())
             }),
         );
-        stage.with_recipe(recipe::of_fn::<F, In, Out>(make::<In, Out, F>))
+        stage.with_recipe(recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>))
     }
 
     /// One output per item, or an error that fails this item only.
@@ -427,7 +430,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::try_map("", recipe::remake::<F>()))
         }
-        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, E, F>);
+        let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, E, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
@@ -452,7 +455,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::filter_map("", recipe::remake::<F>()))
         }
-        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, F>);
+        let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| {
@@ -476,7 +479,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::emit("", recipe::remake::<F>()))
         }
-        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, F>);
+        let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| {
@@ -501,7 +504,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::try_emit("", recipe::remake::<F>()))
         }
-        let recipe = recipe::of_fn::<F, In, Out>(make::<In, Out, E, F>);
+        let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, E, F>);
         Self::from_fn(
             name,
             Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())),
@@ -510,7 +513,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     }
 
     /// Sets how the stage is made again in fork-server mode.
-    pub(crate) fn with_recipe(mut self, recipe: MaybeRecipe<In, Out>) -> Self {
+    pub(crate) fn with_recipe(mut self, recipe: MaybeRecipe<Self>) -> Self {
         self.recipe = recipe;
         self
     }
@@ -541,7 +544,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         stage.make = Arc::new(make);
         stage.opts.stateful = true;
         stage.recipe =
-            recipe::of_fn::<(I, F), In, Out>(remake_stateful::<In, Out, S, E1, E2, I, F>);
+            recipe::of_fn::<(I, F), Stage<In, Out>>(remake_stateful::<In, Out, S, E1, E2, I, F>);
         stage
     }
 
@@ -565,7 +568,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>
         }));
         stage.opts.stream = true;
-        stage.recipe = recipe::of_fn::<F, In, Out>(remake_stream::<In, Out, I, F>);
+        stage.recipe = recipe::of_fn::<F, Stage<In, Out>>(remake_stream::<In, Out, I, F>);
         stage
     }
 
@@ -627,7 +630,7 @@ impl<T: Send + 'static> Stage<T, T> {
         D: Fn(&T) -> bool + Send + Sync + 'static,
     {
         let inner_recipe = std::mem::replace(&mut self.recipe, Err(Cow::Borrowed("")));
-        self.recipe = recipe::with_when::<T, D>(inner_recipe);
+        self.recipe = with_when::<T, D>(inner_recipe);
         let inner = Arc::clone(&self.make);
         let det = Arc::new(det);
         self.make = Arc::new(move || {
@@ -666,13 +669,18 @@ impl<In: Wire, Out: Wire> Stage<In, Out> {
 
     /// Gives the stage its wire functions (both item types cross a process boundary).
     pub(crate) fn set_wire(&mut self) {
-        self.wire = Some(WireOps {
-            encode_in: codec::encode_into::<In>,
-            decode_in: codec::decode::<In>,
-            encode_out: codec::encode_into::<Out>,
-            decode_out: codec::decode::<Out>,
-            ship: recipe::ship::<In, Out>,
-        });
+        self.wire = Some(wire_ops::<In, Out>());
+    }
+}
+
+/// The wire functions of a stage whose items are `In` and `Out`.
+fn wire_ops<In: Wire, Out: Wire>() -> WireOps<In, Out> {
+    WireOps {
+        encode_in: codec::encode_into::<In>,
+        decode_in: codec::decode::<In>,
+        encode_out: codec::encode_into::<Out>,
+        decode_out: codec::decode::<Out>,
+        ops: wire_ops::<In, Out>,
     }
 }
 
@@ -707,8 +715,6 @@ impl<Out: Send + 'static> Source<Out> {
         }
     }
 }
-
-pub(crate) use crate::guard::{DeterminerPanic, apply, guarded, install_panic_hook};
 
 /// What a recipe's `make` returns (see [`crate::recipe`]).
 type Made<In, Out> = Result<Stage<In, Out>, String>;
@@ -752,4 +758,44 @@ where
     F: Fn(In, &mut PipeReader, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
 {
     Ok(Consumer::emitting("", recipe::remake::<F>()).0)
+}
+
+/// The layer `.when(det)` puts over a recipe: `params` are the inner `make`'s address and
+/// the inner parameters, `make` remakes the inner stage and the determiner `D`.
+pub(crate) fn with_when<T: Send + 'static, D>(
+    inner: MaybeRecipe<Stage<T, T>>,
+) -> MaybeRecipe<Stage<T, T>>
+where
+    D: Fn(&T) -> bool + Send + Sync + 'static,
+{
+    let inner = inner?;
+    if std::mem::size_of::<D>() != 0 {
+        return Err(Cow::Borrowed(
+            "its determiner (`when`) is a closure that captures its environment; use a fn or \
+             `#[stage(when = f)]`",
+        ));
+    }
+    let mut params = image::addr_of(inner.make).to_le_bytes().to_vec();
+    params.extend_from_slice(&inner.params);
+    Ok(Recipe {
+        make: make_when::<T, D>,
+        params,
+        id: inner.id,
+    })
+}
+
+fn make_when<T: Send + 'static, D>(p: &[u8]) -> Result<Stage<T, T>, String>
+where
+    D: Fn(&T) -> bool + Send + Sync + 'static,
+{
+    const ADDR: usize = std::mem::size_of::<usize>();
+    let addr = p
+        .get(..ADDR)
+        .and_then(|b| b.try_into().ok())
+        .map(usize::from_le_bytes)
+        .ok_or("a `when` recipe without its stage")?;
+    // SAFETY: `with_when` wrote this address with `addr_of` of a `Make<T, T>`, in the
+    // caller whose image this process shares.
+    let inner: Make<Stage<T, T>> = unsafe { image::fn_at(addr) };
+    Ok(inner(&p[ADDR..])?.when(recipe::remake::<D>()))
 }

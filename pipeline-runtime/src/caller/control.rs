@@ -79,7 +79,7 @@ pub(crate) fn start(
     warn_if_threaded();
     let (c_caller, c_sup) = fds::seqpacket_pair().map_err(start_err("socketpair failed"))?;
     let plan = proc_plan(stages, topo, &procs);
-    crate::stage::install_panic_hook();
+    crate::guard::install_panic_hook();
     // SAFETY: the child is the supervisor: it only uses its own data, raw syscalls and
     // allocation (glibc resets its malloc locks at fork), and leaves with `_exit`.
     match unsafe { fds::fork() }.map_err(start_err("fork failed"))? {
@@ -153,7 +153,7 @@ fn start_by_server(
 /// their index there.
 fn ship_stage(
     i: usize,
-    shipment: crate::recipe::Shipment,
+    shipment: protocol::Shipment,
     stages: &[Arc<dyn AnyStage>],
     topo: &Topology,
     fds: &mut Vec<std::os::fd::RawFd>,

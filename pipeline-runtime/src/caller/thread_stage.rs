@@ -13,8 +13,9 @@ use crossbeam_channel::Receiver;
 use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
+use crate::guard::apply;
 use crate::os::fds::RtFd;
-use crate::stage::{Body, Emit, Rec, Stage, apply};
+use crate::stage::{Body, Emit, Rec, Stage};
 
 pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
     stage: Arc<Stage<In, Out>>,

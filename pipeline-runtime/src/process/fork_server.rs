@@ -316,7 +316,7 @@ fn plan_of(s: ShippedStage, raw: &[RawFd]) -> Result<ProcStage, String> {
             .copied()
             .ok_or("a descriptor is missing")
     };
-    let stage = std::panic::catch_unwind(|| s.shipment.rebuild())
+    let stage = std::panic::catch_unwind(|| crate::erase::rebuild(&s.shipment))
         .unwrap_or_else(|p| Err(crate::error::panic_message(p.as_ref())))?;
     Ok(ProcStage {
         idx: s.idx,

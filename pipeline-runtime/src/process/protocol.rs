@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::os::sys;
+use crate::stage::Opts;
 use crate::transport::codec;
 
 /// Messages from the supervisor to the caller.
@@ -95,7 +96,7 @@ pub(crate) struct SpawnRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ShippedStage {
     pub idx: u32,
-    pub shipment: crate::recipe::Shipment,
+    pub shipment: Shipment,
     pub credit: usize,
     pub timeout: Option<std::time::Duration>,
     /// For each worker: its input and output links.
@@ -218,4 +219,20 @@ pub(crate) fn cause(status: &WaitStatus) -> String {
         }
         other => format!("ended unexpectedly ({other:?})"),
     }
+}
+
+/// What a process stage is, as data: what crosses to the fork server, which makes the stage
+/// again from it ([`crate::erase::rebuild`]; [`crate::recipe`] says why this works).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Shipment {
+    /// `erase::remake::<In, Out>`: the typed half that makes the `Arc<dyn AnyStage>`.
+    pub rebuild: usize,
+    /// The recipe's `make`.
+    pub make: usize,
+    /// `stage::wire_ops::<In, Out>`: the stage's wire functions.
+    pub wire: usize,
+    pub params: Vec<u8>,
+    pub id: String,
+    pub name: String,
+    pub opts: Opts,
 }

@@ -12,9 +12,10 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
+use crate::guard::apply;
 use crate::os::sys::{self, SlotState};
 use crate::process::protocol::{self, WorkerMsg};
-use crate::stage::{Body, Emit, PipeRole, Stage, apply};
+use crate::stage::{Body, Emit, PipeRole, Stage};
 use crate::transport::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
 use crate::transport::pipe::{End, PipeReader, PipeWriter};
 use crate::transport::record;
@@ -370,7 +371,7 @@ fn produce<In>(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> io::Result<()> {
     let mut w = PipeWriter::new(fd, seq);
-    let failure = crate::stage::guarded(stage, me, seq, || pf(x, &mut w));
+    let failure = crate::guard::guarded(stage, me, seq, || pf(x, &mut w));
     w.finish(failure.as_ref())
 }
 
@@ -390,7 +391,7 @@ fn consume<In, Out>(
     let mut failed: Option<(u32, Box<Error>)> = None;
     for x in elements(body) {
         let mut reader = PipeReader::new(fd, seq);
-        let consumer_failure = crate::stage::guarded(stage, me, seq, || cf(x, &mut reader, emit));
+        let consumer_failure = crate::guard::guarded(stage, me, seq, || cf(x, &mut reader, emit));
         let (end, read_to_end) = reader.finish()?;
         if failed.is_some() {
             continue;
