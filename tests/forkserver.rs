@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,10 +34,14 @@ fn main() {
     args.test_threads = Some(1);
     common::set_no_core_dumps();
     let mut trials: Vec<Trial> = common::scenario_trials("fork_server/");
-    let own: [(&str, Case); 10] = [
+    let own: [(&str, Case); 11] = [
         (
             "supervisors_are_children_of_the_fork_server",
             forked_by_the_server,
+        ),
+        (
+            "pipe_next_pair_first_is_forked_by_the_server",
+            pair_first_forked_by_the_server,
         ),
         ("init_twice_is_a_no_op", init_twice),
         ("capturing_closure_is_refused", capturing_closure_refused),
@@ -103,6 +107,30 @@ fn my_sockets(_x: u64) -> Vec<u64> {
     common::socket_inodes("self")
 }
 
+/// Writes its worker's pid and parent's pid: the producer of a first pair, two couples.
+#[stage(subprocess, pipe_next, workers = 2)]
+fn tag_stream(x: u64, out: &mut PipeWriter) -> std::io::Result<()> {
+    out.write_all(&std::process::id().to_le_bytes())?;
+    out.write_all(&std::os::unix::process::parent_id().to_le_bytes())?;
+    out.write_all(&vec![b't'; x as usize])
+}
+
+/// `(x, bytes after the tags, [producer, its parent, consumer, its parent])`.
+#[stage(subprocess)]
+fn read_tags(x: u64, bytes: &mut PipeReader) -> std::io::Result<(u64, u64, [u32; 4])> {
+    let mut tags = [0u8; 8];
+    bytes.read_exact(&mut tags)?;
+    let len = std::io::copy(bytes, &mut std::io::sink())?;
+    let tag = |i: usize| u32::from_le_bytes(tags[i..i + 4].try_into().expect("4 bytes"));
+    let whose = [
+        tag(0),
+        tag(4),
+        std::process::id(),
+        std::os::unix::process::parent_id(),
+    ];
+    Ok((x, len, whose))
+}
+
 fn triple(x: u64) -> u64 {
     3 * x
 }
@@ -138,6 +166,34 @@ fn forked_by_the_server() -> Result<(), Failed> {
     let (_, _, sup) = running.submit(1)?.wait()?;
     assert_eq!(common::stat_of(sup).map(|s| s.0), Some(server));
     running.shutdown()?;
+    Ok(())
+}
+
+/// A `pipe_next` pair as the whole pipeline: both halves are workers of a supervisor that
+/// the fork server forked, with `run` and with submitted items.
+fn pair_first_forked_by_the_server() -> Result<(), Failed> {
+    let server = forkpipe::fork_server_pid().ok_or("no fork server")?;
+    let input: Vec<u64> = (0..20).map(|x| x * 100).collect();
+    let out: Vec<(u64, u64, [u32; 4])> = pipeline![tag_stream | read_tags]
+        .run(input.clone())?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        out.iter().map(|o| (o.0, o.1)).collect::<Vec<_>>(),
+        input.iter().map(|&x| (x, x)).collect::<Vec<_>>()
+    );
+    for (_, _, [producer, p_parent, consumer, c_parent]) in &out {
+        assert!(producer != consumer && ![*producer, *consumer].contains(&common::me()));
+        assert_eq!(
+            p_parent, c_parent,
+            "both halves are the one supervisor's workers"
+        );
+        assert!(![common::me(), server].contains(p_parent), "{out:?}");
+    }
+    let running = pipeline![tag_stream | read_tags].start()?;
+    let (x, len, [_, supervisor, _, _]) = running.submit(3)?.wait()?;
+    assert_eq!((x, len), (3, 3));
+    assert_eq!(common::stat_of(supervisor).map(|s| s.0), Some(server));
+    assert!(running.shutdown()?.is_graceful());
     Ok(())
 }
 

@@ -827,6 +827,83 @@ fn pipe_next_builder_equivalent() {
     assert_eq!(collect(p.run([3u64]).unwrap()), [(6, 6)]);
 }
 
+// A pair as the first stage (or the whole pipeline): it takes the pipeline's input.
+
+/// Writes its worker's pid, then `n` bytes: the producer of a process pair of two couples.
+#[stage(subprocess, pipe_next, workers = 2)]
+fn pid_then_bytes(n: u64, out: &mut PipeWriter) -> io::Result<()> {
+    out.write_all(&std::process::id().to_le_bytes())?;
+    out.write_all(&vec![b'p'; n as usize])
+}
+
+/// `(n, bytes after the pid, the producer's pid, the consumer's pid)`.
+#[stage(subprocess)]
+fn pids_and_len(n: u64, bytes: &mut PipeReader) -> io::Result<(u64, u64, u32, u32)> {
+    let mut pid = [0u8; 4];
+    bytes.read_exact(&mut pid)?;
+    let len = io::copy(bytes, &mut io::sink())?;
+    Ok((n, len, u32::from_le_bytes(pid), std::process::id()))
+}
+
+#[stage(subprocess)]
+fn len_of((_, len, _, _): (u64, u64, u32, u32)) -> u64 {
+    len
+}
+
+/// The outputs of the pipelines `make` makes, over `input`: with `run`, then with `start`,
+/// `submit`, `Ticket::wait` and a graceful `shutdown`.
+fn run_and_submit<O: Send + 'static>(
+    make: impl Fn() -> Pipeline<u64, O>,
+    input: &[u64],
+) -> [Vec<O>; 2] {
+    let ran = collect(make().run(input.to_vec()).unwrap());
+    let running = make().start().unwrap();
+    let tickets: Vec<_> = input.iter().map(|&x| running.submit(x).unwrap()).collect();
+    let waited = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert!(running.shutdown().unwrap().is_graceful());
+    [ran, waited]
+}
+
+#[test]
+fn pipe_next_thread_pair_first_with_two_couples() {
+    for out in run_and_submit(
+        || pipeline![repeat_byte(b'x') | count_byte(b'x')],
+        &[0, 1, 50_000],
+    ) {
+        assert_eq!(out, [(0, 0), (1, 1), (50_000, 50_000)]);
+    }
+    for out in run_and_submit(
+        || pipeline![repeat_byte(b'x') | stream_len | double],
+        &[0, 1, 7],
+    ) {
+        assert_eq!(out, [0, 2, 14]);
+    }
+}
+
+#[test]
+fn pipe_next_process_pair_first_with_two_couples() {
+    let input: Vec<u64> = (0..40).map(|x| x * 1000).collect();
+    for out in run_and_submit(|| pipeline![pid_then_bytes | pids_and_len], &input) {
+        let me = std::process::id();
+        for (&x, &(n, len, producer, consumer)) in input.iter().zip(&out) {
+            assert_eq!((n, len), (x, x));
+            assert!(
+                producer != me && consumer != me && producer != consumer,
+                "{out:?}"
+            );
+        }
+        let couples: std::collections::BTreeSet<(u32, u32)> =
+            out.iter().map(|o| (o.2, o.3)).collect();
+        assert!(
+            (1..=2).contains(&couples.len()),
+            "two couples at most: {couples:?}"
+        );
+    }
+    for out in run_and_submit(|| pipeline![pid_then_bytes | pids_and_len | len_of], &input) {
+        assert_eq!(out, input);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Hygiene with a renamed dependency
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 //! `pipe_next` pairs (DESIGN §2.1, §3; FAULTS.md section J), through the builder API
-//! (`Pipeline::then_pipe`, `then_producer`/`then_consumer`).
+//! (`Pipeline::pipe`, `Pipeline::then_pipe`, `then_producer`/`then_consumer`). The cases of
+//! sections 1, 4 and 5 run twice: with the pair as the whole pipeline (it takes the
+//! pipeline's input from the feeder) and with the pair after a thread stage.
 //!
 //! Like `tests/fork.rs`, this target runs under libtest-mimic with one test thread, so each
 //! test can assert that the whole process is clean afterwards (no child, zombie or
@@ -40,17 +42,8 @@ fn main() {
     common::set_no_core_dumps();
 
     let mut trials = Vec::new();
-    for mode in [
-        Mode::Processes,
-        Mode::Threads,
-        Mode::ProducerProcess,
-        Mode::ConsumerProcess,
-    ] {
-        trials.push(clean(
-            format!("atbu_dual_stage_producer_consumer_{}", mode.tag()),
-            30,
-            move || atbu_dual_stage(mode),
-        ));
+    for at in [At::First, At::AfterStage] {
+        pair_trials(at, &mut trials);
     }
     trials.push(clean("stream_256_mib_sha256_processes", 180, || {
         hashed_stream(Mode::Processes, 256 << 20)
@@ -61,54 +54,6 @@ fn main() {
     trials.push(clean("stream_0_bytes_and_256_mib_threads", 120, || {
         sizes(Mode::Threads, &[0, 256 << 20, 0, 1])
     }));
-    for mode in [Mode::Processes, Mode::Threads] {
-        trials.push(clean(
-            format!("successive_items_reuse_two_couples_{}", mode.tag()),
-            60,
-            move || couples_are_reused(mode),
-        ));
-    }
-    for mode in [Mode::Processes, Mode::Threads] {
-        let t = mode.tag();
-        trials.push(clean(
-            format!("j1_producer_panics_mid_stream_{t}"),
-            60,
-            move || j1_producer_panics(mode),
-        ));
-        trials.push(clean(
-            format!("j3_consumer_stops_early_{t}"),
-            60,
-            move || j3_consumer_stops_early(mode),
-        ));
-        trials.push(clean(
-            format!("j4_consumer_panics_at_once_{t}"),
-            60,
-            move || j4_consumer_panics(mode),
-        ));
-        trials.push(clean(
-            format!("j5_producer_writes_nothing_{t}"),
-            30,
-            move || j5_producer_writes_nothing(mode),
-        ));
-    }
-    trials.push(clean(
-        "j2_producer_killed_is_never_ok_truncated_processes",
-        60,
-        || j2_half_killed(true),
-    ));
-    trials.push(clean("j2_consumer_killed_processes", 60, || {
-        j2_half_killed(false)
-    }));
-    trials.push(clean(
-        "j6_producer_hangs_timeout_300ms_processes",
-        60,
-        || j6_half_hangs(true),
-    ));
-    trials.push(clean(
-        "j6_consumer_hangs_timeout_300ms_processes",
-        60,
-        || j6_half_hangs(false),
-    ));
     trials.push(clean(
         "pair_between_process_stages_in_order",
         60,
@@ -116,6 +61,69 @@ fn main() {
     ));
 
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The cases that hold wherever the pair stands, with the pair at `at`.
+fn pair_trials(at: At, trials: &mut Vec<Trial>) {
+    let a = at.tag();
+    for mode in [
+        Mode::Processes,
+        Mode::Threads,
+        Mode::ProducerProcess,
+        Mode::ConsumerProcess,
+    ] {
+        trials.push(clean(
+            format!("atbu_dual_stage_producer_consumer_{}_{a}", mode.tag()),
+            30,
+            move || atbu_dual_stage(mode, at),
+        ));
+    }
+    for mode in [Mode::Processes, Mode::Threads] {
+        let t = mode.tag();
+        trials.push(clean(
+            format!("successive_items_reuse_two_couples_{t}_{a}"),
+            60,
+            move || couples_are_reused(mode, at),
+        ));
+        trials.push(clean(
+            format!("j1_producer_panics_mid_stream_{t}_{a}"),
+            60,
+            move || j1_producer_panics(mode, at),
+        ));
+        trials.push(clean(
+            format!("j3_consumer_stops_early_{t}_{a}"),
+            60,
+            move || j3_consumer_stops_early(mode, at),
+        ));
+        trials.push(clean(
+            format!("j4_consumer_panics_at_once_{t}_{a}"),
+            60,
+            move || j4_consumer_panics(mode, at),
+        ));
+        trials.push(clean(
+            format!("j5_producer_writes_nothing_{t}_{a}"),
+            30,
+            move || j5_producer_writes_nothing(mode, at),
+        ));
+    }
+    let halves = [
+        (
+            "j2_producer_killed_is_never_ok_truncated",
+            "j6_producer_hangs",
+            true,
+        ),
+        ("j2_consumer_killed", "j6_consumer_hangs", false),
+    ];
+    for (killed, hangs, producer) in halves {
+        trials.push(clean(format!("{killed}_processes_{a}"), 60, move || {
+            j2_half_killed(producer, at)
+        }));
+        trials.push(clean(
+            format!("{hangs}_timeout_300ms_processes_{a}"),
+            60,
+            move || j6_half_hangs(producer, at),
+        ));
+    }
 }
 
 /// A trial run the way `tests/fork.rs` runs its scenarios: baseline, watchdog, then clean.
@@ -174,15 +182,36 @@ impl Mode {
     }
 }
 
-/// `feed | producer ⇒ consumer`, the feed being an identity thread stage (a pipeline starts
-/// with a stage or a source).
+/// Where the pair stands in its pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// `producer ⇒ consumer`: the pair is the whole pipeline, fed by the feeder.
+    First,
+    /// `feed | producer ⇒ consumer`, the feed being an identity thread stage.
+    AfterStage,
+}
+
+impl At {
+    fn tag(self) -> &'static str {
+        match self {
+            At::First => "pair_first",
+            At::AfterStage => "after_a_stage",
+        }
+    }
+}
+
+/// The pair `p ⇒ c`, its halves placed as `mode` says, standing `at`.
 fn pair_pipeline<In: Wire, Out: Wire>(
     mode: Mode,
+    at: At,
     p: Producer<In>,
     c: Consumer<In, Out>,
 ) -> Pipeline<In, Out> {
     let (p, c) = mode.pair(p, c);
-    Pipeline::new(Stage::map("feed", |x: In| x)).then_pipe(p, c)
+    match at {
+        At::First => Pipeline::pipe(p, c),
+        At::AfterStage => Pipeline::new(Stage::map("feed", |x: In| x)).then_pipe(p, c),
+    }
 }
 
 /// Asserts that `who` ran where `mode` says the pair runs.
@@ -396,7 +425,7 @@ fn producer_data(id: u64) -> [u8; 10] {
     out
 }
 
-fn atbu_dual_stage(mode: Mode) {
+fn atbu_dual_stage(mode: Mode, at: At) {
     let producer = Producer::new(
         "producer",
         |wi: PcWorkItem, w: &mut PipeWriter| -> Result<(), String> {
@@ -429,7 +458,7 @@ fn atbu_dual_stage(mode: Mode) {
             })
         },
     );
-    let running = pair_pipeline(mode, producer, consumer)
+    let running = pair_pipeline(mode, at, producer, consumer)
         .start()
         .expect("start");
     let wil = [
@@ -588,7 +617,10 @@ fn hashed_stream(mode: Mode, len: u64) {
         },
     );
     let t0 = Instant::now();
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), vec![seed]);
+    let (out, stats) = run_all(
+        pair_pipeline(mode, At::AfterStage, producer, consumer),
+        vec![seed],
+    );
     assert_no_restarts(&stats);
     let took = t0.elapsed();
     let expected = expected.join().expect("hash thread");
@@ -635,7 +667,10 @@ fn sizes(mode: Mode, sizes: &[u64]) {
         },
     );
     let t0 = Instant::now();
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), sizes.to_vec());
+    let (out, stats) = run_all(
+        pair_pipeline(mode, At::AfterStage, producer, consumer),
+        sizes.to_vec(),
+    );
     assert_no_restarts(&stats);
     let out: Vec<(u64, u64)> = out
         .into_iter()
@@ -655,7 +690,7 @@ fn sizes(mode: Mode, sizes: &[u64]) {
 // 4. Successive items reuse the pair's couples
 // ---------------------------------------------------------------------------------------
 
-fn couples_are_reused(mode: Mode) {
+fn couples_are_reused(mode: Mode, at: At) {
     const N: u64 = 200;
     let producer = Producer::new("who-producer", |x: u64, w: &mut PipeWriter| {
         send_id(w)?;
@@ -681,7 +716,10 @@ fn couples_are_reused(mode: Mode) {
             Ok((x, p, Id::me()))
         },
     );
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), (0..N).collect());
+    let (out, stats) = run_all(
+        pair_pipeline(mode, at, producer, consumer),
+        (0..N).collect(),
+    );
     assert_no_restarts(&stats);
     let out: Vec<(u64, Id, Id)> = out
         .into_iter()
@@ -725,7 +763,7 @@ fn couples_are_reused(mode: Mode) {
 /// J1: the producer writes 10 MiB then panics. Item 0's consumer propagates its read
 /// error, item 1's swallows it and returns `Ok(count)`: both fail with the producer's
 /// panic. Item 2 is an ordinary item.
-fn j1_producer_panics(mode: Mode) {
+fn j1_producer_panics(mode: Mode, at: At) {
     const TEN_MIB: u64 = 10 << 20;
     let producer = Producer::new("j1-producer", |x: u64, w: &mut PipeWriter| {
         write_bytes(w, TEN_MIB, 1)?;
@@ -747,7 +785,7 @@ fn j1_producer_panics(mode: Mode) {
             }
         },
     );
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), vec![0, 1, 2]);
+    let (out, stats) = run_all(pair_pipeline(mode, at, producer, consumer), vec![0, 1, 2]);
     // A panic fails its item; the workers go on.
     assert_no_restarts(&stats);
     for x in 0..2u64 {
@@ -777,8 +815,9 @@ fn j1_producer_panics(mode: Mode) {
 /// proper), whose consumer counts bytes until EOF and would call that a success, or the
 /// consumer. The item fails with the dead half's death, never `Ok(truncated)`; the other
 /// half is killed with it, the couple is replaced, and the next items succeed.
-fn j2_half_killed(kill_producer: bool) {
-    let dir = TempDir::new(if kill_producer { "j2p" } else { "j2c" });
+fn j2_half_killed(kill_producer: bool, at: At) {
+    let half = if kill_producer { "j2p" } else { "j2c" };
+    let dir = TempDir::new(&format!("{half}-{}", at.tag()));
     let pid_file = dir.path().join("pids");
     let pf = pid_file.clone();
     let producer = Producer::new("j2-producer", |x: u64, w: &mut PipeWriter| {
@@ -806,8 +845,7 @@ fn j2_half_killed(kill_producer: bool) {
         },
     )
     .subprocess();
-    let running = Pipeline::new(Stage::map("feed", |x: u64| x))
-        .then_pipe(producer, consumer)
+    let running = pair_pipeline(Mode::Processes, at, producer, consumer)
         .start()
         .expect("start");
     let victim = running.submit(0).expect("submit");
@@ -881,9 +919,9 @@ impl Drop for DefaultSigpipe {
 
 /// J3: the consumer reads 1 byte and returns `Ok`; the producer, writing up to 4 GiB, must
 /// get `BrokenPipe` (recorded out of band), never SIGPIPE; the item is the consumer's `Ok`.
-fn j3_consumer_stops_early(mode: Mode) {
+fn j3_consumer_stops_early(mode: Mode, at: At) {
     const MAX: u64 = 4 << 30;
-    let dir = TempDir::new(&format!("j3-{}", mode.tag()));
+    let dir = TempDir::new(&format!("j3-{}-{}", mode.tag(), at.tag()));
     let d = dir.path().to_path_buf();
     let producer = Producer::new(
         "j3-producer",
@@ -915,7 +953,10 @@ fn j3_consumer_stops_early(mode: Mode) {
         },
     );
     let _sigpipe = DefaultSigpipe::set();
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), vec![1, 2, 3, 4]);
+    let (out, stats) = run_all(
+        pair_pipeline(mode, at, producer, consumer),
+        vec![1, 2, 3, 4],
+    );
     // No process died (no SIGPIPE), and nothing failed.
     assert_no_restarts(&stats);
     let out: Vec<(u64, u8)> = out
@@ -938,8 +979,8 @@ fn j3_consumer_stops_early(mode: Mode) {
 /// J4: the consumer panics before reading anything: the item fails with the consumer's
 /// panic, the producer (writing up to 1 GiB) is unblocked with `BrokenPipe`, the next
 /// items succeed.
-fn j4_consumer_panics(mode: Mode) {
-    let dir = TempDir::new(&format!("j4-{}", mode.tag()));
+fn j4_consumer_panics(mode: Mode, at: At) {
+    let dir = TempDir::new(&format!("j4-{}-{}", mode.tag(), at.tag()));
     let d = dir.path().to_path_buf();
     let producer = Producer::new(
         "j4-producer",
@@ -965,7 +1006,7 @@ fn j4_consumer_panics(mode: Mode) {
             Ok(v.len() as u64)
         },
     );
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), vec![0, 1, 2]);
+    let (out, stats) = run_all(pair_pipeline(mode, at, producer, consumer), vec![0, 1, 2]);
     // A panic fails its item; the workers go on.
     assert_no_restarts(&stats);
     let e = out[0].as_ref().expect_err("the consumer panicked");
@@ -991,7 +1032,7 @@ fn j4_consumer_panics(mode: Mode) {
 
 /// J5: the producer writes nothing: the consumer sees end of file at once (and again), and
 /// the item is the consumer's output.
-fn j5_producer_writes_nothing(mode: Mode) {
+fn j5_producer_writes_nothing(mode: Mode, at: At) {
     let producer = Producer::new("j5-producer", |_x: u64, _w: &mut PipeWriter| {
         Ok::<(), String>(())
     });
@@ -1008,7 +1049,10 @@ fn j5_producer_writes_nothing(mode: Mode) {
             ))
         },
     );
-    let (out, stats) = run_all(pair_pipeline(mode, producer, consumer), vec![0, 1, 2, 3]);
+    let (out, stats) = run_all(
+        pair_pipeline(mode, at, producer, consumer),
+        vec![0, 1, 2, 3],
+    );
     assert_no_restarts(&stats);
     let out: Vec<String> = out
         .into_iter()
@@ -1024,7 +1068,7 @@ fn j5_producer_writes_nothing(mode: Mode) {
 /// — J6 proper — or the consumer, after reading the whole stream): the item fails "timed
 /// out after 300 ms" naming that half, both halves are replaced (the other one is
 /// unblocked), and the next items (queued behind it) succeed.
-fn j6_half_hangs(hang_producer: bool) {
+fn j6_half_hangs(hang_producer: bool, at: At) {
     let limit = Duration::from_millis(300);
     let producer = Producer::new("j6-producer", move |x: u64, w: &mut PipeWriter| {
         if x == 0 && hang_producer {
@@ -1055,8 +1099,7 @@ fn j6_half_hangs(hang_producer: bool) {
     } else {
         (producer, consumer.timeout(limit), "j6-consumer")
     };
-    let running = Pipeline::new(Stage::map("feed", |x: u64| x))
-        .then_pipe(producer, consumer)
+    let running = pair_pipeline(Mode::Processes, at, producer, consumer)
         .start()
         .expect("start");
     let t0 = Instant::now();

@@ -266,7 +266,8 @@ use proc_macro::TokenStream;
 /// either half is `subprocess`, and its items cross a socket between the halves, so they
 /// must be `Serialize + Deserialize` even on threads. The producer takes `subprocess`,
 /// `workers`, `queue`, `timeout_ms` and `name`; the consumer `subprocess`, `queue`,
-/// `timeout_ms`, `unordered` and `name`. A pipeline cannot start with a `pipe_next` stage.
+/// `timeout_ms`, `unordered` and `name`. A pair may also start a pipeline, or be all of it:
+/// it then takes the pipeline's input (`run(items)`, or submitted work items).
 ///
 /// ```
 /// use std::io::{self, Write};
@@ -293,7 +294,13 @@ use proc_macro::TokenStream;
 ///     .collect::<Result<_, _>>()?;
 /// assert_eq!(out, [(0, 0), (1, 1000), (2, 2000)]);
 ///
-/// // The same pipeline in builder code: the pair is appended at once.
+/// // The pair as the whole pipeline, fed by `run` (builder: `Pipeline::pipe`).
+/// let out: Vec<(u64, u64)> = pipeline![repeat(b'y') | count]
+///     .run([2u64, 0])?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(out, [(2, 2000), (0, 0)]);
+///
+/// // The first pipeline in builder code: the pair is appended at once.
 /// let byte = b'x';
 /// let producer = Producer::new("repeat", move |n: u64, w: &mut PipeWriter| repeat(n, w, byte))
 ///     .workers(2);
@@ -369,8 +376,8 @@ pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
 /// come first ``. So are the mistakes of a pipe pair: `` the last stage `compress` is
 /// `pipe_next`: add a stage that takes `&mut PipeReader` after it ``, `` `compress` is a
 /// `pipe_next` stage: the stage after it must take `&mut PipeReader` ``, `` `upload` takes a
-/// `&mut PipeReader`: it must come right after a `pipe_next` stage ``, and a pipeline that
-/// starts with a `pipe_next` stage.
+/// `&mut PipeReader`: it must come right after a `pipe_next` stage `` — wherever the pair
+/// stands, first included.
 #[proc_macro]
 pub fn pipeline(input: TokenStream) -> TokenStream {
     let input = syn::parse::<pipeline::Pipeline>(input);

@@ -25,8 +25,8 @@
 //!
 //! # Invariants
 //! - The expansion's checks accept exactly the pairs that [`Append`] has an impl for.
-//! - A [`Producer`] cannot start a pipeline: there is no pipeline without a first stage to
-//!   take the producer's input (the expansion says so at compile time).
+//! - A [`Producer`] may start a pipeline: the expansion makes it a [`PipePending`] that takes
+//!   the pipeline's input ([`Pipeline::producer_first`]), and the same checks follow.
 
 use std::marker::PhantomData;
 

@@ -16,8 +16,9 @@ use crate::stage::{Consumer, Producer, Source, Stage};
 
 /// A typed chain of stages taking `In` items and producing `Out` items.
 ///
-/// Built with [`Pipeline::new`] and [`Pipeline::then`] (what `pipeline![a | b]` expands to),
-/// then run with [`Pipeline::run`], [`Pipeline::results`] or [`Pipeline::start`]:
+/// Built with [`Pipeline::new`] (or [`Pipeline::pipe`], for a pipeline that starts with a
+/// `pipe_next` pair) and [`Pipeline::then`] (what `pipeline![a | b]` expands to), then run
+/// with [`Pipeline::run`], [`Pipeline::results`] or [`Pipeline::start`]:
 ///
 /// ```
 /// use pipeline_runtime::{Pipeline, Stage};
@@ -85,21 +86,7 @@ impl<In: Send + 'static, Out: Send + 'static> FirstStage for Stage<In, Out> {
     type In = In;
     type Out = Out;
     fn into_pipeline(self) -> Pipeline<In, Out> {
-        Pipeline {
-            stages: vec![Arc::new(self)],
-            source: None,
-            feeder: Box::new(|feed, out, rt| {
-                let feed = *feed
-                    .expect("an input feed")
-                    .downcast::<Feed<In>>()
-                    .expect("feed of the input type");
-                let out = *out
-                    .downcast::<Output<In>>()
-                    .expect("output of the input type");
-                feeder::spawn_feeder(feed, out, rt)
-            }),
-            _types: PhantomData,
-        }
+        Pipeline::taking(vec![Arc::new(self)])
     }
 }
 
@@ -124,10 +111,70 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
     }
 }
 
+impl<In: Send + 'static> Pipeline<In, In> {
+    /// A pipeline that starts with the `pipe_next` pair `producer`, `consumer` and takes its
+    /// input: [`Pipeline::run`]'s items, or work items [`Running::submit`]ted, go to the
+    /// producer, which hands each on to its consumer while it writes the item's bytes (see
+    /// [`Producer`]). What `pipeline![produce | consume | ..]` expands to.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use pipeline_runtime::{Consumer, PipeReader, PipeWriter, Pipeline, Producer};
+    /// let produce = Producer::new("repeat", |n: u64, w: &mut PipeWriter| {
+    ///     w.write_all(&vec![b'x'; n as usize])
+    /// })
+    /// .subprocess()
+    /// .workers(2);
+    /// let count = Consumer::new("count", |_n: u64, r: &mut PipeReader| {
+    ///     let mut v = Vec::new();
+    ///     r.read_to_end(&mut v).map(|_| v.len())
+    /// });
+    /// let running = Pipeline::pipe(produce, count).start()?;
+    /// let ticket = running.submit(3)?;
+    /// assert_eq!(ticket.wait()?, 3);
+    /// assert!(running.shutdown()?.is_graceful());
+    /// # Ok::<(), pipeline_runtime::Error>(())
+    /// ```
+    pub fn pipe<N>(producer: Producer<In>, consumer: Consumer<In, N>) -> Pipeline<In, N>
+    where
+        In: crate::transport::codec::Wire,
+        N: crate::transport::codec::Wire,
+    {
+        Pipeline::<In, In>::taking(Vec::new()).then_pipe(producer, consumer)
+    }
+
+    /// The first half of [`Pipeline::pipe`]: the producer, waiting for its consumer
+    /// ([`PipePending::then_consumer`]). What `pipeline![produce | ..]` expands to.
+    #[doc(hidden)]
+    pub fn producer_first(producer: Producer<In>) -> PipePending<In, In> {
+        Pipeline::<In, In>::taking(Vec::new()).then_producer(producer)
+    }
+}
+
 impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     /// A pipeline of one stage (or one source).
     pub fn new(first: impl FirstStage<In = In, Out = Out>) -> Self {
         first.into_pipeline()
+    }
+
+    /// The pipeline `stages`, which takes its input (the feeder sends it to the first
+    /// stage); `stages` may be empty only while a `pipe_next` pair is appended to it.
+    fn taking(stages: Vec<Arc<dyn AnyStage>>) -> Self {
+        Pipeline {
+            stages,
+            source: None,
+            feeder: Box::new(|feed, out, rt| {
+                let feed = *feed
+                    .expect("an input feed")
+                    .downcast::<Feed<In>>()
+                    .expect("feed of the input type");
+                let out = *out
+                    .downcast::<Output<In>>()
+                    .expect("output of the input type");
+                feeder::spawn_feeder(feed, out, rt)
+            }),
+            _types: PhantomData,
+        }
     }
 
     /// Appends a stage; its input type must be this pipeline's output type.

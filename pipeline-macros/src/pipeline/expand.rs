@@ -12,7 +12,8 @@
 //!     #[diagnostic::on_unimplemented(message = "stage `add_n` takes `{In}` but `numbers` produces `{Self}`", ..)]
 //!     trait Link1<In> { fn cast<S: Part<In = In>>(out: PhantomData<Self>, part: S) -> S::With<Self>; .. }
 //!     impl<T> Link1<T> for T { .. }
-//!     // `Later1` (not a source), `Pipe1` and `Reader1` (the pipe rules), `Start`, `Last`
+//!     // `Later1` (not a source), `Pipe1` and `Reader1` (the pipe rules), `Start` (a
+//!     // `Pipeline`, or a `PipePending` for a `pipe_next` stage first), `Last`
 //!     let chain = <_ as Start>::start(<_ as Reader0<_>>::check(numbers::__forkpipe_stage(10), Open));
 //!     let part = <_ as Later1>::later(add_n::__forkpipe_stage(1));
 //!     let part = <_ as Link1<_>>::cast(compose::out(&chain), part);
@@ -54,7 +55,7 @@ pub fn expand(pipeline: &Pipeline) -> TokenStream {
             let reader = format_ident!("__ForkpipeReader0", span = Span::mixed_site());
             let start = format_ident!("__ForkpipeStart", span = Span::mixed_site());
             traits.extend(reader_trait(&reader, first, true));
-            traits.extend(start_trait(&start, first));
+            traits.extend(start_trait(&start));
             let open = paths::local("__forkpipe_kind");
             steps.extend(quote! {
                 let #open = ::core::marker::PhantomData::<#compose::Open>;
@@ -395,17 +396,13 @@ fn later_trait(later: &Ident, stage: &StageRef) -> TokenStream {
 }
 
 /// The trait that makes the first chain of the pipeline from the `#[stage]` function
-/// `first`: a `Stage` or a `Source`; a `pipe_next` stage cannot come first (the runtime has
-/// no pipeline without a stage before the producer to hand it its items).
-fn start_trait(start: &Ident, first: &StageRef) -> TokenStream {
+/// `first`: a `Stage` or a `Source` makes a `Pipeline`, a `pipe_next` `Producer` a
+/// `PipePending` that takes the pipeline's input (its consumer must follow, which the next
+/// link's pipe check and the last check say). A `Consumer` is refused before, by the reader
+/// check, so no impl is missing: the trait needs no message of its own.
+fn start_trait(start: &Ident) -> TokenStream {
     let private = paths::private();
-    let name = paths::escape(&first.name());
-    let message = format!("a pipeline cannot start with the `pipe_next` stage `{name}`");
-    let label = "a `pipe_next` stage takes its items from the stage before it";
-    let note =
-        format!("put a stage or a `source` before `{name}`, or remove `pipe_next` from `{name}`");
     quote! {
-        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
         trait #start {
             type Chain;
             fn __forkpipe_start(self) -> Self::Chain;
@@ -426,6 +423,13 @@ fn start_trait(start: &Ident, first: &StageRef) -> TokenStream {
             type Chain = #private::Pipeline<(), Out>;
             fn __forkpipe_start(self) -> Self::Chain {
                 #private::Pipeline::new(self)
+            }
+        }
+        #[diagnostic::do_not_recommend]
+        impl<In: ::core::marker::Send + 'static> #start for #private::Producer<In> {
+            type Chain = #private::PipePending<In, In>;
+            fn __forkpipe_start(self) -> Self::Chain {
+                #private::Pipeline::producer_first(self)
             }
         }
     }

@@ -20,6 +20,7 @@ struct PipeWriter;
 struct PipeReader;
 struct Producer;
 struct Consumer;
+struct PipePending;
 struct Infallible;
 struct writer;
 struct reader;
@@ -79,6 +80,7 @@ fn consume_some(x: u64, _bytes: &mut forkpipe::prelude::PipeReader) -> ::core::o
 
 fn main() {
     let _ = pipeline![numbers(3) | produce(b'x') | consume | produce(b'y') | consume_some];
+    let _ = pipeline![produce(b'x') | consume | produce(b'y') | consume_some];
     let _ = pipeline![numbers(3) | add_n(1) | halve | checked | spread(2)];
     let _ = pipeline![add_n(1) | { forkpipe::prelude::Stage::map("id", |x: u64| x) }];
 }

@@ -1,0 +1,12 @@
+use std::io::Write;
+
+use forkpipe::prelude::*;
+
+#[stage(pipe_next)]
+fn repeat(n: u64, out: &mut PipeWriter) -> std::io::Result<()> {
+    out.write_all(&vec![b'x'; n as usize])
+}
+
+fn main() {
+    let _ = pipeline![repeat];
+}
