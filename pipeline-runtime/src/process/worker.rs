@@ -7,15 +7,21 @@
 //! records were flushed downstream, so at every moment each item is held by exactly one
 //! side of a link.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::os::sys::{self, SlotState};
 use crate::process::protocol::{self, WorkerMsg};
-use crate::stage::{Body, Emit, PipeRole, Stage, apply};
-use crate::transport::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
+use crate::stage::{Body, Emit, PipeRole, Stage, StreamFn, WireOps, apply};
+use crate::stream::{Next, Port, StreamPull};
+use crate::transport::link::{
+    Commit, LinkReceiver, LinkSender, NO_TAG, RecRef, TAG_CONSUMED, TAG_FAILED, TAG_MANY, TAG_ONE,
+};
 use crate::transport::pipe::{End, PipeReader, PipeWriter};
 use crate::transport::record;
 
@@ -433,230 +439,208 @@ fn wait_acked<F: AsFd>(tx: &mut LinkSender<F>) -> io::Result<()> {
 /// A process worker of a `stream` stage (see [`crate::stream`]).
 fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
-    f: &crate::stage::StreamFn<In, Out>,
+    f: &StreamFn<In, Out>,
     ctx: WorkerCtx<F>,
 ) -> io::Result<WorkerEnd> {
-    let WorkerCtx {
-        idx,
-        ins,
-        outs,
-        credit,
-        epoch,
-        ctl,
-        position,
-        of,
-        in_epochs,
-        ..
-    } = ctx;
-    let (rx, tx) = if epoch == 0 {
-        (LinkReceiver::new(ins), LinkSender::new(outs, credit))
+    let (rx, tx) = if ctx.epoch == 0 {
+        (
+            LinkReceiver::new(ctx.ins),
+            LinkSender::new(ctx.outs, ctx.credit),
+        )
     } else {
         (
-            LinkReceiver::replacement(ins, epoch, &in_epochs),
-            LinkSender::replacement(outs, credit, epoch)?,
+            LinkReceiver::replacement(ctx.ins, ctx.epoch, &ctx.in_epochs),
+            LinkSender::replacement(ctx.outs, ctx.credit, ctx.epoch)?,
         )
     };
-    tell(&ctl, &WorkerMsg::InitOk);
-    let me = if ctl.is_some() {
+    tell(&ctx.ctl, &WorkerMsg::InitOk);
+    let me = if ctx.ctl.is_some() {
         Worker::Process(std::process::id())
     } else {
-        Worker::Thread(position)
+        Worker::Thread(ctx.position)
     };
-    let io = std::rc::Rc::new(std::cell::RefCell::new(LinkPull::<In, Out, F> {
+    let port = LinkPort {
         rx,
         tx,
         wire: stage.wire.expect("process stages have wire functions"),
-        vals: std::collections::VecDeque::new(),
-        // A replacement numbers its outputs apart from those of the workers before it.
-        next_seq: ((epoch as u64) << 40) + position as u64,
-        stride: of as u64,
-        consumed: 0,
-        position: 0,
-        idx,
+        idx: ctx.idx,
         name: stage.name.to_string(),
         me,
         error: None,
         extra: Vec::new(),
-    }));
-    crate::stream::run(f, io.clone(), &stage.name, me);
-    let mut io = io.borrow_mut();
-    if let Some(e) = io.error.take() {
+    };
+    // A replacement numbers its outputs apart from those of the workers before it.
+    let first_seq = (u64::from(ctx.epoch) << 40) + ctx.position as u64;
+    let io = Rc::new(RefCell::new(StreamPull::new(
+        port,
+        first_seq,
+        ctx.of as u64,
+        ctx.idx,
+    )));
+    crate::stream::run(f, &io, &stage.name, me);
+    if let Some(e) = io.borrow_mut().port.error.take() {
         return Err(e);
     }
-    tell(&ctl, &WorkerMsg::Finished);
+    tell(&ctx.ctl, &WorkerMsg::Finished);
     Ok(WorkerEnd::Finished)
 }
 
-struct LinkPull<In, Out, F> {
+/// The links of a process worker of a `stream` stage. Records of earlier stages that go on
+/// as they came are copied from the input message straight into the output batch.
+struct LinkPort<In, Out, F> {
     rx: LinkReceiver<F>,
     tx: LinkSender<F>,
-    wire: crate::stage::WireOps<In, Out>,
-    vals: std::collections::VecDeque<In>,
-    next_seq: u64,
-    stride: u64,
-    consumed: u64,
-    position: u64,
+    wire: WireOps<In, Out>,
     idx: u32,
     name: String,
     me: Worker,
-    /// The first link failure; the loop then winds down.
+    /// The first link failure; the stream then winds down.
     error: Option<io::Error>,
     extra: Vec<libc::pollfd>,
 }
 
-impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
-    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.error.is_some() {
-            return;
+impl<In, Out, F: AsFd> LinkPort<In, Out, F> {
+    /// Waits until a link downstream has credit for one more record; `false` once the port
+    /// failed.
+    fn ready(&mut self) -> bool {
+        if self.error.is_none()
+            && let Err(e) = self.wait_room()
+        {
+            self.error = Some(e);
         }
-        let r = (|| {
-            loop {
-                match self.tx.reserve()? {
-                    Commit::Ready => break,
-                    Commit::NeedCredit => {
-                        self.tx.flush()?;
-                        self.rx.send_acks();
-                        self.tx.wait_credit(&mut self.extra)?;
-                    }
+        self.error.is_none()
+    }
+
+    fn wait_room(&mut self) -> io::Result<()> {
+        loop {
+            match self.tx.reserve()? {
+                Commit::Ready => return Ok(()),
+                Commit::NeedCredit => {
+                    self.tx.flush()?;
+                    self.rx.send_acks();
+                    self.tx.wait_credit(&mut self.extra)?;
                 }
             }
-            self.tx.push(crate::transport::link::NO_TAG, write)
-        })();
-        if let Err(e) = r {
-            self.error = Some(e);
         }
     }
 
-    fn new_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq += self.stride;
-        s
+    /// Keeps the first failure.
+    fn note(&mut self, r: io::Result<()>) {
+        if let Err(e) = r
+            && self.error.is_none()
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl<In, Out, F: AsFd> Port for LinkPort<In, Out, F> {
+    type In = In;
+    type Out = Out;
+    /// The record itself: its bytes are still in the input message, and go from there
+    /// straight into the output batch.
+    type Pass = RecRef;
+    type Held = RecRef;
+
+    fn take(&mut self, vals: &mut VecDeque<In>) -> Next<RecRef, RecRef> {
+        if self.error.is_some() {
+            return Next::Stop;
+        }
+        let r = match self.rx.next() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Next::Empty,
+            Err(c) => {
+                self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what));
+                return Next::Stop;
+            }
+        };
+        match r.tag {
+            TAG_ONE | TAG_MANY => {
+                match record::decode(r.tag, self.rx.payload(&r), self.wire.decode_in) {
+                    Ok(Body::One(v)) => vals.push_back(v),
+                    Ok(Body::Many(vs)) => vals.extend(vs),
+                    Ok(_) => {}
+                    Err(message) => {
+                        let e = codec_error(&self.name, r.seq, self.me, "decode", message);
+                        return Next::Undecodable(Box::new(e), r);
+                    }
+                }
+            }
+            TAG_FAILED => return Next::Failed(r),
+            TAG_CONSUMED => return Next::Consumed(r),
+            _ => {}
+        }
+        self.rx.done(r);
+        Next::Item
+    }
+
+    fn receive(&mut self) -> bool {
+        if self.rx.finished() {
+            return false;
+        }
+        self.extra.clear();
+        self.tx.watch(&mut self.extra);
+        match self.rx.fill(true, &mut self.extra) {
+            Ok(true) => {
+                let _ = self.tx.read_acks();
+                if self.tx.has_requeued() {
+                    let _ = self.tx.pump();
+                }
+            }
+            Ok(false) => {}
+            Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what)),
+        }
+        self.extra.clear();
+        true
+    }
+
+    fn done(&mut self, r: RecRef) {
+        self.rx.done(r);
+    }
+
+    fn send(&mut self, seq: u64, body: Body<Out>) {
+        if !self.ready() {
+            return;
+        }
+        let (name, idx, me, enc) = (&self.name, self.idx, self.me, self.wire.encode_out);
+        let r = self.tx.push(NO_TAG, |out| {
+            let e = |m| codec_error(name, seq, me, "encode the output of", m);
+            record::encode_or_fail(seq, &body, enc, out, idx, e);
+        });
+        self.note(r);
+    }
+
+    fn pass(&mut self, r: RecRef, seq: Option<u64>) {
+        if self.ready() {
+            let raw = self.rx.raw(&r);
+            let res = self.tx.push(NO_TAG, |out| {
+                let at = out.len();
+                out.extend_from_slice(raw);
+                if let Some(seq) = seq {
+                    out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+                }
+            });
+            self.note(res);
+        }
+        self.rx.done(r);
+    }
+
+    fn full(&self) -> bool {
+        false
     }
 
     fn flush(&mut self) {
-        if self.consumed > 0 {
-            let n = std::mem::take(&mut self.consumed);
-            let idx = self.idx;
-            self.send(|out| {
-                let _ = record::encode::<Out>(
-                    crate::transport::link::NO_SEQ,
-                    &Body::Consumed(idx, n),
-                    |_, _| Ok(()),
-                    out,
-                );
-            });
-        }
-        if self.error.is_none()
-            && let Err(e) = self.tx.flush()
-        {
-            self.error = Some(e);
+        if self.error.is_none() {
+            let r = self.tx.flush();
+            self.note(r);
         }
         self.rx.send_acks();
     }
-}
-
-impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
-    fn pull(&mut self) -> Option<In> {
-        loop {
-            if let Some(v) = self.vals.pop_front() {
-                return Some(v);
-            }
-            if self.error.is_some() {
-                return None;
-            }
-            if self.rx.is_empty() {
-                self.flush();
-                if self.rx.finished() {
-                    return None;
-                }
-                let mut extra = std::mem::take(&mut self.extra);
-                extra.clear();
-                self.tx.watch(&mut extra);
-                match self.rx.fill(true, &mut extra) {
-                    Ok(true) => {
-                        let _ = self.tx.read_acks();
-                        if self.tx.has_requeued() {
-                            let _ = self.tx.pump();
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what)),
-                }
-                extra.clear();
-                self.extra = extra;
-                continue;
-            }
-            let r = match self.rx.next() {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(c) => {
-                    self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what));
-                    return None;
-                }
-            };
-            match r.tag {
-                TAG_ONE | TAG_MANY => {
-                    match record::decode(r.tag, self.rx.payload(&r), self.wire.decode_in) {
-                        Ok(Body::One(v)) => self.vals.push_back(v),
-                        Ok(Body::Many(vs)) => self.vals.extend(vs),
-                        Ok(_) => {}
-                        Err(message) => {
-                            let e = codec_error(&self.name, r.seq, self.me, "decode", message);
-                            let (seq, idx) = (self.new_seq(), self.idx);
-                            self.send(|out| record::encode_failed(seq, idx, &e, out));
-                        }
-                    }
-                }
-                crate::transport::link::TAG_FAILED => {
-                    // Failed before this stage: pass it on under a new number.
-                    let seq = self.new_seq();
-                    let raw = self.rx.raw(&r).to_vec();
-                    self.send(|out| {
-                        let at = out.len();
-                        out.extend_from_slice(&raw);
-                        out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
-                    });
-                }
-                crate::transport::link::TAG_CONSUMED => {
-                    let raw = self.rx.raw(&r).to_vec();
-                    self.send(|out| out.extend_from_slice(&raw));
-                    self.rx.done(r);
-                    continue;
-                }
-                _ => {}
-            }
-            self.rx.done(r);
-            self.consumed += 1;
-            self.position += 1;
-        }
-    }
-}
-
-impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F> {
-    fn emit(&mut self, value: Out) {
-        let seq = self.new_seq();
-        let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
-        self.send(|out| {
-            let e = |m| codec_error(&name, seq, me, "encode the output of", m);
-            record::encode_or_fail(seq, &Body::One(value), enc, out, idx, e);
-        });
-    }
-
-    fn fail(&mut self, e: Error) {
-        let (seq, idx) = (self.new_seq(), self.idx);
-        self.send(|out| record::encode_failed(seq, idx, &e, out));
-    }
-
-    fn position(&self) -> u64 {
-        self.position
-    }
 
     fn finish(&mut self) {
-        self.flush();
-        if self.error.is_none()
-            && let Err(e) = self.tx.finish()
-        {
-            self.error = Some(e);
+        if self.error.is_none() {
+            let r = self.tx.finish();
+            self.note(r);
         }
         self.rx.drain_acks();
     }
