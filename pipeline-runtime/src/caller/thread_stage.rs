@@ -4,7 +4,6 @@
 //! Also the workers of a `pipe_next` half that is not `subprocess`: they run the process
 //! worker's loop on a thread, over the same sockets.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use crate::error::{Error, Worker};
 use crate::guard::apply;
 use crate::os::fds::RtFd;
 use crate::stage::{Body, Emit, Rec, Stage};
+use crate::stream::StreamPull;
 
 pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
     stage: Arc<Stage<In, Out>>,
@@ -26,32 +26,20 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
 ) -> io::Result<()> {
     if let Some(f) = &stage.stream {
         for w in 0..stage.opts.workers {
-            let pull = crate::caller::stream_pull::ChanPull::<In, Out> {
-                rx: rx.clone(),
-                stop: rt.stop.clone(),
-                buf: VecDeque::new(),
-                vals: VecDeque::new(),
-                out: out.try_clone().expect("thread stages write to channels"),
-                out_batch: Vec::new(),
-                next_seq: w as u64,
-                stride: stage.opts.workers as u64,
-                consumed: 0,
-                position: 0,
-                idx,
-                stopped: false,
-            };
+            let port = crate::caller::stream_pull::ChanPort::<In, Out>::new(
+                rx.clone(),
+                rt.stop.clone(),
+                out.try_clone().expect("thread stages write to channels"),
+            );
+            let pull = StreamPull::new(port, w as u64, stage.opts.workers as u64, idx);
             let f = Arc::clone(f);
             let name = stage.name.to_string();
             let inits = rt.inits.clone();
             rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
                 let _ = inits.send(Ok(()));
                 drop(inits);
-                crate::stream::run(
-                    &*f,
-                    std::rc::Rc::new(std::cell::RefCell::new(pull)),
-                    &name,
-                    Worker::Thread(w),
-                );
+                let io = std::rc::Rc::new(std::cell::RefCell::new(pull));
+                crate::stream::run(&*f, &io, &name, Worker::Thread(w));
             })?;
         }
         return Ok(());

@@ -2,21 +2,40 @@
 //! function, write the outputs to the next stage, ack what is done.
 //!
 //! Runs in a process forked by the supervisor (single-threaded), after the runtime's first
-//! steps (see [`crate::process::supervisor`]). A record that is already a failure or a drop passes
-//! through unchanged, byte for byte. Acks go upstream only after the outputs of the acked
-//! records were flushed downstream, so at every moment each item is held by exactly one
-//! side of a link.
+//! steps (see [`crate::process::supervisor`]), or on a caller's thread for a `pipe_next`
+//! half that is not `subprocess`. [`run`] sets a worker up in steps — its slot and output
+//! links made known to the panic hook and to fault injection, the stage's `init`, its
+//! links — and hands over to a `Loop`, whose steps are named for what they do: `serve`
+//! takes records until the input ends; `refill` flushes, acks and waits for input once
+//! everything received was handled; `record` handles one record, with `push_outputs`
+//! choosing what comes of it (a failure for a stage that gave up, a `pipe_next` half's
+//! part, the stage function's outcome, or the record itself passed on); `hand_over` is the
+//! last step of a worker to be replaced. A `stream` stage's worker instead runs
+//! [`crate::stream`]'s reader over its links (`LinkPort`).
+//!
+//! A record that is already a failure or a drop passes through unchanged, byte for byte.
+//! Acks go upstream only after the outputs of the acked records were flushed downstream,
+//! so at every moment each item is held by exactly one side of a link.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::guard::apply;
 use crate::os::sys::{self, SlotState};
 use crate::process::protocol::{self, WorkerMsg};
-use crate::stage::{Body, Emit, PipeRole, Stage};
-use crate::transport::link::{Commit, LinkReceiver, LinkSender, TAG_MANY, TAG_ONE};
+use crate::stage::{
+    Body, ConsumeFn, Emit, PipeRole, ProduceFn, Stage, StreamFn, WireOps, WorkerFn,
+};
+use crate::stream::{Next, Port, StreamPull};
+use crate::transport::link::{
+    Commit, LinkReceiver, LinkSender, NO_TAG, RecRef, TAG_CONSUMED, TAG_FAILED, TAG_MANY, TAG_ONE,
+    Tag,
+};
 use crate::transport::pipe::{End, PipeReader, PipeWriter};
 use crate::transport::record;
 
@@ -108,18 +127,7 @@ pub fn inject_corrupt_frame(kind: u8) {
     }
 }
 
-/// Sends every batched output, then says (for the restart budget) that the outputs of the
-/// first `finished` items have left this worker.
-fn flush_sent<F: AsFd>(
-    tx: &mut LinkSender<F>,
-    slot: &crate::os::sys::SlotState,
-    finished: u64,
-) -> io::Result<()> {
-    tx.flush()?;
-    slot.sent.store(finished, Ordering::Relaxed);
-    Ok(())
-}
-
+/// Runs one worker until its input ends, it must be replaced, or its `init` fails.
 pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
     ctx: WorkerCtx<F>,
@@ -128,130 +136,248 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
         let f = std::sync::Arc::clone(f);
         return run_stream(stage, &*f, ctx);
     }
-    let WorkerCtx {
-        idx,
-        ins,
-        outs,
-        credit,
-        epoch,
-        slot,
-        give_up,
-        ctl,
-        stream,
-        resync_inputs: ctx_resync,
-        position,
-        in_epochs,
-        ..
-    } = ctx;
-    if ctl.is_some() {
-        crate::os::current::set_slot(slot);
-        *OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()) = outs
-            .iter()
-            .map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()))
-            .collect();
+    if ctx.ctl.is_some() {
+        watch_slot(ctx.slot, &ctx.outs);
     }
-    let mut f = if give_up.is_some() || stage.pipe.is_some() {
-        Box::new(|_: In, _: &mut Emit<Out>| Ok(())) as crate::stage::WorkerFn<In, Out>
-    } else {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
-            Ok(Ok(f)) => f,
-            Ok(Err(message)) => return init_failed(&ctl, &message),
-            Err(p) => {
-                return init_failed(
-                    &ctl,
-                    &format!("panicked: {}", crate::error::panic_message(p.as_ref())),
-                );
-            }
-        }
+    let f = match make_fn(stage, &ctx) {
+        Ok(f) => f,
+        Err(message) => return init_failed(&ctx.ctl, &message),
     };
-    tell(&ctl, &WorkerMsg::InitOk);
-    let mut restart = false;
-    // An item is acked upstream only once the next stage acked what this worker made of
-    // it: until the item leaves the process stages, its sender still holds it, so any death
-    // along the way (even two) fails or requeues it upstream, and nothing is lost. Each
-    // record pushed downstream carries the tag of the record it came from.
-    let credit_acked = |rx: &mut LinkReceiver<F>, tx: &mut LinkSender<F>| {
-        for t in tx.take_acked() {
-            rx.credit_tag(t);
+    tell(&ctx.ctl, &WorkerMsg::InitOk);
+    Loop::new(stage, f, ctx)?.serve()
+}
+
+/// A process worker's own slot and output links, for the panic hook and for
+/// [`inject_corrupt_frame`].
+fn watch_slot<F: AsFd>(slot: &'static SlotState, outs: &[F]) {
+    crate::os::current::set_slot(slot);
+    *OUTPUT_FDS.lock().unwrap_or_else(|p| p.into_inner()) = outs
+        .iter()
+        .map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()))
+        .collect();
+}
+
+/// The stage function of this worker: runs the stage's `init` (`Err` is its message). The
+/// stand-in of a stage that gave up and the halves of a `pipe_next` pair have none.
+fn make_fn<In, Out, F>(
+    stage: &Stage<In, Out>,
+    ctx: &WorkerCtx<F>,
+) -> Result<WorkerFn<In, Out>, String> {
+    if ctx.give_up.is_some() || stage.pipe.is_some() {
+        return Ok(Box::new(|_: In, _: &mut Emit<Out>| Ok(())));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
+        Ok(r) => r,
+        Err(p) => Err(format!(
+            "panicked: {}",
+            crate::error::panic_message(p.as_ref())
+        )),
+    }
+}
+
+impl<F: AsFd> WorkerCtx<F> {
+    /// Takes the input and output links; a replacement takes them over (see
+    /// [`crate::transport::link`]).
+    fn links(&mut self) -> io::Result<(LinkReceiver<F>, LinkSender<F>)> {
+        let (ins, outs) = (
+            std::mem::take(&mut self.ins),
+            std::mem::take(&mut self.outs),
+        );
+        if self.epoch == 0 {
+            return Ok((LinkReceiver::new(ins), LinkSender::new(outs, self.credit)));
         }
-    };
-    let wire = stage.wire.expect("process stages have wire functions");
-    let me = if ctl.is_some() {
+        let rx = if self.resync_inputs {
+            LinkReceiver::replacement(ins, self.epoch, &self.in_epochs)
+        } else {
+            LinkReceiver::new(ins)
+        };
+        Ok((rx, LinkSender::replacement(outs, self.credit, self.epoch)?))
+    }
+}
+
+/// Who a worker is, in the errors of its items.
+fn worker_id<F>(ctl: &Option<F>, position: usize) -> Worker {
+    if ctl.is_some() {
         Worker::Process(std::process::id())
     } else {
         Worker::Thread(position)
-    };
-    let resync = ctx_resync;
-    let (mut rx, mut tx) = if epoch == 0 {
-        (LinkReceiver::new(ins), LinkSender::new(outs, credit))
-    } else {
-        (
-            if resync {
-                LinkReceiver::replacement(ins, epoch, &in_epochs)
-            } else {
-                LinkReceiver::new(ins)
-            },
-            LinkSender::replacement(outs, credit, epoch)?,
-        )
-    };
-    let mut emit = Emit::new();
-    let mut extra = Vec::new();
-    let mut since_ack = 0usize;
-    let mut finished = 0u64;
-    // Start times are only read by the supervisor's timeout check.
-    let timed = stage.opts.timeout.is_some();
-    loop {
-        if rx.is_empty() {
-            flush_sent(&mut tx, slot, finished)?;
-            tx.read_acks()?;
-            credit_acked(&mut rx, &mut tx);
-            rx.send_acks();
-            if tx.has_requeued() {
-                // A worker downstream died: resend what it held before anything else.
-                tx.wait_credit(&mut extra)?;
-                continue;
-            }
-            if rx.finished() {
-                break;
-            }
-            extra.clear();
-            tx.watch(&mut extra);
-            match rx.fill(true, &mut extra) {
-                Ok(true) => tx.read_acks()?,
-                Ok(false) => {}
-                Err(c) => report_corrupt(&ctl, &mut rx, c)?,
-            }
-            extra.clear();
-            continue;
-        }
-        let r = match rx.next() {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(c) => {
-                report_corrupt(&ctl, &mut rx, c)?;
-                continue;
-            }
-        };
-        let tag = LinkReceiver::<F>::origin(&r);
-        let small = r.small;
+    }
+}
+
+/// What became of one record (see [`Loop::record`]).
+enum Handled {
+    /// Its outputs were pushed; `ran_ok` when the stage function ran on it and succeeded
+    /// (for the restart budget).
+    Pushed { ran_ok: bool },
+    /// The stage function panicked in a stateful stage: the worker must be replaced.
+    Restart,
+}
+
+/// The loop of a worker of an ordinary stage, a `pipe_next` half, or the stand-in of a
+/// stage that gave up.
+struct Loop<'s, In, Out, F> {
+    stage: &'s Stage<In, Out>,
+    wire: WireOps<In, Out>,
+    f: WorkerFn<In, Out>,
+    emit: Emit<Out>,
+    idx: u32,
+    me: Worker,
+    slot: &'static SlotState,
+    give_up: Option<GiveUp>,
+    ctl: Option<F>,
+    /// A `pipe_next` half's byte stream.
+    stream: Option<F>,
+    rx: LinkReceiver<F>,
+    tx: LinkSender<F>,
+    /// Descriptors to poll while waiting on the links (reused).
+    extra: Vec<libc::pollfd>,
+    /// Records handled since the last flush-and-ack point.
+    since_ack: usize,
+    /// Items the stage function finished successfully (for the restart budget).
+    finished: u64,
+    /// Start times are only read by the supervisor's timeout check.
+    timed: bool,
+}
+
+impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
+    fn new(
+        stage: &'s Stage<In, Out>,
+        f: WorkerFn<In, Out>,
+        mut ctx: WorkerCtx<F>,
+    ) -> io::Result<Self> {
+        let me = worker_id(&ctx.ctl, ctx.position);
+        let (rx, tx) = ctx.links()?;
+        Ok(Loop {
+            stage,
+            wire: stage.wire.expect("process stages have wire functions"),
+            f,
+            emit: Emit::new(),
+            idx: ctx.idx,
+            me,
+            slot: ctx.slot,
+            give_up: ctx.give_up,
+            ctl: ctx.ctl,
+            stream: ctx.stream,
+            rx,
+            tx,
+            extra: Vec::new(),
+            since_ack: 0,
+            finished: 0,
+            timed: stage.opts.timeout.is_some(),
+        })
+    }
+
+    /// Handles records until the input ends (or the worker must be replaced).
+    fn serve(mut self) -> io::Result<WorkerEnd> {
         loop {
-            match tx.reserve()? {
-                Commit::Ready => break,
-                Commit::NeedCredit => {
-                    flush_sent(&mut tx, slot, finished)?;
-                    credit_acked(&mut rx, &mut tx);
-                    rx.send_acks();
-                    tx.wait_credit(&mut extra)?;
+            if self.rx.is_empty() {
+                if !self.refill()? {
+                    break;
                 }
+                continue;
+            }
+            let r = match self.rx.next() {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(c) => {
+                    report_corrupt(&self.ctl, &mut self.rx, c)?;
+                    continue;
+                }
+            };
+            if let Handled::Restart = self.record(r)? {
+                self.hand_over()?;
+                return Ok(WorkerEnd::Restart);
             }
         }
-        if timed {
+        self.tx.finish()?;
+        self.credit_acked();
+        self.rx.drain_acks();
+        tell(&self.ctl, &WorkerMsg::Finished);
+        Ok(WorkerEnd::Finished)
+    }
+
+    /// Everything received was handled: flushes and acks it, resends what a dead worker
+    /// downstream held, then waits for more input. `false` at the end of the input.
+    fn refill(&mut self) -> io::Result<bool> {
+        self.flush_sent()?;
+        self.tx.read_acks()?;
+        self.credit_acked();
+        self.rx.send_acks();
+        if self.tx.has_requeued() {
+            // A worker downstream died: resend what it held before anything else.
+            self.tx.wait_credit(&mut self.extra)?;
+            return Ok(true);
+        }
+        if self.rx.finished() {
+            return Ok(false);
+        }
+        self.extra.clear();
+        self.tx.watch(&mut self.extra);
+        match self.rx.fill(true, &mut self.extra) {
+            Ok(true) => self.tx.read_acks()?,
+            Ok(false) => {}
+            Err(c) => report_corrupt(&self.ctl, &mut self.rx, c)?,
+        }
+        self.extra.clear();
+        Ok(true)
+    }
+
+    /// One record: waits for room downstream, pushes what comes of it (with the slot saying
+    /// which item runs), lets it go, and flushes and acks when it is time.
+    fn record(&mut self, r: RecRef) -> io::Result<Handled> {
+        self.wait_room()?;
+        let slot = self.slot;
+        if self.timed {
             slot.since.store(sys::now_ns(), Ordering::Relaxed);
         }
         slot.running.store(r.seq + 1, Ordering::Release);
-        // Whether the stage function ran on this record and succeeded (restart budget).
-        let mut ran_ok = false;
-        if let (Some(g), true) = (&give_up, r.tag == TAG_ONE || r.tag == TAG_MANY) {
+        let handled = self.push_outputs(&r)?;
+        slot.running.store(0, Ordering::Release);
+        slot.panic_len.store(0, Ordering::Relaxed);
+        if let Handled::Pushed { ran_ok: true } = handled {
+            self.finished += 1;
+            slot.done.store(self.finished, Ordering::Relaxed);
+        }
+        self.rx.release(r);
+        if r.small {
+            self.flush_sent()?;
+        }
+        if let Handled::Restart = handled {
+            return Ok(handled);
+        }
+        self.since_ack += 1;
+        if self.since_ack >= ACK_EVERY {
+            // Keep the sender's credit flowing while a long local queue is processed.
+            self.since_ack = 0;
+            self.flush_sent()?;
+            self.tx.read_acks()?;
+            self.credit_acked();
+            self.rx.send_acks();
+        }
+        Ok(handled)
+    }
+
+    /// Waits until a link downstream has credit for one more record.
+    fn wait_room(&mut self) -> io::Result<()> {
+        loop {
+            match self.tx.reserve()? {
+                Commit::Ready => return Ok(()),
+                Commit::NeedCredit => {
+                    self.flush_sent()?;
+                    self.credit_acked();
+                    self.rx.send_acks();
+                    self.tx.wait_credit(&mut self.extra)?;
+                }
+            }
+        }
+    }
+
+    /// Pushes downstream what this worker makes of record `r`, tagged with `r`'s origin.
+    fn push_outputs(&mut self, r: &RecRef) -> io::Result<Handled> {
+        let stage = self.stage;
+        let item = r.tag == TAG_ONE || r.tag == TAG_MANY;
+        let tag = LinkReceiver::<F>::origin(r);
+        if let (Some(g), true) = (&self.give_up, item) {
             let e = Error::GaveUp {
                 stage: stage.name.to_string(),
                 item: r.seq,
@@ -259,97 +385,114 @@ pub(crate) fn run<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
                 secs: g.secs,
                 cause: g.cause.clone(),
             };
-            tx.push(tag, |out| record::encode_failed(r.seq, idx, &e, out))?;
+            self.tx
+                .push(tag, |out| record::encode_failed(r.seq, self.idx, &e, out))?;
         } else if let Some(PipeRole::Producer(pf)) = &stage.pipe {
-            // Forward the item first, so the consumer reads while we write.
-            tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
-            flush_sent(&mut tx, slot, finished)?;
-            if (r.tag == TAG_ONE || r.tag == TAG_MANY)
-                && let Ok(body) = record::decode(r.tag, rx.payload(&r), wire.decode_in)
-            {
-                let fd = stream.as_ref().expect("a producer has its stream").as_fd();
-                for x in elements(body) {
-                    produce(&**pf, &stage.name, me, r.seq, x, fd)?;
-                }
-            }
+            self.producer(&**pf, r, item)?;
         } else if let Some(PipeRole::Consumer(cf)) = &stage.pipe {
-            let body = if r.tag == TAG_ONE || r.tag == TAG_MANY {
-                match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
-                    Ok(body) => {
-                        let fd = stream.as_ref().expect("a consumer has its stream").as_fd();
-                        consume(&**cf, idx, &stage.name, me, r.seq, body, fd, &mut emit)?
-                    }
-                    Err(message) => Body::Failed(
-                        idx,
-                        Box::new(codec_error(&stage.name, r.seq, me, "decode", message)),
-                    ),
-                }
+            if item {
+                let body = self.consumer(&**cf, r)?;
+                self.push_body(tag, r.seq, &body)?;
             } else {
-                Body::Dropped(u32::MAX)
-            };
-            if matches!(body, Body::Dropped(u32::MAX)) {
-                tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
-            } else {
-                tx.push(tag, |out| {
-                    let e = |m| codec_error(&stage.name, r.seq, me, "encode the output of", m);
-                    record::encode_or_fail(r.seq, &body, wire.encode_out, out, idx, e);
-                })?;
+                self.tx
+                    .push(tag, |out| out.extend_from_slice(self.rx.raw(r)))?;
             }
-        } else if r.tag == TAG_ONE || r.tag == TAG_MANY {
-            let body = match record::decode(r.tag, rx.payload(&r), wire.decode_in) {
-                Ok(body) => {
-                    let out = apply(&mut f, idx, &stage.name, me, r.seq, body, &mut emit);
-                    ran_ok = !matches!(out, Body::Failed(..));
-                    restart = stage.opts.stateful
-                        && matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
-                    out
-                }
-                Err(message) => Body::Failed(
-                    idx,
-                    Box::new(codec_error(&stage.name, r.seq, me, "decode", message)),
-                ),
-            };
-            tx.push(tag, |out| {
-                let e = |m| codec_error(&stage.name, r.seq, me, "encode the output of", m);
-                record::encode_or_fail(r.seq, &body, wire.encode_out, out, idx, e);
-            })?;
+        } else if item {
+            return self.apply_fn(r);
         } else {
-            tx.push(tag, |out| out.extend_from_slice(rx.raw(&r)))?;
+            self.tx
+                .push(tag, |out| out.extend_from_slice(self.rx.raw(r)))?;
         }
-        slot.running.store(0, Ordering::Release);
-        slot.panic_len.store(0, Ordering::Relaxed);
-        if ran_ok {
-            finished += 1;
-            slot.done.store(finished, Ordering::Relaxed);
+        Ok(Handled::Pushed { ran_ok: false })
+    }
+
+    /// The stage function on an item: pushes its outcome.
+    fn apply_fn(&mut self, r: &RecRef) -> io::Result<Handled> {
+        let (name, idx, me) = (&self.stage.name, self.idx, self.me);
+        let out = match record::decode(r.tag, self.rx.payload(r), self.wire.decode_in) {
+            Ok(body) => apply(&mut self.f, idx, name, me, r.seq, body, &mut self.emit),
+            Err(message) => self.undecodable(r, message),
+        };
+        let panicked = matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
+        let ran_ok = !matches!(out, Body::Failed(..));
+        self.push_body(LinkReceiver::<F>::origin(r), r.seq, &out)?;
+        Ok(if panicked && self.stage.opts.stateful {
+            Handled::Restart
+        } else {
+            Handled::Pushed { ran_ok }
+        })
+    }
+
+    /// A `pipe_next` producer: forwards the record first, so the consumer reads while this
+    /// worker writes, then writes each value's bytes on the stream.
+    fn producer(&mut self, pf: &ProduceFn<In>, r: &RecRef, item: bool) -> io::Result<()> {
+        let tag = LinkReceiver::<F>::origin(r);
+        self.tx
+            .push(tag, |out| out.extend_from_slice(self.rx.raw(r)))?;
+        self.flush_sent()?;
+        if item && let Ok(body) = record::decode(r.tag, self.rx.payload(r), self.wire.decode_in) {
+            let fd = self.stream.as_ref().expect("a producer has its stream");
+            for x in elements(body) {
+                produce(pf, &self.stage.name, self.me, r.seq, x, fd.as_fd())?;
+            }
         }
-        rx.release(r);
-        if small {
-            flush_sent(&mut tx, slot, finished)?;
-        }
-        if restart {
-            // The state may be half-updated: hand over what is done, then be replaced.
-            flush_sent(&mut tx, slot, finished)?;
-            wait_acked(&mut tx)?;
-            credit_acked(&mut rx, &mut tx);
-            rx.send_acks();
-            rx.drain_acks();
-            return Ok(WorkerEnd::Restart);
-        }
-        since_ack += 1;
-        if since_ack >= ACK_EVERY {
-            // Keep the sender's credit flowing while a long local queue is processed.
-            since_ack = 0;
-            flush_sent(&mut tx, slot, finished)?;
-            tx.read_acks()?;
-            credit_acked(&mut rx, &mut tx);
-            rx.send_acks();
+        Ok(())
+    }
+
+    /// A `pipe_next` consumer: the outcome of an item, read from the producer's stream.
+    fn consumer(&mut self, cf: &ConsumeFn<In, Out>, r: &RecRef) -> io::Result<Body<Out>> {
+        let body = match record::decode(r.tag, self.rx.payload(r), self.wire.decode_in) {
+            Ok(body) => body,
+            Err(message) => return Ok(self.undecodable(r, message)),
+        };
+        let fd = self.stream.as_ref().expect("a consumer has its stream");
+        let (name, idx, me) = (&self.stage.name, self.idx, self.me);
+        consume(cf, idx, name, me, r.seq, body, fd.as_fd(), &mut self.emit)
+    }
+
+    /// The outcome of an item whose input cannot be decoded.
+    fn undecodable(&self, r: &RecRef, message: String) -> Body<Out> {
+        let e = codec_error(&self.stage.name, r.seq, self.me, "decode", message);
+        Body::Failed(self.idx, Box::new(e))
+    }
+
+    /// Pushes the outcome `body` of item `seq` (a failure in its place if it cannot be
+    /// encoded).
+    fn push_body(&mut self, tag: Tag, seq: u64, body: &Body<Out>) -> io::Result<()> {
+        let (name, idx, me, enc) = (&self.stage.name, self.idx, self.me, self.wire.encode_out);
+        self.tx.push(tag, |out| {
+            let e = |m| codec_error(name, seq, me, "encode the output of", m);
+            record::encode_or_fail(seq, body, enc, out, idx, e);
+        })
+    }
+
+    /// Sends every batched output, then says (for the restart budget) that the outputs of
+    /// the items finished so far have left this worker.
+    fn flush_sent(&mut self) -> io::Result<()> {
+        self.tx.flush()?;
+        self.slot.sent.store(self.finished, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// An item is acked upstream only once the next stage acked what this worker made of
+    /// it: until the item leaves the process stages, its sender still holds it, so any
+    /// death along the way (even two) fails or requeues it upstream, and nothing is lost.
+    /// Each record pushed downstream carries the tag of the record it came from.
+    fn credit_acked(&mut self) {
+        for t in self.tx.take_acked() {
+            self.rx.credit_tag(t);
         }
     }
-    tx.finish()?;
-    credit_acked(&mut rx, &mut tx);
-    rx.drain_acks();
-    tell(&ctl, &WorkerMsg::Finished);
-    Ok(WorkerEnd::Finished)
+
+    /// Before a replacement (the state may be half-updated): hands over what is done.
+    fn hand_over(&mut self) -> io::Result<()> {
+        self.flush_sent()?;
+        wait_acked(&mut self.tx)?;
+        self.credit_acked();
+        self.rx.send_acks();
+        self.rx.drain_acks();
+        Ok(())
+    }
 }
 
 /// The values of a record body (several after an `Emit` stage).
@@ -434,230 +577,194 @@ fn wait_acked<F: AsFd>(tx: &mut LinkSender<F>) -> io::Result<()> {
 /// A process worker of a `stream` stage (see [`crate::stream`]).
 fn run_stream<In: Send + 'static, Out: Send + 'static, F: AsFd + 'static>(
     stage: &Stage<In, Out>,
-    f: &crate::stage::StreamFn<In, Out>,
-    ctx: WorkerCtx<F>,
+    f: &StreamFn<In, Out>,
+    mut ctx: WorkerCtx<F>,
 ) -> io::Result<WorkerEnd> {
-    let WorkerCtx {
-        idx,
-        ins,
-        outs,
-        credit,
-        epoch,
-        ctl,
-        position,
-        of,
-        in_epochs,
-        ..
-    } = ctx;
-    let (rx, tx) = if epoch == 0 {
-        (LinkReceiver::new(ins), LinkSender::new(outs, credit))
-    } else {
-        (
-            LinkReceiver::replacement(ins, epoch, &in_epochs),
-            LinkSender::replacement(outs, credit, epoch)?,
-        )
-    };
-    tell(&ctl, &WorkerMsg::InitOk);
-    let me = if ctl.is_some() {
-        Worker::Process(std::process::id())
-    } else {
-        Worker::Thread(position)
-    };
-    let io = std::rc::Rc::new(std::cell::RefCell::new(LinkPull::<In, Out, F> {
+    let (rx, tx) = ctx.links()?;
+    tell(&ctx.ctl, &WorkerMsg::InitOk);
+    let me = worker_id(&ctx.ctl, ctx.position);
+    let port = LinkPort {
         rx,
         tx,
         wire: stage.wire.expect("process stages have wire functions"),
-        vals: std::collections::VecDeque::new(),
-        // A replacement numbers its outputs apart from those of the workers before it.
-        next_seq: ((epoch as u64) << 40) + position as u64,
-        stride: of as u64,
-        consumed: 0,
-        position: 0,
-        idx,
+        idx: ctx.idx,
         name: stage.name.to_string(),
         me,
         error: None,
         extra: Vec::new(),
-    }));
-    crate::stream::run(f, io.clone(), &stage.name, me);
-    let mut io = io.borrow_mut();
-    if let Some(e) = io.error.take() {
+    };
+    // A replacement numbers its outputs apart from those of the workers before it.
+    let first_seq = (u64::from(ctx.epoch) << 40) + ctx.position as u64;
+    let io = Rc::new(RefCell::new(StreamPull::new(
+        port,
+        first_seq,
+        ctx.of as u64,
+        ctx.idx,
+    )));
+    crate::stream::run(f, &io, &stage.name, me);
+    if let Some(e) = io.borrow_mut().port.error.take() {
         return Err(e);
     }
-    tell(&ctl, &WorkerMsg::Finished);
+    tell(&ctx.ctl, &WorkerMsg::Finished);
     Ok(WorkerEnd::Finished)
 }
 
-struct LinkPull<In, Out, F> {
+/// The links of a process worker of a `stream` stage. Records of earlier stages that go on
+/// as they came are copied from the input message straight into the output batch.
+struct LinkPort<In, Out, F> {
     rx: LinkReceiver<F>,
     tx: LinkSender<F>,
-    wire: crate::stage::WireOps<In, Out>,
-    vals: std::collections::VecDeque<In>,
-    next_seq: u64,
-    stride: u64,
-    consumed: u64,
-    position: u64,
+    wire: WireOps<In, Out>,
     idx: u32,
     name: String,
     me: Worker,
-    /// The first link failure; the loop then winds down.
+    /// The first link failure; the stream then winds down.
     error: Option<io::Error>,
     extra: Vec<libc::pollfd>,
 }
 
-impl<In, Out, F: AsFd> LinkPull<In, Out, F> {
-    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.error.is_some() {
-            return;
+impl<In, Out, F: AsFd> LinkPort<In, Out, F> {
+    /// Waits until a link downstream has credit for one more record; `false` once the port
+    /// failed.
+    fn ready(&mut self) -> bool {
+        if self.error.is_none()
+            && let Err(e) = self.wait_room()
+        {
+            self.error = Some(e);
         }
-        let r = (|| {
-            loop {
-                match self.tx.reserve()? {
-                    Commit::Ready => break,
-                    Commit::NeedCredit => {
-                        self.tx.flush()?;
-                        self.rx.send_acks();
-                        self.tx.wait_credit(&mut self.extra)?;
-                    }
+        self.error.is_none()
+    }
+
+    fn wait_room(&mut self) -> io::Result<()> {
+        loop {
+            match self.tx.reserve()? {
+                Commit::Ready => return Ok(()),
+                Commit::NeedCredit => {
+                    self.tx.flush()?;
+                    self.rx.send_acks();
+                    self.tx.wait_credit(&mut self.extra)?;
                 }
             }
-            self.tx.push(crate::transport::link::NO_TAG, write)
-        })();
-        if let Err(e) = r {
-            self.error = Some(e);
         }
     }
 
-    fn new_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq += self.stride;
-        s
+    /// Keeps the first failure.
+    fn note(&mut self, r: io::Result<()>) {
+        if let Err(e) = r
+            && self.error.is_none()
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl<In, Out, F: AsFd> Port for LinkPort<In, Out, F> {
+    type In = In;
+    type Out = Out;
+    /// The record itself: its bytes are still in the input message, and go from there
+    /// straight into the output batch.
+    type Pass = RecRef;
+    type Held = RecRef;
+
+    fn take(&mut self, vals: &mut VecDeque<In>) -> Next<RecRef, RecRef> {
+        if self.error.is_some() {
+            return Next::Stop;
+        }
+        let r = match self.rx.next() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Next::Empty,
+            Err(c) => {
+                self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what));
+                return Next::Stop;
+            }
+        };
+        match r.tag {
+            TAG_ONE | TAG_MANY => {
+                match record::decode(r.tag, self.rx.payload(&r), self.wire.decode_in) {
+                    Ok(Body::One(v)) => vals.push_back(v),
+                    Ok(Body::Many(vs)) => vals.extend(vs),
+                    Ok(_) => {}
+                    Err(message) => {
+                        let e = codec_error(&self.name, r.seq, self.me, "decode", message);
+                        return Next::Undecodable(Box::new(e), r);
+                    }
+                }
+            }
+            TAG_FAILED => return Next::Failed(r),
+            TAG_CONSUMED => return Next::Consumed(r),
+            _ => {}
+        }
+        self.rx.done(r);
+        Next::Item
+    }
+
+    fn receive(&mut self) -> bool {
+        if self.rx.finished() {
+            return false;
+        }
+        self.extra.clear();
+        self.tx.watch(&mut self.extra);
+        match self.rx.fill(true, &mut self.extra) {
+            Ok(true) => {
+                let _ = self.tx.read_acks();
+                if self.tx.has_requeued() {
+                    let _ = self.tx.pump();
+                }
+            }
+            Ok(false) => {}
+            Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what)),
+        }
+        self.extra.clear();
+        true
+    }
+
+    fn done(&mut self, r: RecRef) {
+        self.rx.done(r);
+    }
+
+    fn send(&mut self, seq: u64, body: Body<Out>) {
+        if !self.ready() {
+            return;
+        }
+        let (name, idx, me, enc) = (&self.name, self.idx, self.me, self.wire.encode_out);
+        let r = self.tx.push(NO_TAG, |out| {
+            let e = |m| codec_error(name, seq, me, "encode the output of", m);
+            record::encode_or_fail(seq, &body, enc, out, idx, e);
+        });
+        self.note(r);
+    }
+
+    fn pass(&mut self, r: RecRef, seq: Option<u64>) {
+        if self.ready() {
+            let raw = self.rx.raw(&r);
+            let res = self.tx.push(NO_TAG, |out| {
+                let at = out.len();
+                out.extend_from_slice(raw);
+                if let Some(seq) = seq {
+                    out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+                }
+            });
+            self.note(res);
+        }
+        self.rx.done(r);
+    }
+
+    fn full(&self) -> bool {
+        false
     }
 
     fn flush(&mut self) {
-        if self.consumed > 0 {
-            let n = std::mem::take(&mut self.consumed);
-            let idx = self.idx;
-            self.send(|out| {
-                let _ = record::encode::<Out>(
-                    crate::transport::link::NO_SEQ,
-                    &Body::Consumed(idx, n),
-                    |_, _| Ok(()),
-                    out,
-                );
-            });
-        }
-        if self.error.is_none()
-            && let Err(e) = self.tx.flush()
-        {
-            self.error = Some(e);
+        if self.error.is_none() {
+            let r = self.tx.flush();
+            self.note(r);
         }
         self.rx.send_acks();
     }
-}
-
-impl<In, Out, F: AsFd> crate::stage::Pull<In> for LinkPull<In, Out, F> {
-    fn pull(&mut self) -> Option<In> {
-        loop {
-            if let Some(v) = self.vals.pop_front() {
-                return Some(v);
-            }
-            if self.error.is_some() {
-                return None;
-            }
-            if self.rx.is_empty() {
-                self.flush();
-                if self.rx.finished() {
-                    return None;
-                }
-                let mut extra = std::mem::take(&mut self.extra);
-                extra.clear();
-                self.tx.watch(&mut extra);
-                match self.rx.fill(true, &mut extra) {
-                    Ok(true) => {
-                        let _ = self.tx.read_acks();
-                        if self.tx.has_requeued() {
-                            let _ = self.tx.pump();
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(c) => self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what)),
-                }
-                extra.clear();
-                self.extra = extra;
-                continue;
-            }
-            let r = match self.rx.next() {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(c) => {
-                    self.error = Some(io::Error::new(io::ErrorKind::InvalidData, c.what));
-                    return None;
-                }
-            };
-            match r.tag {
-                TAG_ONE | TAG_MANY => {
-                    match record::decode(r.tag, self.rx.payload(&r), self.wire.decode_in) {
-                        Ok(Body::One(v)) => self.vals.push_back(v),
-                        Ok(Body::Many(vs)) => self.vals.extend(vs),
-                        Ok(_) => {}
-                        Err(message) => {
-                            let e = codec_error(&self.name, r.seq, self.me, "decode", message);
-                            let (seq, idx) = (self.new_seq(), self.idx);
-                            self.send(|out| record::encode_failed(seq, idx, &e, out));
-                        }
-                    }
-                }
-                crate::transport::link::TAG_FAILED => {
-                    // Failed before this stage: pass it on under a new number.
-                    let seq = self.new_seq();
-                    let raw = self.rx.raw(&r).to_vec();
-                    self.send(|out| {
-                        let at = out.len();
-                        out.extend_from_slice(&raw);
-                        out[at..at + 8].copy_from_slice(&seq.to_le_bytes());
-                    });
-                }
-                crate::transport::link::TAG_CONSUMED => {
-                    let raw = self.rx.raw(&r).to_vec();
-                    self.send(|out| out.extend_from_slice(&raw));
-                    self.rx.done(r);
-                    continue;
-                }
-                _ => {}
-            }
-            self.rx.done(r);
-            self.consumed += 1;
-            self.position += 1;
-        }
-    }
-}
-
-impl<In, Out, F: AsFd> crate::stream::StreamIo<In, Out> for LinkPull<In, Out, F> {
-    fn emit(&mut self, value: Out) {
-        let seq = self.new_seq();
-        let (enc, idx, me, name) = (self.wire.encode_out, self.idx, self.me, self.name.clone());
-        self.send(|out| {
-            let e = |m| codec_error(&name, seq, me, "encode the output of", m);
-            record::encode_or_fail(seq, &Body::One(value), enc, out, idx, e);
-        });
-    }
-
-    fn fail(&mut self, e: Error) {
-        let (seq, idx) = (self.new_seq(), self.idx);
-        self.send(|out| record::encode_failed(seq, idx, &e, out));
-    }
-
-    fn position(&self) -> u64 {
-        self.position
-    }
 
     fn finish(&mut self) {
-        self.flush();
-        if self.error.is_none()
-            && let Err(e) = self.tx.finish()
-        {
-            self.error = Some(e);
+        if self.error.is_none() {
+            let r = self.tx.finish();
+            self.note(r);
         }
         self.rx.drain_acks();
     }
