@@ -18,8 +18,10 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use crate::caller::output::{Batch, Output};
+use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::caller::{bridge, thread_stage};
+use crate::error::Error;
 use crate::os::fds::RtFd;
 use crate::os::image;
 use crate::process::protocol::Shipment;
@@ -69,11 +71,21 @@ pub(crate) trait AnyStage: Send + Sync {
     /// Runs a worker of this link stage on a thread of the caller (the halves of a
     /// `pipe_next` pair that are not `subprocess`).
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()>;
+    /// Starts what must run before the pipeline's own supervisor and threads: a fan-out's
+    /// branches. Returns what each branch shares (none for any other stage).
+    fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error>;
 }
 
 impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error> {
+        match &self.fan_out {
+            Some(f) => f.prepare(&self.name),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn opts(&self) -> &Opts {

@@ -190,6 +190,23 @@ impl Error {
         }
     }
 
+    /// The same error about item `seq` instead (a branch of a fan-out numbers the items
+    /// it is given itself; the outer pipeline's number is the user's).
+    pub(crate) fn renumbered(mut self, seq: u64) -> Error {
+        match &mut self {
+            Error::Failed { item, .. }
+            | Error::Panicked { item, .. }
+            | Error::Died { item, .. }
+            | Error::Codec { item, .. }
+            | Error::GaveUp { item, .. }
+            | Error::ShutDown { item }
+            | Error::NoOutput { item, .. }
+            | Error::ManyOutputs { item, .. } => *item = seq,
+            _ => {}
+        }
+        self
+    }
+
     /// The worker involved, if any.
     pub fn worker(&self) -> Option<Worker> {
         match self {

@@ -187,8 +187,11 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StageStats {
-    /// The stage's name.
+    /// The stage's name (a fan-out's is its branches', as written: `(index | store, thumb)`).
     pub name: String,
+    /// Where the stage is: empty for a stage of the pipeline's own chain, `[b]` for one of
+    /// branch `b` of the fan-out listed before it (`[b, c]` in a fan-out nested there).
+    pub branch: Vec<usize>,
     /// Finished items that reached this stage.
     pub items_in: u64,
     /// Finished items that left this stage with outputs.
@@ -211,39 +214,47 @@ pub struct Stats {
     pub completed: u64,
     /// Items in the pipeline now (entered, not finished): `submitted - completed`.
     pub in_flight: u64,
-    /// One entry per stage, in order.
+    /// One entry per stage, in order; a fan-out's entry is followed by its branches' stages
+    /// (see [`StageStats::branch`]).
     pub stages: Vec<StageStats>,
 }
 
 fn stats_of(shared: &Shared) -> Stats {
     let completed = shared.completed.load(Ordering::Relaxed);
-    let mut items_in = completed;
-    let stages = shared
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let failed = shared.failed[i].load(Ordering::Relaxed);
-            let dropped = shared.dropped[i].load(Ordering::Relaxed);
-            let out = items_in.saturating_sub(failed + dropped);
-            let s = StageStats {
-                name: name.to_string(),
-                items_in,
-                items_out: out,
-                failed,
-                dropped,
-                restarts: shared.restarts[i].load(Ordering::Relaxed),
-            };
-            items_in = out;
-            s
-        })
-        .collect();
+    let mut stages = Vec::new();
+    stage_stats(shared, &[], &mut stages);
     let submitted = shared.issued.load(Ordering::Relaxed);
     Stats {
         submitted,
         completed,
         in_flight: submitted.saturating_sub(completed),
         stages,
+    }
+}
+
+/// The stats of the stages `shared` is about, each followed by those of its branches (a
+/// fan-out's), whose place is `path` and the branch's index.
+fn stage_stats(shared: &Shared, path: &[usize], into: &mut Vec<StageStats>) {
+    let mut items_in = shared.completed.load(Ordering::Relaxed);
+    for (i, name) in shared.names.iter().enumerate() {
+        let failed = shared.failed[i].load(Ordering::Relaxed);
+        let dropped = shared.dropped[i].load(Ordering::Relaxed);
+        let out = items_in.saturating_sub(failed + dropped);
+        into.push(StageStats {
+            name: name.to_string(),
+            branch: path.to_vec(),
+            items_in,
+            items_out: out,
+            failed,
+            dropped,
+            restarts: shared.restarts[i].load(Ordering::Relaxed),
+        });
+        items_in = out;
+        for (b, branch) in shared.branches[i].iter().enumerate() {
+            let mut at = path.to_vec();
+            at.push(b);
+            stage_stats(branch, &at, into);
+        }
     }
 }
 
@@ -328,6 +339,18 @@ impl<Out> Ticket<Out> {
             Ok(Body::Dropped(_)) => Ok(Vec::new()),
             other => Self::convert(self.seq, &self.shared, other),
         }
+    }
+
+    /// [`Ticket::wait_all`], unless `stop` ends first (then `None`).
+    pub(crate) fn wait_or_stop(self, stop: &Receiver<()>) -> Option<Result<Vec<Out>, Error>> {
+        let r = select! {
+            recv(self.rx) -> r => r,
+            recv(stop) -> _ => return None,
+        };
+        Some(match r {
+            Ok(Body::Dropped(_)) => Ok(Vec::new()),
+            other => Self::convert(self.seq, &self.shared, other),
+        })
     }
 
     fn wait_all_inner(self) -> Result<Vec<Out>, Error> {
@@ -432,6 +455,22 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
 
     /// [`Running::shutdown`] with another deadline.
     pub fn shutdown_within(self, deadline: Duration) -> Result<Report, Error> {
+        Ok(self.finish(deadline))
+    }
+
+    /// What the pieces of this pipeline share (for a fan-out's stats).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Stops now, like dropping it (a submit blocked meanwhile returns `Closed`).
+    pub(crate) fn kill(&self) {
+        self.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).kill();
+    }
+
+    /// [`Running::shutdown_within`], on a shared handle.
+    pub(crate) fn finish(&self, deadline: Duration) -> Report {
         self.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let graceful = engine.wait(Instant::now() + deadline);
@@ -442,10 +481,10 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
-        Ok(Report {
+        Report {
             graceful: graceful && !aborted,
             stats: stats_of(&self.shared),
-        })
+        }
     }
 }
 

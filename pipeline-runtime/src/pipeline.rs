@@ -6,6 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use crate::caller::fan_in;
 use crate::caller::feeder::{self, Feed};
 use crate::caller::launch::{FeederFn, launch};
 use crate::caller::output::Output;
@@ -112,6 +113,13 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
 }
 
 impl<In: Send + 'static> Pipeline<In, In> {
+    /// A pipeline of no stage yet, taking `In`: what a branch of a fan-out in `pipeline!`
+    /// starts from.
+    #[doc(hidden)]
+    pub fn branch() -> Self {
+        Pipeline::taking(Vec::new())
+    }
+
     /// A pipeline that starts with the `pipe_next` pair `producer`, `consumer` and takes its
     /// input: [`Pipeline::run`]'s items, or work items [`Running::submit`]ted, go to the
     /// producer, which hands each on to its consumer while it writes the item's bytes (see
@@ -217,6 +225,71 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         }
     }
 
+    /// Appends a broadcast fan-out: every item goes to every branch (each a pipeline taking
+    /// this one's output), and its outputs are the branches' outputs in branch order (each
+    /// branch's in its own order), delivered together; if a branch fails the item, the item
+    /// ends as that error (the first failing branch's, in branch order) and the other
+    /// branches' outputs for it are discarded. Order across items is kept. What
+    /// `pipeline![a | (b | c, d) | e]` expands to; here, fan-outs can be built in a loop:
+    ///
+    /// ```
+    /// use pipeline_runtime::{Pipeline, Stage};
+    /// let branches = (1..=3u64).map(|k| Pipeline::new(Stage::map("times", move |x: u64| x * k).subprocess()));
+    /// let p = Pipeline::new(Stage::map("inc", |x: u64| x + 1)).fan_out(branches);
+    /// let out: Vec<u64> = p.run([0u64, 10])?.collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [1, 2, 3, 11, 22, 33]);
+    /// # Ok::<(), pipeline_runtime::Error>(())
+    /// ```
+    ///
+    /// Each branch runs as a pipeline of its own (its process stages in their own workers,
+    /// talking to each other directly), started with this one. A branch may not start with a
+    /// source nor hold a `stream` stage (its outputs belong to no item): starting says so.
+    pub fn fan_out<N: Send + 'static>(
+        self,
+        branches: impl IntoIterator<Item = Pipeline<Out, N>>,
+    ) -> Pipeline<In, N>
+    where
+        Out: Clone,
+    {
+        let branches: Vec<Pipeline<Out, N>> = branches.into_iter().collect();
+        let name = format!(
+            "({})",
+            branches
+                .iter()
+                .map(Pipeline::written)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let node = crate::caller::fan_out::FanOut::new(branches, Out::clone);
+        self.then(Stage::fan_out(name, node))
+    }
+
+    /// The pipeline as `pipeline!` writes it: `a | b | c`.
+    fn written(&self) -> String {
+        let names = self.source.iter().map(String::as_str);
+        names
+            .chain(self.stages.iter().map(|s| s.name()))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// The source this pipeline starts with, if any.
+    pub(crate) fn source_name(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Starts this pipeline as branch `b` of the fan-out `fan_out`.
+    pub(crate) fn start_branch(self, b: usize, fan_out: &str) -> Result<Running<In, Out>, Error> {
+        if let Some(i) = self.shape().stream_first {
+            return Err(Error::Start(format!(
+                "branch {b} of the fan-out '{fan_out}' has the `stream` stage '{}': its outputs \
+                 belong to no item, so they cannot be combined per item; put it after the fan-out",
+                self.stages[i as usize].name()
+            )));
+        }
+        self.start()
+    }
+
     /// Number of stages (a source is not counted).
     pub fn len(&self) -> usize {
         self.stages.len()
@@ -275,6 +348,47 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
 }
 
 impl<Out: Send + 'static> Pipeline<(), Out> {
+    /// A fan-in: a pipeline whose items are those of all of `sources`, interleaved as they
+    /// are produced (one source's items keep their order). Each source runs on a thread of
+    /// its own; one that panics fails one item, naming it, and the others go on. What
+    /// `pipeline![(evens, odds) | double]` expands to.
+    ///
+    /// ```
+    /// use pipeline_runtime::{Pipeline, Source, Stage};
+    /// let evens = Source::new("evens", || (0..5u64).map(|x| 2 * x));
+    /// let odds = Source::new("odds", || (0..5u64).map(|x| 2 * x + 1));
+    /// let p = Pipeline::merge([evens, odds]).then(Stage::map("double", |x: u64| 2 * x));
+    /// let mut out: Vec<u64> = p.results()?.collect::<Result<_, _>>()?;
+    /// out.sort();
+    /// assert_eq!(out, (0..10u64).map(|x| 2 * x).collect::<Vec<_>>());
+    /// # Ok::<(), pipeline_runtime::Error>(())
+    /// ```
+    pub fn merge(sources: impl IntoIterator<Item = Source<Out>>) -> Self {
+        let sources: Vec<fan_in::Made<Out>> = sources
+            .into_iter()
+            .map(|s| (s.name.to_string(), s.make))
+            .collect();
+        let name = format!(
+            "({})",
+            sources
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Pipeline {
+            stages: Vec::new(),
+            source: Some(name),
+            feeder: Box::new(move |_, out, rt| {
+                let out = *out
+                    .downcast::<Output<Out>>()
+                    .expect("output of the sources' type");
+                feeder::spawn_feeder(Feed::Merge(sources), out, rt)
+            }),
+            _types: PhantomData,
+        }
+    }
+
     /// Runs a pipeline that starts with a `source` stage; see [`Pipeline::run`].
     pub fn results(self) -> Result<Results<Out>, Error> {
         if self.source.is_none() {

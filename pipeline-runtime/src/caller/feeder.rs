@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
+use crate::caller::fan_in::{self, Pulled};
 use crate::caller::output::{IDLE_SERVICE, Output};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
@@ -24,6 +25,10 @@ pub(crate) enum Feed<In> {
         Box<dyn FnOnce() -> Box<dyn Iterator<Item = In> + Send> + Send>,
     ),
     Chan(Receiver<(u64, In)>),
+    /// A fan-in: several sources, each pulled on a thread of its own.
+    Merge(Vec<fan_in::Made<In>>),
+    /// What a `Merge` becomes once its sources' threads run.
+    Merged(Receiver<Pulled<In>>),
 }
 
 /// Starts the feeding thread: it pulls `feed` (in user code: flagged, so a stop does not
@@ -33,6 +38,10 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
     mut out: Output<In>,
     rt: &Rt,
 ) -> io::Result<()> {
+    let feed = match feed {
+        Feed::Merge(sources) => Feed::Merged(fan_in::spawn_sources(sources, rt)?),
+        feed => feed,
+    };
     let stop = rt.stop.clone();
     let shared = Arc::clone(&rt.shared);
     let in_user = Arc::new(AtomicBool::new(false));
@@ -40,11 +49,29 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
     rt.threads.spawn_flagged("feeder", flag, move || {
         let user = User(&in_user);
         let ok = match feed {
-            Feed::Iter(it) => feed_iter(it, None, &mut out, &shared, &stop, user),
+            Feed::Iter(mut it) => feed_iter(
+                |n, seq| pull_chunk(&mut it, n, seq, &None, user),
+                &mut out,
+                &shared,
+                &stop,
+            ),
             Feed::Lazy(name, make) => {
-                let it = make_source(make, user);
-                feed_iter(it, Some(name), &mut out, &shared, &stop, user)
+                let mut it = make_source(make, user);
+                let name = Some(name);
+                feed_iter(
+                    |n, seq| pull_chunk(&mut it, n, seq, &name, user),
+                    &mut out,
+                    &shared,
+                    &stop,
+                )
             }
+            Feed::Merged(rx) => feed_iter(
+                |n, seq| pull_merged(&rx, n, seq, &stop),
+                &mut out,
+                &shared,
+                &stop,
+            ),
+            Feed::Merge(_) => unreachable!("a fan-in's sources were started above"),
             Feed::Chan(rx) => feed_chan(&rx, &mut out, &stop),
         };
         if ok && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected) {
@@ -54,12 +81,12 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
     })
 }
 
-/// Marks the times the feeder spends in user code (see [`crate::caller::threads`]).
+/// Marks the times a thread spends in user code (see [`crate::caller::threads`]).
 #[derive(Clone, Copy)]
-struct User<'a>(&'a AtomicBool);
+pub(crate) struct User<'a>(pub(crate) &'a AtomicBool);
 
 impl User<'_> {
-    fn run<T>(self, f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> std::thread::Result<T> {
         self.0.store(true, Ordering::Release);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         self.0.store(false, Ordering::Release);
@@ -67,7 +94,7 @@ impl User<'_> {
     }
 }
 
-type Iter<In> = Box<dyn Iterator<Item = In> + Send>;
+pub(crate) type Iter<In> = Box<dyn Iterator<Item = In> + Send>;
 
 /// Makes a source's iterator; if that panics, an iterator whose first item panics with the
 /// same message (so the failure is an item's outcome like any other).
@@ -86,15 +113,14 @@ fn make_source<In: 'static>(
     }
 }
 
-/// Feeds an iterator, taking room in the window chunk by chunk (chunks grow while the
-/// iterator is quick, shrink when it is slow). False if the pipeline stopped.
+/// Feeds what `pull(n, seq)` pulls (up to `n` records numbered from `seq`, and whether the
+/// input ended), taking room in the window chunk by chunk (chunks grow while the input is
+/// quick, shrink when it is slow). False if the pipeline stopped.
 fn feed_iter<In>(
-    mut it: Iter<In>,
-    source: Option<String>,
+    mut pull: impl FnMut(usize, &mut u64) -> (Vec<Rec<In>>, bool),
     out: &mut Output<In>,
     shared: &Shared,
     stop: &Receiver<()>,
-    user: User<'_>,
 ) -> bool {
     let window = &shared.window;
     let mut chunk = 1usize;
@@ -104,7 +130,7 @@ fn feed_iter<In>(
             return false;
         };
         let t0 = Instant::now();
-        let (batch, ended) = pull_chunk(&mut it, n, &mut seq, &source, user);
+        let (batch, ended) = pull(n, &mut seq);
         shared.issued.store(seq, Ordering::Release);
         window.give_back(n - batch.len());
         if !batch.is_empty() && out.send(batch, stop).is_err() {
@@ -170,6 +196,46 @@ fn pull_chunk<In>(
         if failed {
             return (batch, true);
         }
+    }
+    (batch, false)
+}
+
+/// Pulls up to `n` items of a fan-in (waiting for the first only), numbering them from
+/// `seq`; a source's panic fails one item and the others go on. Returns the records and
+/// whether the input ended (every source did, or the pipeline stopped).
+fn pull_merged<In>(
+    rx: &Receiver<Pulled<In>>,
+    n: usize,
+    seq: &mut u64,
+    stop: &Receiver<()>,
+) -> (Vec<Rec<In>>, bool) {
+    let mut batch = Vec::with_capacity(n.min(1024));
+    let first = select! {
+        recv(rx) -> r => r.ok(),
+        recv(stop) -> _ => None,
+    };
+    let Some(first) = first else {
+        return (batch, true);
+    };
+    let mut next = Some(first);
+    while let Some(pulled) = next {
+        let body = match pulled {
+            Pulled::Item(x) => Body::One(x),
+            Pulled::Panicked(stage, message) => Body::Failed(
+                u32::MAX,
+                Box::new(Error::Input {
+                    stage: Some(stage),
+                    item: *seq,
+                    message,
+                }),
+            ),
+        };
+        batch.push(Rec { seq: *seq, body });
+        *seq += 1;
+        if batch.len() == n {
+            break;
+        }
+        next = rx.try_recv().ok();
     }
     (batch, false)
 }

@@ -36,7 +36,12 @@ pub(crate) fn launch<Out: Send + 'static>(
     feed: Option<Box<dyn Any + Send>>,
 ) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
     let names = stages.iter().map(|s| Arc::from(s.name())).collect();
-    let shared = Arc::new(Shared::new(names, window(&stages)));
+    // (Before the supervisor and any thread of this pipeline: see `fan_out`.)
+    let branches = stages
+        .iter()
+        .map(|s| s.prepare())
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared = Arc::new(Shared::new(names, window(&stages), branches));
     let mut topo =
         Topology::plan(&stages).map_err(|e| Error::Start(format!("socketpair failed: {e}")))?;
     let supervisor = control::start(&stages, &mut topo)?;

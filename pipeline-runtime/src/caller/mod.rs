@@ -5,6 +5,8 @@ pub(crate) mod bridge;
 pub(crate) mod collector;
 pub(crate) mod control;
 pub(crate) mod engine;
+pub(crate) mod fan_in;
+pub(crate) mod fan_out;
 pub(crate) mod feeder;
 pub(crate) mod launch;
 pub(crate) mod output;

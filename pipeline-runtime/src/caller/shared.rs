@@ -31,10 +31,16 @@ pub(crate) struct Shared {
     /// The control thread has seen the supervisor end (and set `abort` if it had a cause).
     pub control_done: std::sync::atomic::AtomicBool,
     pub window: Window,
+    /// By stage: what the branches of a fan-out share (empty for any other stage).
+    pub branches: Vec<Vec<Arc<Shared>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(names: Vec<Arc<str>>, window: usize) -> Self {
+    pub(crate) fn new(
+        names: Vec<Arc<str>>,
+        window: usize,
+        branches: Vec<Vec<Arc<Shared>>>,
+    ) -> Self {
         let n = names.len();
         let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Shared {
@@ -49,6 +55,7 @@ impl Shared {
             supervisor: std::sync::OnceLock::new(),
             control_done: std::sync::atomic::AtomicBool::new(false),
             window: Window::new(window),
+            branches,
         }
     }
 

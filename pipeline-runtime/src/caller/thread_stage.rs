@@ -24,6 +24,9 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
     out: Output<Out>,
     rt: &Rt,
 ) -> io::Result<()> {
+    if let Some(f) = &stage.fan_out {
+        return f.spawn(idx, &stage.name, rx, out, rt);
+    }
     if let Some(f) = &stage.stream {
         for w in 0..stage.opts.workers {
             let port = crate::caller::stream_pull::ChanPort::<In, Out>::new(
