@@ -46,9 +46,12 @@ const SHUTDOWN: Duration = Duration::from_secs(5);
 /// The fan-out piece of a pipeline: its branches, then (once started) their handles.
 pub(crate) struct FanOut<In, Out> {
     branches: Mutex<Option<Vec<Pipeline<In, Out>>>>,
-    running: Mutex<Option<Arc<[Running<In, Out>]>>>,
+    running: Mutex<Option<Branches<In, Out>>>,
     clone: fn(&In) -> In,
 }
+
+/// The started branches, shared by the dispatcher and the combiner.
+type Branches<In, Out> = Arc<[Running<In, Out>]>;
 
 /// One item on its way from the dispatcher to the combiner.
 enum Entry<Out> {
