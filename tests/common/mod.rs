@@ -9,9 +9,12 @@
 
 mod procs;
 mod scenarios;
+mod shapes;
 
 // A target that uses nothing of one part leaves its glob unused.
 #[allow(unused_imports)]
 pub use procs::*;
 #[allow(unused_imports)]
 pub use scenarios::*;
+#[allow(unused_imports)]
+pub use shapes::*;

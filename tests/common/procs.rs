@@ -263,11 +263,13 @@ pub fn assert_gone(pids: &[u32]) {
     );
 }
 
-/// Every scenario of [`SCENARIOS`](super::SCENARIOS) as a libtest-mimic trial named
+/// Every scenario of [`SCENARIOS`](super::SCENARIOS) and [`SHAPES`](super::SHAPES) as a
+/// libtest-mimic trial named
 /// `{prefix}{name}`, each run by [`run_clean`].
 pub fn scenario_trials(prefix: &str) -> Vec<libtest_mimic::Trial> {
     super::SCENARIOS
         .iter()
+        .chain(super::SHAPES)
         .map(|&(name, secs, scenario)| {
             libtest_mimic::Trial::test(format!("{prefix}{name}"), move || {
                 run_clean(name, secs, scenario);
