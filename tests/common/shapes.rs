@@ -101,12 +101,12 @@ pub fn nested_and_pair_branches() -> Vec<u32> {
 pub fn branch_failures() -> Vec<u32> {
     let keep = Stage::filter_map("keep", |x: u64| (x % 5 != 4).then_some(x));
     let bad11 = Stage::map("bad11", |x: u64| {
-        assert!(x % 11 != 0, "eleven divides {x}");
+        assert!(!x.is_multiple_of(11), "eleven divides {x}");
         x
     })
     .subprocess();
     let bad7 = Stage::try_map("bad7", |x: u64| {
-        if x % 7 == 0 {
+        if x.is_multiple_of(7) {
             Err(format!("seven divides {x}"))
         } else {
             Ok(x + 1)
