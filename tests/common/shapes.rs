@@ -357,6 +357,35 @@ pub fn fan_in_order_and_panic() -> Vec<u32> {
     Vec::new()
 }
 
+/// What a fan-out refuses at start, naming what to change, leaving nothing behind (the
+/// branch started before the refused one is stopped).
+pub fn fan_out_refusals() -> Vec<u32> {
+    let stream = Stage::stream(
+        "total",
+        |items: forkpipe::Items<u64>| [items.count() as u64],
+    );
+    let p = Pipeline::new(Stage::map("first", |x: u64| x)).fan_out([
+        Pipeline::new(Stage::map("fine", |x: u64| x).subprocess()),
+        Pipeline::new(stream),
+    ]);
+    let e = p
+        .run(0..10u64)
+        .map(|_| ())
+        .expect_err("a stream stage in a branch");
+    let text = e.to_string();
+    assert!(matches!(e, Error::Start(_)), "{text}");
+    assert!(
+        text.contains("branch 1 of the fan-out '(fine, total)'")
+            && text.contains("`stream` stage 'total'"),
+        "{text}"
+    );
+    let none: Vec<Pipeline<u64, u64>> = Vec::new();
+    let p = Pipeline::new(Stage::map("first", |x: u64| x)).fan_out(none);
+    let e = p.run(0..10u64).map(|_| ()).expect_err("no branch");
+    assert!(e.to_string().contains("has no branch"), "{e}");
+    Vec::new()
+}
+
 /// Every shape scenario with its name and hang bound (seconds).
 pub const SHAPES: &[super::scenarios::Scenario] = &[
     (
@@ -391,4 +420,5 @@ pub const SHAPES: &[super::scenarios::Scenario] = &[
         60,
         fan_in_order_and_panic,
     ),
+    ("fan_out_refusals_at_start", 30, fan_out_refusals),
 ];
