@@ -60,6 +60,7 @@ mod erase;
 mod error;
 mod guard;
 mod handles;
+mod meter;
 mod os;
 mod pipeline;
 mod process;

@@ -386,6 +386,97 @@ pub fn fan_out_refusals() -> Vec<u32> {
     Vec::new()
 }
 
+/// Stats explain time: a stage that takes 2 ms per item (in 2 worker processes) between
+/// two quick ones is named the bottleneck, its busy time covers its work, items queue in
+/// front of it more than in front of the stage after it, and the table marks it — while
+/// running, after the results are drained, and in the shutdown report.
+pub fn stats_name_the_bottleneck() -> Vec<u32> {
+    const N: u64 = 300;
+    let quick = Stage::map("quick", |x: u64| x + 1);
+    let slow = Stage::map("slow", |x: u64| {
+        std::thread::sleep(Duration::from_millis(2));
+        x
+    })
+    .subprocess()
+    .workers(2);
+    let after = Stage::map("after", |x: u64| x).subprocess();
+    let running = Pipeline::new(quick)
+        .then(slow)
+        .then(after)
+        .start()
+        .expect("start");
+    let tickets: Vec<_> = (0..N).map(|x| running.submit(x).expect("submit")).collect();
+    std::thread::sleep(Duration::from_millis(250));
+    let live = running.stats();
+    assert!(live.completed < N, "still running: {live:?}");
+    for t in tickets {
+        t.wait().expect("ok");
+    }
+    let check = |stats: &forkpipe::Stats, what: &str| {
+        let s = &stats.stages;
+        assert_eq!(
+            s.iter().map(|s| s.workers).collect::<Vec<_>>(),
+            [1, 2, 1],
+            "{what}"
+        );
+        let b = stats.bottleneck().expect("a bottleneck");
+        assert_eq!(b.name, "slow", "{what}: {stats}");
+        assert!(
+            s[1].busy >= Duration::from_millis(2 * N),
+            "{what}: slow busy {:?}",
+            s[1].busy
+        );
+        assert!(
+            s[1].busy > 4 * s[2].busy && s[1].busy > 4 * s[0].busy,
+            "{what}: {stats}"
+        );
+        assert!(
+            s[1].queued > s[2].queued,
+            "{what}: items queue before the slow stage: {stats}"
+        );
+        let u = s[1].utilization(stats.elapsed);
+        assert!(
+            u > 0.5,
+            "{what}: slow's 2 workers were busy most of the time: {u}"
+        );
+        let table = stats.to_string();
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("slow"))
+            .expect("a line for slow");
+        assert!(line.ends_with("<- bottleneck"), "{what}:\n{table}");
+        assert_eq!(
+            table.matches("<- bottleneck").count(),
+            1,
+            "{what}:\n{table}"
+        );
+    };
+    // (The supervisor reports process stages' time every 100 ms.)
+    std::thread::sleep(Duration::from_millis(250));
+    check(&running.stats(), "after the items");
+    let report = running.shutdown().expect("shutdown");
+    check(report.stats(), "in the report");
+    // A streaming run: the figures are final once the results are drained.
+    let quick = Stage::map("quick", |x: u64| x + 1);
+    let slow = Stage::map("slow", |x: u64| {
+        std::thread::sleep(Duration::from_millis(2));
+        x
+    })
+    .subprocess()
+    .workers(2);
+    let after = Stage::map("after", |x: u64| x).subprocess();
+    let mut results = Pipeline::new(quick)
+        .then(slow)
+        .then(after)
+        .run(0..N)
+        .expect("start");
+    for r in results.by_ref() {
+        r.expect("ok");
+    }
+    check(&results.stats(), "after the results were drained");
+    Vec::new()
+}
+
 /// Every shape scenario with its name and hang bound (seconds).
 pub const SHAPES: &[super::scenarios::Scenario] = &[
     (
@@ -421,4 +512,5 @@ pub const SHAPES: &[super::scenarios::Scenario] = &[
         fan_in_order_and_panic,
     ),
     ("fan_out_refusals_at_start", 30, fan_out_refusals),
+    ("stats_name_the_bottleneck", 60, stats_name_the_bottleneck),
 ];

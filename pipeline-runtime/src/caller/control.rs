@@ -316,6 +316,12 @@ fn on_report(msg: SupMsg, shared: &Shared) -> bool {
             }
             false
         }
+        SupMsg::Load(load) => {
+            for (stage, busy, queued) in load {
+                shared.set_time(stage, busy, queued);
+            }
+            false
+        }
         SupMsg::Done => true,
         SupMsg::Stopped { stage, pid, cause } => {
             tracing::error!(stage = %name(stage), pid, %cause, "forkpipe: pipeline stopped");

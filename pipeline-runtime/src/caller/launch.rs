@@ -20,6 +20,7 @@ use crate::caller::threads::{Rt, Threads};
 use crate::caller::topology::{Kinds, Topology};
 use crate::erase::AnyStage;
 use crate::error::Error;
+use crate::meter::Sink;
 use crate::process::worker::WorkerCtx;
 use crate::stage::DEFAULT_QUEUE;
 
@@ -41,7 +42,8 @@ pub(crate) fn launch<Out: Send + 'static>(
         .iter()
         .map(|s| s.prepare())
         .collect::<Result<Vec<_>, _>>()?;
-    let shared = Arc::new(Shared::new(names, window(&stages), branches));
+    let workers = stages.iter().map(|s| s.opts().workers).collect();
+    let shared = Arc::new(Shared::new(names, workers, window(&stages), branches));
     let mut topo =
         Topology::plan(&stages).map_err(|e| Error::Start(format!("socketpair failed: {e}")))?;
     let supervisor = control::start(&stages, &mut topo)?;
@@ -160,6 +162,7 @@ fn spawn_link_workers(
             of: s.opts().workers,
             resync_inputs: true,
             in_epochs: Vec::new(),
+            meter: Some(Sink::Shared(Arc::clone(&rt.shared), idx)),
         };
         Arc::clone(s).spawn_link_worker(ctx, rt)?;
     }

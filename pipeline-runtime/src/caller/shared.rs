@@ -33,11 +33,19 @@ pub(crate) struct Shared {
     pub window: Window,
     /// By stage: what the branches of a fan-out share (empty for any other stage).
     pub branches: Vec<Vec<Arc<Shared>>>,
+    /// By stage: its workers, and where their time went (ns; see [`crate::meter`]).
+    pub workers: Vec<usize>,
+    pub busy: Vec<AtomicU64>,
+    pub queued: Vec<AtomicU64>,
+    /// When the pipeline started, and when its last item finished (or it was stopped).
+    pub started: Instant,
+    pub ended: std::sync::OnceLock<Instant>,
 }
 
 impl Shared {
     pub(crate) fn new(
         names: Vec<Arc<str>>,
+        workers: Vec<usize>,
         window: usize,
         branches: Vec<Vec<Arc<Shared>>>,
     ) -> Self {
@@ -56,7 +64,39 @@ impl Shared {
             control_done: std::sync::atomic::AtomicBool::new(false),
             window: Window::new(window),
             branches,
+            workers,
+            busy: zeros(),
+            queued: zeros(),
+            started: Instant::now(),
+            ended: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Adds time a stage on the caller's threads spent (ns).
+    pub(crate) fn add_time(&self, stage: u32, busy: u64, queued: u64) {
+        if let (Some(b), Some(q)) = (
+            self.busy.get(stage as usize),
+            self.queued.get(stage as usize),
+        ) {
+            b.fetch_add(busy, Ordering::Relaxed);
+            q.fetch_add(queued, Ordering::Relaxed);
+        }
+    }
+
+    /// The totals of a process stage, as its supervisor reports them (ns).
+    pub(crate) fn set_time(&self, stage: u32, busy: u64, queued: u64) {
+        if let (Some(b), Some(q)) = (
+            self.busy.get(stage as usize),
+            self.queued.get(stage as usize),
+        ) {
+            b.fetch_max(busy, Ordering::Relaxed);
+            q.fetch_max(queued, Ordering::Relaxed);
+        }
+    }
+
+    /// The pipeline's last item finished (or it was stopped): its elapsed time stops.
+    pub(crate) fn end(&self) {
+        let _ = self.ended.set(Instant::now());
     }
 
     /// Counts one item's terminal outcome.

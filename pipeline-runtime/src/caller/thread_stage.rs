@@ -13,6 +13,7 @@ use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
 use crate::guard::apply;
+use crate::meter::{Meter, Sink};
 use crate::os::fds::RtFd;
 use crate::stage::{Body, Emit, Rec, Stage};
 use crate::stream::StreamPull;
@@ -47,12 +48,15 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
         }
         return Ok(());
     }
+    let last_sample = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
     for w in 0..stage.opts.workers {
         let rx = rx.clone();
         let mut out = out.try_clone().expect("thread stages write to channels");
         let stop = rt.stop.clone();
         let me = Arc::clone(&stage);
         let inits = rt.inits.clone();
+        let mut meter = Meter::new(Sink::Shared(Arc::clone(&rt.shared), idx));
+        let last_sample = Arc::clone(&last_sample);
         rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
             let worker = Worker::Thread(w);
             let make = || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
@@ -72,6 +76,9 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
             drop(inits);
             let mut emit = Emit::new();
             while let Some(batch) = recv_chan(&rx, &stop) {
+                let n = batch.len() as u64;
+                meter.sample_queue(rx.len() as u64 * n, &last_sample);
+                meter.begin(n, None);
                 let mut out_batch: Batch<Out> = Vec::with_capacity(batch.len());
                 for r in batch {
                     let body = apply(&mut f, idx, &me.name, worker, r.seq, r.body, &mut emit);
@@ -90,6 +97,7 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
                         };
                     }
                 }
+                meter.done();
                 if out.send(out_batch, &stop).is_err() {
                     return;
                 }

@@ -258,6 +258,10 @@ pub(crate) struct SlotState {
     pub done: std::sync::atomic::AtomicU64,
     /// Of those, the items whose outputs it has sent (the rest die with it and run again).
     pub sent: std::sync::atomic::AtomicU64,
+    /// Time the workers of this slot spent working on items, and the time items waited in
+    /// front of them (ns, summed over its incarnations: see [`crate::meter`]).
+    pub busy_ns: std::sync::atomic::AtomicU64,
+    pub queued_ns: std::sync::atomic::AtomicU64,
     /// The last panic message of the running item (written by the worker's panic hook, so
     /// it survives a `panic = "abort"` build's abort): length, then bytes.
     pub panic_len: std::sync::atomic::AtomicU32,
@@ -301,6 +305,8 @@ impl Default for SlotState {
             since: Default::default(),
             done: Default::default(),
             sent: Default::default(),
+            busy_ns: Default::default(),
+            queued_ns: Default::default(),
             panic_len: Default::default(),
             panic_msg: std::array::from_fn(|_| Default::default()),
         }
@@ -330,6 +336,13 @@ pub(crate) fn shared_slots(n: usize) -> io::Result<&'static [SlotState]> {
 
 /// Monotonic clock in nanoseconds (the coarse clock: a few ms of resolution is plenty for
 /// timeouts, and it costs far less per item).
+/// `CLOCK_MONOTONIC` in ns, precise (a vDSO call): for measuring time spent, per batch.
+pub(crate) fn precise_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 pub(crate) fn now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));

@@ -35,6 +35,10 @@ pub(crate) enum SupMsg {
     Alive,
     /// Every worker was forked.
     Ready,
+    /// Where the process stages' time went so far: `(stage, busy ns, queued ns)`, summed
+    /// over each stage's workers (sent every [`crate::meter::REPORT_EVERY`] while it
+    /// changes, and once more before `Done`).
+    Load(Vec<(u32, u64, u64)>),
     /// The pipeline could not start; the supervisor cleaned up and exits.
     StartFailed(String),
     /// A worker's `init` failed at start; the supervisor cleaned up and exits.

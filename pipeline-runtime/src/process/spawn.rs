@@ -138,6 +138,7 @@ fn worker_ctx(
         give_up: slot.give_up.clone(),
         position: slot.slot,
         of: s.workers.len(),
+        meter: None,
     }
 }
 

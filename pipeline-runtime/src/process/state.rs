@@ -119,6 +119,9 @@ pub(super) struct Sup {
     pub slots: Vec<Slot>,
     /// Each stage's restart history.
     pub budgets: Vec<Budget>,
+    /// When the caller was last told where the stages' time went, and what.
+    pub load_at: std::time::Instant,
+    pub load: Vec<(u32, u64, u64)>,
 }
 
 /// Reads every control message slot's worker `c` has sent so far.

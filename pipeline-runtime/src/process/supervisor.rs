@@ -43,6 +43,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::meter;
 use crate::os::fds::{Inherited, RtFd};
 use crate::os::sys;
 use crate::process::budget::Budget;
@@ -101,6 +102,8 @@ fn start(ctl: RtFd, stages: Vec<ProcStage<RtFd>>) -> Sup {
         stages,
         slots,
         budgets,
+        load_at: std::time::Instant::now(),
+        load: Vec::new(),
     };
     for k in 0..sup.slots.len() {
         if let Err(e) = spawn(&sup.stages, &mut sup.slots[k], Vec::new()) {
@@ -130,12 +133,16 @@ impl Sup {
         let mut who: Vec<usize> = Vec::new();
         loop {
             if self.slots.iter().all(|s| s.child.is_none()) {
+                self.report_load(true);
                 protocol::send(&self.ctl, &SupMsg::Done);
                 sys::exit_now(0);
             }
             self.poll_set(&mut pfds, &mut who);
             let wait = check_timeouts(&self.stages, &mut self.slots);
-            if sys::poll(&mut pfds, wait).is_err() {
+            let wait = Some(wait.map_or(meter::REPORT_EVERY, |w| w.min(meter::REPORT_EVERY)));
+            let polled = sys::poll(&mut pfds, wait);
+            self.report_load(false);
+            if polled.is_err() {
                 continue;
             }
             if pfds[0].revents != 0 {
@@ -154,6 +161,31 @@ impl Sup {
                     replaced.extend(self.on_exit(k));
                 }
             }
+        }
+    }
+
+    /// Tells the caller where each stage's time went (see [`crate::meter`]): every
+    /// [`meter::REPORT_EVERY`] while it changes, and at the end (`last`).
+    fn report_load(&mut self, last: bool) {
+        if !last && self.load_at.elapsed() < meter::REPORT_EVERY {
+            return;
+        }
+        self.load_at = std::time::Instant::now();
+        let load: Vec<(u32, u64, u64)> = (self.stages.iter().enumerate())
+            .map(|(si, st)| {
+                let of = self.slots.iter().filter(|s| s.stage == si);
+                let (busy, queued) = of.fold((0, 0), |(b, q), s| {
+                    (
+                        b + s.state.busy_ns.load(Ordering::Relaxed),
+                        q + s.state.queued_ns.load(Ordering::Relaxed),
+                    )
+                });
+                (st.idx, busy, queued)
+            })
+            .collect();
+        if load != self.load {
+            protocol::send(&self.ctl, &SupMsg::Load(load.clone()));
+            self.load = load;
         }
     }
 

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Worker};
 use crate::guard::apply;
+use crate::meter::{Meter, Sink};
 use crate::os::sys::{self, SlotState};
 use crate::process::protocol::{self, WorkerMsg};
 use crate::stage::{
@@ -66,6 +67,8 @@ pub(crate) struct WorkerCtx<F> {
     pub resync_inputs: bool,
     /// The current epochs of the senders of its input links.
     pub in_epochs: Vec<u32>,
+    /// Where its time accounting goes: `None` for its slot (a process worker).
+    pub meter: Option<Sink>,
 }
 
 /// How a worker's loop ended.
@@ -237,6 +240,7 @@ struct Loop<'s, In, Out, F> {
     finished: u64,
     /// Start times are only read by the supervisor's timeout check.
     timed: bool,
+    meter: Meter,
 }
 
 impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
@@ -247,6 +251,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     ) -> io::Result<Self> {
         let me = worker_id(&ctx.ctl, ctx.position);
         let (rx, tx) = ctx.links()?;
+        let sink = ctx.meter.take().unwrap_or(Sink::Slot(ctx.slot));
         Ok(Loop {
             stage,
             wire: stage.wire.expect("process stages have wire functions"),
@@ -264,6 +269,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             since_ack: 0,
             finished: 0,
             timed: stage.opts.timeout.is_some(),
+            meter: Meter::new(sink),
         })
     }
 
@@ -289,6 +295,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
                 return Ok(WorkerEnd::Restart);
             }
         }
+        self.meter.done();
         self.tx.finish()?;
         self.credit_acked();
         self.rx.drain_acks();
@@ -299,6 +306,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     /// Everything received was handled: flushes and acks it, resends what a dead worker
     /// downstream held, then waits for more input. `false` at the end of the input.
     fn refill(&mut self) -> io::Result<bool> {
+        self.meter.done();
         self.flush_sent()?;
         self.tx.read_acks()?;
         self.credit_acked();
@@ -326,6 +334,10 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     /// which item runs), lets it go, and flushes and acks when it is time.
     fn record(&mut self, r: RecRef) -> io::Result<Handled> {
         self.wait_room()?;
+        if r.first {
+            let (items, arrived) = self.rx.arrival();
+            self.meter.begin(items, Some(arrived));
+        }
         let slot = self.slot;
         if self.timed {
             slot.since.store(sys::now_ns(), Ordering::Relaxed);
@@ -363,10 +375,12 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             match self.tx.reserve()? {
                 Commit::Ready => return Ok(()),
                 Commit::NeedCredit => {
+                    self.meter.idle();
                     self.flush_sent()?;
                     self.credit_acked();
                     self.rx.send_acks();
                     self.tx.wait_credit(&mut self.extra)?;
+                    self.meter.busy();
                 }
             }
         }
@@ -486,6 +500,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
 
     /// Before a replacement (the state may be half-updated): hands over what is done.
     fn hand_over(&mut self) -> io::Result<()> {
+        self.meter.done();
         self.flush_sent()?;
         wait_acked(&mut self.tx)?;
         self.credit_acked();

@@ -111,6 +111,8 @@ pub(crate) struct RecRef {
     /// It came in a small message (its sender is not streaming in bulk): its outputs should
     /// be passed on at once, not batched.
     pub small: bool,
+    /// The first record of its message (see [`LinkReceiver::arrival`]).
+    pub first: bool,
     pub seq: u64,
     pub tag: u8,
     start: usize,
@@ -646,6 +648,8 @@ pub(crate) struct LinkReceiver<F> {
     links: Vec<InLink<F>>,
     queue: VecDeque<Msg>,
     pool: Vec<Vec<u8>>,
+    /// When the current `fill` read (ns): the arrival time of what it reads.
+    now: u64,
 }
 
 #[derive(Debug)]
@@ -682,6 +686,8 @@ struct Msg {
     data: Vec<u8>,
     pos: usize,
     left: u32,
+    /// When it was read (`CLOCK_MONOTONIC` ns).
+    arrived: u64,
 }
 
 /// Why a link's stream could not be read: the link (its index in the receiver, which is
@@ -725,6 +731,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 .collect(),
             queue: VecDeque::new(),
             pool: Vec::new(),
+            now: 0,
         }
     }
 
@@ -822,6 +829,7 @@ impl<F: AsFd> LinkReceiver<F> {
     }
 
     fn read_available(&mut self) -> Result<bool, Corrupt> {
+        self.now = sys::precise_ns();
         let mut got = false;
         for i in 0..self.links.len() {
             while !self.links[i].eof {
@@ -912,6 +920,7 @@ impl<F: AsFd> LinkReceiver<F> {
                     data: buf,
                     pos: BATCH_HEADER,
                     left,
+                    arrived: self.now,
                 });
                 Ok(true)
             }
@@ -962,6 +971,7 @@ impl<F: AsFd> LinkReceiver<F> {
                 data,
                 pos: BATCH_HEADER,
                 left: 1,
+                arrived: self.now,
             });
             return Ok(true);
         }
@@ -998,18 +1008,28 @@ impl<F: AsFd> LinkReceiver<F> {
             }
             m.pos = end;
             let index = m.first + u64::from(m.total - m.left);
+            let first = m.left == m.total;
             m.left -= 1;
             return Ok(Some(RecRef {
                 link: m.link,
                 epoch: m.epoch,
                 index,
                 small: m.total < SMALL_MSG,
+                first,
                 seq,
                 tag,
                 start,
                 end,
             }));
         }
+    }
+
+    /// The records of the message the last record came from, and when it arrived (ns): for
+    /// the time they waited (see [`crate::meter`]).
+    pub(crate) fn arrival(&self) -> (u64, u64) {
+        self.queue
+            .front()
+            .map_or((0, 0), |m| (u64::from(m.total), m.arrived))
     }
 
     /// The payload of a record returned by [`LinkReceiver::next`] (valid until `done`).
