@@ -177,7 +177,8 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                     }
                     self.ring.base = end;
                     self.give_back();
-                    let _ = self.engine.wait(Instant::now() + Duration::from_secs(5));
+                    let graceful = self.engine.wait(Instant::now() + Duration::from_secs(5));
+                    finished(&self.engine.shared, graceful);
                 }
             }
         }
@@ -309,6 +310,17 @@ impl fmt::Display for Stats {
             self.completed, secs, self.in_flight
         )
     }
+}
+
+/// The `tracing` event of a pipeline's end, with its stats table.
+fn finished(shared: &Shared, graceful: bool) {
+    let stats = stats_of(shared);
+    let _in = shared.span.enter();
+    tracing::info!(
+        graceful,
+        completed = stats.completed,
+        "forkpipe: pipeline finished\n{stats}"
+    );
 }
 
 fn stats_of(shared: &Shared) -> Stats {
@@ -579,6 +591,7 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
+        finished(&self.shared, graceful && !aborted);
         Report {
             graceful: graceful && !aborted,
             stats: stats_of(&self.shared),

@@ -37,6 +37,8 @@ pub(crate) struct Supervisor {
     pub ctl: Arc<RtFd>,
     /// Who reaps it: this process, or the fork server (which reports on this socket).
     pub reaper: Reaper,
+    /// Its workers' pids at start, by stage index.
+    pub pids: Vec<(u32, Vec<u32>)>,
 }
 
 /// Who learns how a supervisor ended.
@@ -246,11 +248,12 @@ fn handshake(
     if matches!(first, Some(SupMsg::Alive)) {
         first = protocol::recv_blocking(&ctl);
     }
-    if let Some(SupMsg::Ready) = first {
+    if let Some(SupMsg::Ready(pids)) = first {
         return Ok(Supervisor {
             pid,
             ctl: Arc::new(ctl),
             reaper,
+            pids,
         });
     }
     drop(ctl);
@@ -310,7 +313,17 @@ fn on_report(msg: SupMsg, shared: &Shared) -> bool {
             cause,
             restarted,
         } => {
-            tracing::warn!(stage = %name(stage), pid, %cause, restarted, "forkpipe: worker died");
+            let _in = shared.stage_span(stage).entered();
+            if restarted {
+                tracing::warn!(stage = %name(stage), pid, %cause, "forkpipe: worker died; replaced");
+            } else {
+                tracing::error!(
+                    stage = %name(stage),
+                    pid,
+                    %cause,
+                    "forkpipe: worker died; past its restart budget, the stage gives up"
+                );
+            }
             if let Some(c) = shared.restarts.get(stage as usize) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -324,6 +337,7 @@ fn on_report(msg: SupMsg, shared: &Shared) -> bool {
         }
         SupMsg::Done => true,
         SupMsg::Stopped { stage, pid, cause } => {
+            let _in = shared.stage_span(stage).entered();
             tracing::error!(stage = %name(stage), pid, %cause, "forkpipe: pipeline stopped");
             shared.set_abort(Error::Died {
                 stage: name(stage),
@@ -334,6 +348,8 @@ fn on_report(msg: SupMsg, shared: &Shared) -> bool {
             shared.window.close();
             true
         }
-        SupMsg::Alive | SupMsg::Ready | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => false,
+        SupMsg::Alive | SupMsg::Ready(_) | SupMsg::StartFailed(_) | SupMsg::InitFailed { .. } => {
+            false
+        }
     }
 }

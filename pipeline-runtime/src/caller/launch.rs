@@ -44,9 +44,13 @@ pub(crate) fn launch<Out: Send + 'static>(
         .collect::<Result<Vec<_>, _>>()?;
     let workers = stages.iter().map(|s| s.opts().workers).collect();
     let shared = Arc::new(Shared::new(names, workers, window(&stages), branches));
+    let _in = shared.span.clone().entered();
     let mut topo =
         Topology::plan(&stages).map_err(|e| Error::Start(format!("socketpair failed: {e}")))?;
     let supervisor = control::start(&stages, &mut topo)?;
+    let pids = supervisor
+        .as_ref()
+        .map_or_else(Vec::new, |s| s.pids.clone());
     if let Some(s) = &supervisor {
         let _ = shared.supervisor.set(Arc::downgrade(&s.ctl));
     }
@@ -79,7 +83,26 @@ pub(crate) fn launch<Out: Send + 'static>(
     }
     drop(rt);
     await_inits(&stages, &inits_rx, &mut engine)?;
+    tracing::info!(
+        shape = %stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(" | "),
+        workers = %describe_workers(&stages, &pids),
+        "forkpipe: pipeline started"
+    );
     Ok((engine, final_rx))
+}
+
+/// Each stage's workers, for the start event: `parse: pids 12, 13; store: 1 thread`.
+fn describe_workers(stages: &[Arc<dyn AnyStage>], pids: &[(u32, Vec<u32>)]) -> String {
+    (stages.iter().enumerate())
+        .map(|(i, s)| match pids.iter().find(|(k, _)| *k as usize == i) {
+            Some((_, p)) => {
+                let p: Vec<String> = p.iter().map(u32::to_string).collect();
+                format!("{}: pids {}", s.name(), p.join(", "))
+            }
+            None => format!("{}: {} thread(s)", s.name(), s.opts().workers),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The most items the pipeline holds at once: every stage's queues, plus the feeder's.
@@ -110,6 +133,7 @@ fn wire(
     let mut next = last;
     for i in (0..stages.len()).rev() {
         let (s, idx) = (&stages[i], i as u32);
+        let _in = rt.shared.stage_span(idx).entered();
         if !kinds.link(i) {
             let (o, rx) = s.input_channel(16);
             Arc::clone(s).spawn_threads(idx, rx, next, rt)?;

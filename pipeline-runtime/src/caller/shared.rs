@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     /// When the pipeline started, and when its last item finished (or it was stopped).
     pub started: Instant,
     pub ended: std::sync::OnceLock<Instant>,
+    /// The pipeline's `tracing` span, and one per stage inside it: the pipeline's threads
+    /// run in them, and its events are reported there.
+    pub span: tracing::Span,
+    pub stage_spans: Vec<tracing::Span>,
 }
 
 impl Shared {
@@ -50,6 +54,12 @@ impl Shared {
         branches: Vec<Vec<Arc<Shared>>>,
     ) -> Self {
         let n = names.len();
+        static PIPELINES: AtomicU64 = AtomicU64::new(0);
+        let id = PIPELINES.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("pipeline", id);
+        let stage_spans = (names.iter().enumerate())
+            .map(|(i, name)| tracing::info_span!(parent: &span, "stage", index = i, name = %name))
+            .collect();
         let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Shared {
             names,
@@ -69,7 +79,17 @@ impl Shared {
             queued: zeros(),
             started: Instant::now(),
             ended: std::sync::OnceLock::new(),
+            span,
+            stage_spans,
         }
+    }
+
+    /// The span of stage `stage` (the pipeline's, for a number that is no stage's).
+    pub(crate) fn stage_span(&self, stage: u32) -> tracing::Span {
+        self.stage_spans
+            .get(stage as usize)
+            .unwrap_or(&self.span)
+            .clone()
     }
 
     /// Adds time a stage on the caller's threads spent (ns).

@@ -51,10 +51,13 @@ impl Threads {
         f: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        // (The thread runs in the span it was started in: its pipeline's, or its stage's.)
+        let span = tracing::Span::current();
         let handle = std::thread::Builder::new()
             .name(format!("forkpipe-{name}"))
             .spawn(move || {
                 let _done = done_tx; // dropped when the thread ends, however it ends
+                let _in = span.entered();
                 f();
             })?;
         self.list

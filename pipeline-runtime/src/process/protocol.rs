@@ -33,8 +33,8 @@ use crate::transport::codec;
 pub(crate) enum SupMsg {
     /// The supervisor is set up (sent before it forks the workers).
     Alive,
-    /// Every worker was forked.
-    Ready,
+    /// Every worker was forked and ran its `init`: their pids, by stage index.
+    Ready(Vec<(u32, Vec<u32>)>),
     /// Where the process stages' time went so far: `(stage, busy ns, queued ns)`, summed
     /// over each stage's workers (sent every [`crate::meter::REPORT_EVERY`] while it
     /// changes, and once more before `Done`).

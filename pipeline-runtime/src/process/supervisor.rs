@@ -58,7 +58,7 @@ pub(crate) fn run(inherited: Inherited, ctl: RawFd, plan: Vec<ProcStage>) -> ! {
     let (ctl, stages) = adopt(inherited, ctl, plan);
     protocol::send(&ctl, &SupMsg::Alive);
     let sup = start(ctl, stages);
-    protocol::send(&sup.ctl, &SupMsg::Ready);
+    protocol::send(&sup.ctl, &SupMsg::Ready(sup.pids()));
     sup.serve()
 }
 
@@ -162,6 +162,17 @@ impl Sup {
                 }
             }
         }
+    }
+
+    /// The live workers' pids, by stage index.
+    fn pids(&self) -> Vec<(u32, Vec<u32>)> {
+        (self.stages.iter().enumerate())
+            .map(|(si, st)| {
+                let of = self.slots.iter().filter(|s| s.stage == si);
+                let pids = of.filter_map(|s| s.child.as_ref().map(|c| c.pid.as_raw() as u32));
+                (st.idx, pids.collect())
+            })
+            .collect()
     }
 
     /// Tells the caller where each stage's time went (see [`crate::meter`]): every
