@@ -78,6 +78,8 @@ pub mod __private {
     }
     /// The traits `pipeline!` composes with (see the runtime's `compose` module).
     pub mod compose {
-        pub use pipeline_runtime::{Append, Chain, Open, Part, Pending, input, kind, out};
+        pub use pipeline_runtime::{
+            Append, Chain, Open, Part, Pending, branch, input, items, kind, out,
+        };
     }
 }

@@ -969,3 +969,98 @@ fn stream_with_several_workers_splits_the_stream() {
         "every item seen once: {counts:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Fan-out `a | (b | c, d) | e` and fan-in `(s, t) | a`
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fan_out_gives_each_item_every_branch_output_in_branch_order() {
+    // `triple` is `unordered` with 4 workers: the fan-out still keeps the items' order.
+    let p = pipeline![add_n(1) | (double, triple | add_n(1)) | add_n(0)];
+    let v = collect(p.run(0..100u64).unwrap());
+    let expected: Vec<u64> = (0..100u64)
+        .flat_map(|x| [2 * (x + 1), 3 * (x + 1) + 1])
+        .collect();
+    assert_eq!(v, expected);
+}
+
+#[test]
+fn fan_out_after_a_source_with_blocks_and_a_nested_fan_out() {
+    let p = pipeline![
+        numbers(50)
+            | (
+                { Stage::map("neg", |x| 1000 - x) },
+                (double, add_n(7)) | add_n(1)
+            )
+    ];
+    let v = collect(p.results().unwrap());
+    let expected: Vec<u64> = (0..50u64)
+        .flat_map(|x| [1000 - x, 2 * x + 1, x + 8])
+        .collect();
+    assert_eq!(v, expected);
+}
+
+#[test]
+fn fan_out_with_a_subprocess_stage_and_a_pipe_next_pair_in_branches() {
+    let p = pipeline![
+        add_n(0)
+            | (
+                square_in_worker,
+                repeat_byte(b'x') | count_byte(b'x') | {
+                    Stage::map("bytes", |(_, count)| count as u64)
+                }
+            )
+            | add_n(1)
+    ];
+    let v = collect(p.run(0..200u64).unwrap());
+    let expected: Vec<u64> = (0..200u64).flat_map(|x| [x * x + 1, x + 1]).collect();
+    assert_eq!(v, expected);
+}
+
+#[test]
+fn fan_out_of_one_branch_is_that_branch() {
+    let p = pipeline![double | (add_n(1),)];
+    assert_eq!(collect(p.run(0..3u64).unwrap()), [1, 3, 5]);
+}
+
+#[stage(source)]
+fn evens(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).map(|x| 2 * x)
+}
+
+#[stage(source)]
+fn odds(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).map(|x| 2 * x + 1)
+}
+
+#[test]
+fn fan_in_merges_every_item_once_each_source_in_order() {
+    let p = pipeline![(evens(300), odds(300)) | add_n(0)];
+    let v = collect(p.results().unwrap());
+    let mut all = v.clone();
+    all.sort_unstable();
+    assert_eq!(all, (0..600u64).collect::<Vec<_>>());
+    let (even, odd): (Vec<u64>, Vec<u64>) = v.iter().partition(|&&x| x % 2 == 0);
+    assert_eq!(even, (0..300u64).map(|x| 2 * x).collect::<Vec<_>>());
+    assert_eq!(odd, (0..300u64).map(|x| 2 * x + 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn fan_in_alone_of_blocks_and_functions() {
+    let p = pipeline![({ Source::new("hundreds", || 100..103u64) }, evens(2))];
+    let mut v = collect(p.results().unwrap());
+    v.sort_unstable();
+    assert_eq!(v, [0, 2, 100, 101, 102]);
+}
+
+#[test]
+fn fan_in_then_fan_out() {
+    let p = pipeline![(evens(20), odds(20)) | (double, square_in_worker)];
+    let v = collect(p.results().unwrap());
+    assert_eq!(v.len(), 80);
+    let mut pairs: Vec<(u64, u64)> = v.chunks(2).map(|c| (c[0], c[1])).collect();
+    pairs.sort_unstable();
+    let expected: Vec<(u64, u64)> = (0..40u64).map(|x| (2 * x, x * x)).collect();
+    assert_eq!(pairs, expected);
+}

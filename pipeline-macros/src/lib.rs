@@ -370,6 +370,58 @@ pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
 /// are written as two stages, `pipeline![parse | compress | upload]`; the macro appends them
 /// as one pair (see [`macro@stage`]).
 ///
+/// A parenthesised list after the first place is a fan-out: each item goes to every branch
+/// (a `|`-chain of stages, fan-outs included, each taking the type before the list; the item
+/// type must be `Clone`), and the item's outputs are the branches' outputs, in branch order.
+/// The branches make the same type, which the stage after the list takes. A list in first
+/// place is a fan-in: one `source` per element, all making the same type, whose items the
+/// pipeline takes as they are produced (each source's in its order).
+///
+/// ```
+/// use forkpipe::prelude::*;
+///
+/// #[stage(source)]
+/// fn evens(n: u64) -> impl Iterator<Item = u64> {
+///     (0..n).map(|x| 2 * x)
+/// }
+///
+/// #[stage(source)]
+/// fn odds(n: u64) -> impl Iterator<Item = u64> {
+///     (0..n).map(|x| 2 * x + 1)
+/// }
+///
+/// #[stage]
+/// fn add_n(x: u64, n: u64) -> u64 {
+///     x + n
+/// }
+///
+/// let p = pipeline![add_n(1) | (add_n(10), add_n(20) | { Stage::map("neg", |x| 100 - x) })];
+/// let out: Vec<u64> = p.run([0u64, 1])?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [11, 79, 12, 78]);
+///
+/// // The same fan-out in builder code:
+/// let p = Pipeline::new(Stage::map("add_n", |x: u64| add_n(x, 1))).fan_out([
+///     Pipeline::new(Stage::map("add_n", |x: u64| add_n(x, 10))),
+///     Pipeline::new(Stage::map("add_n", |x: u64| add_n(x, 20)))
+///         .then(Stage::map("neg", |x: u64| 100 - x)),
+/// ]);
+/// let out: Vec<u64> = p.run([0u64, 1])?.collect::<Result<_, _>>()?;
+/// assert_eq!(out, [11, 79, 12, 78]);
+///
+/// // A fan-in, and its builder code:
+/// let mut out: Vec<u64> = pipeline![(evens(3), odds(3)) | add_n(0)]
+///     .results()?
+///     .collect::<Result<_, _>>()?;
+/// out.sort_unstable();
+/// assert_eq!(out, [0, 1, 2, 3, 4, 5]);
+/// let p = Pipeline::merge([
+///     Source::new("evens", || evens(3)),
+///     Source::new("odds", || odds(3)),
+/// ]);
+/// assert_eq!(p.results()?.count(), 6);
+/// # Ok::<(), forkpipe::Error>(())
+/// ```
+///
 /// A stage whose input type differs from the previous stage's output is an error naming
 /// both stages and both types: ``stage `add_n` takes `u64` but `to_text` produces `String` ``;
 /// a `source` after the first place is `` `numbers` is a `source` stage; a source can only
@@ -377,7 +429,11 @@ pub fn stage(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `pipe_next`: add a stage that takes `&mut PipeReader` after it ``, `` `compress` is a
 /// `pipe_next` stage: the stage after it must take `&mut PipeReader` ``, `` `upload` takes a
 /// `&mut PipeReader`: it must come right after a `pipe_next` stage `` — wherever the pair
-/// stands, first included.
+/// stands, first included. So are the mistakes of a fan-out or a fan-in: branches (or
+/// sources) that make different types, ``the branches of a fan-out make different types:
+/// `thumbnail` makes `Thumb` but `index | store` makes `Id` ``; an item type that is not
+/// `Clone`; a `pipe_next` stage right before a fan-out, or last in a branch; a `source` in a
+/// branch; an element of a fan-in that is not a source; an empty list or branch.
 #[proc_macro]
 pub fn pipeline(input: TokenStream) -> TokenStream {
     let input = syn::parse::<pipeline::Pipeline>(input);

@@ -23,6 +23,11 @@
 //! leaves an error type behind, so rustc reports one error per mistake instead of a cascade
 //! through the checks after it and [`Append`].
 //!
+//! A fan-out, `a | (b | c, d)`, is no part: each branch is a chain of its own, started empty
+//! from the chain before it ([`branch`]) and built by the same steps, then the expansion calls
+//! [`Pipeline::fan_out`]. A fan-in, `(s, t) | a`, is [`Pipeline::merge`] of its sources,
+//! whose item types the expansion compares by [`items`].
+//!
 //! # Invariants
 //! - The expansion's checks accept exactly the pairs that [`Append`] has an impl for.
 //! - A [`Producer`] may start a pipeline: the expansion makes it a [`PipePending`] that takes
@@ -31,7 +36,7 @@
 use std::marker::PhantomData;
 
 use crate::pipeline::{PipePending, Pipeline};
-use crate::stage::{Consumer, Producer, Stage};
+use crate::stage::{Consumer, Producer, Source, Stage};
 use crate::transport::codec::Wire;
 
 /// The kind of a [`Pipeline`]: complete so far, any stage may follow.
@@ -77,6 +82,20 @@ pub fn input<S: Part>(_part: &S) -> PhantomData<S::In> {
 
 /// The kind of `chain`, as a value the expansion can pass to a check.
 pub fn kind<C: Chain>(_chain: &C) -> PhantomData<C::Kind> {
+    PhantomData
+}
+
+/// An empty pipeline taking the output of `chain`: what a branch of a fan-out after `chain`
+/// starts from.
+pub fn branch<C: Chain>(_chain: &C) -> Pipeline<C::Out, C::Out>
+where
+    C::Out: Send + 'static,
+{
+    Pipeline::branch()
+}
+
+/// The item type of `source`, as a value the expansion can pass to a check.
+pub fn items<T>(_source: &Source<T>) -> PhantomData<T> {
     PhantomData
 }
 

@@ -70,7 +70,7 @@ mod stream;
 mod transport;
 
 #[doc(hidden)]
-pub use compose::{Append, Chain, Open, Part, Pending, input, kind, out};
+pub use compose::{Append, Chain, Open, Part, Pending, branch, input, items, kind, out};
 #[doc(hidden)]
 pub use ctor::{ByValue, Ctor, Made, NoValue, Probe, attach};
 pub use error::{Error, Worker};

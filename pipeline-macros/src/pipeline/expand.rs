@@ -27,138 +27,410 @@
 //! next stage's input. When they differ, the only unmet bound is `Out: Link1<In>`, and rustc
 //! reports it once, with the message written for that link, at the tokens of the second
 //! stage. Each check that fails leaves an error type behind (its output is an associated
-//! type), so the checks after it, and the `Append`, report nothing more: one error per
-//! mistake. A `{ block }` is a `Stage`, whose input type `cast_stage` gives it before it is
-//! type-checked, so that its closures need no annotations.
+//! type), or passes its value on with the type the next step expects (a cast), so the checks
+//! after it, and the `Append`, report nothing more: one error per mistake. A `{ block }` is a
+//! `Stage`, whose input type `cast_stage` gives it before it is type-checked, so that its
+//! closures need no annotations.
+//!
+//! # Fan-out and fan-in
+//! A fan-out, `parse | (index | store, thumbnail) | report`, builds each branch in a block of
+//! its own, which shadows `chain` with an empty pipeline taking the chain's output
+//! (`compose::branch`) and goes through the same steps as the pipeline, the stage before the
+//! fan-out named as the first stage's previous one; the block's value is the branch, checked
+//! by a `Last` of its own. Then:
+//! ```text
+//! let branch0 = { let chain = compose::branch(&chain); /* index, store */ <_ as Last3>::complete(chain) };
+//! let made = compose::out(&branch0);
+//! let branch1 = { let chain = compose::branch(&chain); /* thumbnail */ <_ as Last5>::complete(chain) };
+//! let branch1 = <_ as Same6<_>>::cast(made, branch1);   // "the branches of a fan-out make different types"
+//! let chain = <_ as FanOut1>::check(chain);             // not after a `pipe_next` stage
+//! let item = compose::out(&chain);
+//! let chain = <_ as Clone1<_>>::fan_out(item, chain, [branch0, branch1]);
+//! ```
+//! `Clone1` calls `Pipeline::fan_out` itself, under its own `T: Clone` bound: the one place
+//! that needs it, so an item type that is not `Clone` gets that message and no other.
+//! and the stage after it is linked to the fan-out, named as written. The branches are built
+//! from the chain before its checks, so that a mistake in a branch is reported even when the
+//! fan-out has one of its own. A fan-in first, `(evens, odds) | double`, checks that each
+//! element is a `Source` (`SourceN`), compares each source's items with the first's (`Same`),
+//! and starts the chain with `Pipeline::merge([source0, source1])`.
+//!
+//! Trait names are numbered in the order of the checks (a stage's link traits share the
+//! stage's number, which in a plain chain is its place), with `Span::mixed_site()`; locals are
+//! `paths::local`s, shadowed step after step.
 
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 
-use super::parse::{Pipeline, StageRef};
+use super::checks::{
+    clone_trait, last_trait, later_trait, link_trait, open_trait, pipe_trait, reader_trait,
+    same_trait, source_trait, start_trait,
+};
+use super::parse::{Branch, Element, FanIn, FanOut, Pipeline, StageRef, Start};
 use crate::paths;
 
 /// The builder code of a pipeline.
 pub fn expand(pipeline: &Pipeline) -> TokenStream {
-    let private = paths::private();
-    let compose = quote!(#private::compose);
-    let (Some(first), Some(last)) = (pipeline.stages.first(), pipeline.stages.last()) else {
-        return TokenStream::new();
-    };
-    let chain = paths::local("__forkpipe_chain");
-    let part = paths::local("__forkpipe_part");
-    let mut traits = TokenStream::new();
-    let mut steps = TokenStream::new();
+    Expander::default().pipeline(pipeline)
+}
 
-    let first_value = value(first);
-    let start = match first {
-        StageRef::Fn { .. } => {
-            let reader = format_ident!("__ForkpipeReader0", span = Span::mixed_site());
-            let start = format_ident!("__ForkpipeStart", span = Span::mixed_site());
-            traits.extend(reader_trait(&reader, first, true));
-            traits.extend(start_trait(&start));
-            let open = paths::local("__forkpipe_kind");
-            steps.extend(quote! {
-                let #open = ::core::marker::PhantomData::<#compose::Open>;
-                let #part = #first_value;
-            });
-            let checked = aimed(
-                first,
-                quote!(<_ as #reader<_>>::__forkpipe_check),
-                quote!((#open, #part)),
-            );
-            steps.extend(quote!(let #part = #checked;));
-            aimed(
-                first,
-                quote!(<_ as #start>::__forkpipe_start),
-                part.to_token_stream(),
-            )
-        }
-        StageRef::Block(_) => {
-            let (first_span, _) = first.spans();
-            quote_spanned!(first_span=> #private::Pipeline::new(#first_value))
-        }
-    };
-    steps.extend(quote!(let #chain = #start;));
+/// Where a chain of stages stands: the pipeline's own, or a branch of a fan-out.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Place {
+    /// The pipeline's own chain.
+    Main,
+    /// A branch of a fan-out (at any depth).
+    Branch,
+}
 
-    let mut previous = first;
-    for (index, stage) in pipeline.stages.iter().enumerate().skip(1) {
-        let ident = |name: &str| format_ident!("{}{}", name, index, span = Span::mixed_site());
-        let (link, pipe, reader) = (
-            ident("__ForkpipeLink"),
-            ident("__ForkpipePipe"),
-            ident("__ForkpipeReader"),
-        );
-        traits.extend(link_trait(&link, previous, stage));
-        traits.extend(pipe_trait(&pipe, previous, stage));
-        traits.extend(reader_trait(&reader, stage, false));
-        let value = value(stage);
-        // Locals, so that each check's arguments have their types before rustc looks at the
-        // check's impls (it would guess from the one impl that fits the part otherwise).
-        let (out, kind, input) = (
-            paths::local("__forkpipe_out"),
+/// The expansion being written: the checks' traits so far, and the number of the last one.
+#[derive(Default)]
+struct Expander {
+    traits: TokenStream,
+    numbered: usize,
+}
+
+impl Expander {
+    /// The whole expansion: a block of the traits, the steps, and the last check.
+    fn pipeline(mut self, pipeline: &Pipeline) -> TokenStream {
+        let start = self.start(&pipeline.start);
+        let links = self.links(&pipeline.rest, pipeline.start.name(), Place::Main);
+        let (last, span) = match pipeline.rest.last() {
+            Some(element) => (element.name(), element.first_span()),
+            None => (pipeline.start.name(), pipeline.start.first_span()),
+        };
+        let complete = format_ident!("__ForkpipeLast", span = Span::mixed_site());
+        let complete = self.complete(complete, &last, span, None);
+        let traits = self.traits;
+        quote!({ #traits #start #links #complete })
+    }
+
+    /// The next number for a check's traits.
+    fn number(&mut self) -> usize {
+        self.numbered += 1;
+        self.numbered
+    }
+
+    /// The steps that make the first chain, `let chain = ..;`.
+    fn start(&mut self, start: &Start) -> TokenStream {
+        let chain = paths::local("__forkpipe_chain");
+        match start {
+            Start::Stage(stage @ StageRef::Fn { .. }) => self.first_fn(stage),
+            Start::Stage(stage @ StageRef::Block(_)) => {
+                let (first, _) = stage.spans();
+                let private = paths::private();
+                let value = value(stage);
+                quote_spanned!(first=> let #chain = #private::Pipeline::new(#value);)
+            }
+            Start::FanIn(fan_in) => self.fan_in(fan_in),
+        }
+    }
+
+    /// The first chain from a `#[stage]` function: a `Pipeline`, or a `PipePending`.
+    fn first_fn(&mut self, first: &StageRef) -> TokenStream {
+        let compose = compose();
+        let reader = format_ident!("__ForkpipeReader0", span = Span::mixed_site());
+        let start = format_ident!("__ForkpipeStart", span = Span::mixed_site());
+        self.traits
+            .extend(reader_trait(&reader, &first.name(), true));
+        self.traits.extend(start_trait(&start));
+        let (open, part, chain) = (
             paths::local("__forkpipe_kind"),
-            paths::local("__forkpipe_input"),
+            paths::local("__forkpipe_part"),
+            paths::local("__forkpipe_chain"),
         );
-        steps.extend(quote! {
-            let #out = #compose::out(&#chain);
-            let #kind = #compose::kind(&#chain);
-        });
-        match stage {
+        let span = first.spans().0;
+        let value = value(first);
+        let checked = aimed(
+            span,
+            quote!(<_ as #reader<_>>::__forkpipe_check),
+            quote!((#open, #part)),
+        );
+        let start = aimed(
+            span,
+            quote!(<_ as #start>::__forkpipe_start),
+            part.to_token_stream(),
+        );
+        quote! {
+            let #open = ::core::marker::PhantomData::<#compose::Open>;
+            let #part = #value;
+            let #part = #checked;
+            let #chain = #start;
+        }
+    }
+
+    /// The steps that append `elements` to the chain, the first one after `previous`.
+    fn links(&mut self, elements: &[Element], mut previous: String, place: Place) -> TokenStream {
+        let mut steps = TokenStream::new();
+        for element in elements {
+            steps.extend(match element {
+                Element::Stage(stage) => self.link(stage, &previous, place),
+                Element::FanOut(fan_out) => self.fan_out(fan_out, &previous),
+            });
+            previous = element.name();
+        }
+        steps
+    }
+
+    /// The steps that check the stage `stage` after `previous` and append it to the chain.
+    fn link(&mut self, stage: &StageRef, previous: &str, place: Place) -> TokenStream {
+        let number = self.number();
+        let ident = |name: &str| format_ident!("{}{}", name, number, span = Span::mixed_site());
+        let (pipe, reader) = (ident("__ForkpipePipe"), ident("__ForkpipeReader"));
+        let name = stage.name();
+        let link = ident("__ForkpipeLink");
+        self.traits.extend(link_trait(&link, previous, &name));
+        self.traits.extend(pipe_trait(&pipe, previous, &name));
+        self.traits.extend(reader_trait(&reader, &name, false));
+        let cast = match stage {
             StageRef::Fn { .. } => {
                 let later = ident("__ForkpipeLater");
-                traits.extend(later_trait(&later, stage));
-                let later = aimed(stage, quote!(<_ as #later>::__forkpipe_later), value);
-                let cast = aimed(
-                    stage,
-                    quote!(<_ as #link<_>>::__forkpipe_cast),
-                    quote!(#input, #out, #part),
-                );
-                steps.extend(quote! {
-                    let #part = #later;
-                    let #input = #compose::input(&#part);
-                    let #part = #cast;
-                });
+                self.traits.extend(later_trait(&later, &name, place));
+                cast_fn(stage, &link, &later)
             }
-            StageRef::Block(_) => {
-                let cast = aimed(stage, quote!(<_ as #link<_>>::__forkpipe_cast_stage), value);
-                steps.extend(quote! {
-                    let #part = <_ as #compose::Chain>::stage_for(&#chain, #cast);
-                });
-            }
-        }
+            StageRef::Block(_) => cast_block(stage, &link),
+        };
+        let (compose, span) = (compose(), stage.spans().0);
+        let (chain, part, kind, out) = (
+            paths::local("__forkpipe_chain"),
+            paths::local("__forkpipe_part"),
+            paths::local("__forkpipe_kind"),
+            paths::local("__forkpipe_out"),
+        );
         let pipe = aimed(
-            stage,
+            span,
             quote!(<_ as #pipe<_>>::__forkpipe_check),
             quote!((#kind, #part)),
         );
         let reader = aimed(
-            stage,
+            span,
             quote!(<_ as #reader<_>>::__forkpipe_check),
             quote!((#kind, #part)),
         );
-        steps.extend(quote! {
+        // Locals, so that each check's arguments have their types before rustc looks at the
+        // check's impls (it would guess from the one impl that fits the part otherwise).
+        quote! {
+            let #out = #compose::out(&#chain);
+            let #kind = #compose::kind(&#chain);
+            #cast
             let #part = #pipe;
             let #part = #reader;
             let #chain = <_ as #compose::Append<_>>::append(#chain, #part);
-        });
-        previous = stage;
+        }
     }
 
-    let complete = format_ident!("__ForkpipeLast", span = Span::mixed_site());
-    traits.extend(last_trait(&complete, last));
-    let complete = aimed(
-        last,
-        quote!(<_ as #complete>::__forkpipe_complete),
-        chain.to_token_stream(),
-    );
-    quote!({ #traits #steps #complete })
+    /// The steps of the fan-out `fan_out` after `previous`: its branches, checked to make one
+    /// type, then the checks of the chain before it, and `Pipeline::fan_out`.
+    fn fan_out(&mut self, fan_out: &FanOut, previous: &str) -> TokenStream {
+        let number = self.number();
+        let ident = |name: &str| format_ident!("{}{}", name, number, span = Span::mixed_site());
+        let (open, clone) = (ident("__ForkpipeFanOut"), ident("__ForkpipeClone"));
+        let name = fan_out.name();
+        self.traits.extend(open_trait(&open, previous, &name));
+        self.traits.extend(clone_trait(&clone, previous, &name));
+        let compose = compose();
+        let (chain, made) = (
+            paths::local("__forkpipe_chain"),
+            paths::local("__forkpipe_made"),
+        );
+        let mut steps = TokenStream::new();
+        let mut branches = Vec::new();
+        for (index, branch) in fan_out.branches.iter().enumerate() {
+            let local = paths::local(&format!("__forkpipe_branch{index}"));
+            let value = self.branch(branch, previous);
+            steps.extend(quote!(let #local = #value;));
+            match fan_out.branches.first() {
+                Some(first) if index > 0 => {
+                    let same = self.same(&first.name(), &branch.name(), false);
+                    let cast = aimed(
+                        branch.first_span(),
+                        quote!(<_ as #same<_>>::__forkpipe_cast),
+                        quote!(#made, #local),
+                    );
+                    steps.extend(quote!(let #local = #cast;));
+                }
+                _ => steps.extend(quote!(let #made = #compose::out(&#local);)),
+            }
+            branches.push(local);
+        }
+        let span = fan_out.paren.span.open();
+        let item = paths::local("__forkpipe_item");
+        let open = aimed(span, quote!(<_ as #open>::__forkpipe_check), quote!(#chain));
+        let call = aimed(
+            span,
+            quote!(<_ as #clone<_>>::__forkpipe_fan_out),
+            quote!(#item, #chain, [#(#branches),*]),
+        );
+        steps.extend(quote! {
+            let #chain = #open;
+            let #item = #compose::out(&#chain);
+            let #chain = #call;
+        });
+        steps
+    }
+
+    /// A block whose value is the branch `branch` after `previous`: a pipeline taking the
+    /// chain's output, of the branch's stages, checked complete.
+    fn branch(&mut self, branch: &Branch, previous: &str) -> TokenStream {
+        let compose = compose();
+        let chain = paths::local("__forkpipe_chain");
+        let links = self.links(&branch.elements, previous.to_string(), Place::Branch);
+        let complete = match branch.elements.last() {
+            Some(last) => {
+                let number = self.number();
+                let complete = format_ident!("__ForkpipeLast{}", number, span = Span::mixed_site());
+                let name = branch.name();
+                self.complete(complete, &last.name(), last.first_span(), Some(&name))
+            }
+            None => chain.to_token_stream(),
+        };
+        quote!({
+            let #chain = #compose::branch(&#chain);
+            #links
+            #complete
+        })
+    }
+
+    /// The steps of a fan-in first: each element checked to be a source making the first
+    /// one's items, then `Pipeline::merge`.
+    fn fan_in(&mut self, fan_in: &FanIn) -> TokenStream {
+        let (private, compose) = (paths::private(), compose());
+        let (chain, made) = (
+            paths::local("__forkpipe_chain"),
+            paths::local("__forkpipe_made"),
+        );
+        let mut steps = TokenStream::new();
+        let mut sources = Vec::new();
+        for (index, source) in fan_in.sources.iter().enumerate() {
+            let number = self.number();
+            let check = format_ident!("__ForkpipeSource{}", number, span = Span::mixed_site());
+            let moved = moved_after(fan_in, index);
+            self.traits
+                .extend(source_trait(&check, &source.name(), moved.as_deref()));
+            let local = paths::local(&format!("__forkpipe_source{index}"));
+            let span = source.spans().0;
+            let checked = aimed(
+                span,
+                quote!(<_ as #check>::__forkpipe_source),
+                value(source),
+            );
+            steps.extend(quote!(let #local = #checked;));
+            match fan_in.sources.first() {
+                Some(first) if index > 0 => {
+                    let same = self.same(&first.name(), &source.name(), true);
+                    let cast = aimed(
+                        span,
+                        quote!(<_ as #same<_>>::__forkpipe_cast_source),
+                        quote!(#made, #local),
+                    );
+                    steps.extend(quote!(let #local = #cast;));
+                }
+                _ => steps.extend(quote!(let #made = #compose::items(&#local);)),
+            }
+            sources.push(local);
+        }
+        let merge = aimed(
+            fan_in.paren.span.open(),
+            quote!(#private::Pipeline::merge),
+            quote!([#(#sources),*]),
+        );
+        steps.extend(quote!(let #chain = #merge;));
+        steps
+    }
+
+    /// A new check that `branch` (of a fan-out, or a source of a fan-in) makes what `first`
+    /// makes; its name.
+    fn same(&mut self, first: &str, branch: &str, fan_in: bool) -> Ident {
+        let number = self.number();
+        let same = format_ident!("__ForkpipeSame{}", number, span = Span::mixed_site());
+        self.traits.extend(same_trait(&same, first, branch, fan_in));
+        same
+    }
+
+    /// The finished chain, checked by the new trait `complete` not to end with the
+    /// `pipe_next` stage `last` (at `span`), in the pipeline or in the branch `branch`.
+    fn complete(
+        &mut self,
+        complete: Ident,
+        last: &str,
+        span: Span,
+        branch: Option<&str>,
+    ) -> TokenStream {
+        self.traits.extend(last_trait(&complete, last, branch));
+        let chain = paths::local("__forkpipe_chain");
+        aimed(
+            span,
+            quote!(<_ as #complete>::__forkpipe_complete),
+            chain.to_token_stream(),
+        )
+    }
 }
 
-/// `callee(args)`, spanned at the stage's first token, where rustc underlines the stage for
+/// The steps that make the `#[stage]` function `stage` the part after the chain, typed by its
+/// link `link` (and checked to be no source by `later`).
+fn cast_fn(stage: &StageRef, link: &Ident, later: &Ident) -> TokenStream {
+    let compose = compose();
+    let (part, input, out) = (
+        paths::local("__forkpipe_part"),
+        paths::local("__forkpipe_input"),
+        paths::local("__forkpipe_out"),
+    );
+    let span = stage.spans().0;
+    let later = aimed(span, quote!(<_ as #later>::__forkpipe_later), value(stage));
+    let cast = aimed(
+        span,
+        quote!(<_ as #link<_>>::__forkpipe_cast),
+        quote!(#input, #out, #part),
+    );
+    quote! {
+        let #part = #later;
+        let #input = #compose::input(&#part);
+        let #part = #cast;
+    }
+}
+
+/// The step that makes the `{ block }` `stage` the part after the chain, given the chain's
+/// output as its input type by its link `link` before it is checked.
+fn cast_block(stage: &StageRef, link: &Ident) -> TokenStream {
+    let compose = compose();
+    let (part, chain) = (
+        paths::local("__forkpipe_part"),
+        paths::local("__forkpipe_chain"),
+    );
+    let cast = aimed(
+        stage.spans().0,
+        quote!(<_ as #link<_>>::__forkpipe_cast_stage),
+        value(stage),
+    );
+    quote!(let #part = <_ as #compose::Chain>::stage_for(&#chain, #cast);)
+}
+
+/// The start of the pipeline with the `index`th source of `fan_in` moved after the others,
+/// `(evens, odds) | double`, if there are others.
+fn moved_after(fan_in: &FanIn, index: usize) -> Option<String> {
+    let others: Vec<String> = (fan_in.sources.iter().enumerate())
+        .filter(|&(i, _)| i != index)
+        .map(|(_, source)| source.name())
+        .collect();
+    let moved = fan_in.sources.get(index)?.name();
+    match others.as_slice() {
+        [] => None,
+        [one] => Some(format!("{one} | {moved}")),
+        _ => Some(format!("({}) | {moved}", others.join(", "))),
+    }
+}
+
+/// The runtime's `compose` module, as generated code names it.
+fn compose() -> TokenStream {
+    let private = paths::private();
+    quote!(#private::compose)
+}
+
+/// `callee(args)`, spanned at `first`, the first token of the stage (or the group) that the
+/// call checks, where rustc underlines the stage for
 /// an unmet bound of the call (the callee, and the call, whose output projection repeats the
 /// error unless its span is the same).
-fn aimed(stage: &StageRef, callee: TokenStream, args: TokenStream) -> TokenStream {
-    let (first, _) = stage.spans();
+fn aimed(first: Span, callee: TokenStream, args: TokenStream) -> TokenStream {
     let callee = located_at(callee, first);
     let mut args = Group::new(Delimiter::Parenthesis, args);
     args.set_span(first);
@@ -215,250 +487,6 @@ fn value(stage: &StageRef) -> TokenStream {
                     .resolved_at(Span::mixed_site()),
             );
             TokenStream::from(TokenTree::Group(braces))
-        }
-    }
-}
-
-/// The trait that checks the link from `from` to `to`, with the message for that link.
-fn link_trait(link: &Ident, from: &StageRef, to: &StageRef) -> TokenStream {
-    let private = paths::private();
-    let (from, to) = (paths::escape(&from.name()), paths::escape(&to.name()));
-    let message = format!("stage `{to}` takes `{{In}}` but `{from}` produces `{{Self}}`");
-    let label = format!("`{to}` takes `{{In}}`, not `{{Self}}`");
-    let note = format!(
-        "each stage takes the type that the stage before it produces; change `{from}` or \
-         `{to}`, or put a stage between them that turns `{{Self}}` into `{{In}}`"
-    );
-    quote! {
-        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
-        trait #link<In> {
-            fn __forkpipe_cast<S: #private::compose::Part<In = In>>(
-                input: ::core::marker::PhantomData<In>,
-                out: ::core::marker::PhantomData<Self>,
-                part: S,
-            ) -> S::With<Self>
-            where
-                Self: ::core::marker::Sized;
-            fn __forkpipe_cast_stage<X>(
-                stage: #private::Stage<In, X>,
-            ) -> #private::Stage<Self, X>
-            where
-                Self: ::core::marker::Sized;
-        }
-        impl<T> #link<T> for T {
-            fn __forkpipe_cast<S: #private::compose::Part<In = T>>(
-                _: ::core::marker::PhantomData<T>,
-                _: ::core::marker::PhantomData<T>,
-                part: S,
-            ) -> S::With<T> {
-                #private::compose::Part::same(part)
-            }
-            fn __forkpipe_cast_stage<X>(
-                stage: #private::Stage<T, X>,
-            ) -> #private::Stage<T, X> {
-                stage
-            }
-        }
-    }
-}
-
-/// A check of the part that follows a chain of kind `K` (`compose::Open` or
-/// `compose::Pending`), with the message of `attr`, for which `impls` lists the parts and
-/// kinds that pass: `(generics, part, kind)`. Its output is the part; for a part and a kind
-/// that no impl fits, rustc reports the message, and the output is an error type, so that
-/// nothing after it reports more. The kind and the part come as one tuple, whose type rustc
-/// knows whole before it looks at the impls (with two arguments, it would guess the second
-/// from the one impl that fits the first).
-fn check_trait(
-    trait_name: &Ident,
-    attr: &TokenStream,
-    impls: &[(TokenStream, TokenStream, &str)],
-) -> TokenStream {
-    let private = paths::private();
-    let impls = impls.iter().map(|(generics, part, kind)| {
-        let kind = Ident::new(kind, Span::call_site());
-        let kind = quote!(#private::compose::#kind);
-        quote! {
-            #[diagnostic::do_not_recommend]
-            impl<#generics> #trait_name<#kind> for #part {
-                type Part = Self;
-                fn __forkpipe_check(
-                    (_, part): (::core::marker::PhantomData<#kind>, Self),
-                ) -> Self {
-                    part
-                }
-            }
-        }
-    });
-    quote! {
-        #attr
-        trait #trait_name<K>: ::core::marker::Sized {
-            type Part;
-            fn __forkpipe_check(
-                kind_and_part: (::core::marker::PhantomData<K>, Self),
-            ) -> Self::Part;
-        }
-        #(#impls)*
-    }
-}
-
-/// The check that the stage after the `pipe_next` stage `from` takes a `&mut PipeReader`:
-/// any part after a `Pipeline`, only a `Consumer` after a `PipePending`.
-fn pipe_trait(pipe: &Ident, from: &StageRef, to: &StageRef) -> TokenStream {
-    let private = paths::private();
-    let (from, to) = (paths::escape(&from.name()), paths::escape(&to.name()));
-    let message =
-        format!("`{from}` is a `pipe_next` stage: the stage after it must take `&mut PipeReader`");
-    let label = format!("`{to}` takes no `&mut PipeReader`");
-    let note = format!(
-        "`{from}` writes bytes for each item to a `&mut PipeWriter`, which the stage after it \
-         reads: give `{to}` a parameter `bytes: &mut PipeReader`, put a stage that takes one \
-         between them, or remove `pipe_next` from `{from}`"
-    );
-    let attr =
-        quote!(#[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]);
-    let impls = [
-        (quote!(S), quote!(S), "Open"),
-        (
-            quote!(In, Out),
-            quote!(#private::Consumer<In, Out>),
-            "Pending",
-        ),
-    ];
-    check_trait(pipe, &attr, &impls)
-}
-
-/// The check that the stage `stage`, if it takes a `&mut PipeReader`, comes right after a
-/// `pipe_next` stage: any part after a `PipePending`, all but a `Consumer` after a
-/// `Pipeline` (or `first`, checked as after a `Pipeline`).
-fn reader_trait(reader: &Ident, stage: &StageRef, first: bool) -> TokenStream {
-    let private = paths::private();
-    let name = paths::escape(&stage.name());
-    let message =
-        format!("`{name}` takes a `&mut PipeReader`: it must come right after a `pipe_next` stage");
-    let label = if first {
-        "no stage before it writes bytes to read"
-    } else {
-        "the stage before it writes no bytes to read"
-    };
-    let note = format!(
-        "put a `#[stage(pipe_next)]` stage with a `&mut PipeWriter` parameter right before \
-         `{name}`, or remove its `&mut PipeReader`"
-    );
-    let attr =
-        quote!(#[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]);
-    let impls = [
-        (quote!(S), quote!(S), "Pending"),
-        (quote!(In, Out), quote!(#private::Stage<In, Out>), "Open"),
-        (quote!(In), quote!(#private::Producer<In>), "Open"),
-        (quote!(Out), quote!(#private::Source<Out>), "Open"),
-    ];
-    check_trait(reader, &attr, &impls)
-}
-
-/// The trait that lets only a `Stage`, a `Producer` or a `Consumer` (not a `Source`) come
-/// after the first stage, with the message for the stage `stage`. It is checked on
-/// `#[stage]` functions, whose constructor's type is known before the link's; a `{ block }`
-/// must be a `Stage` by its link already.
-fn later_trait(later: &Ident, stage: &StageRef) -> TokenStream {
-    let private = paths::private();
-    let name = paths::escape(&stage.name());
-    let message = format!("`{name}` is a `source` stage; a source can only come first");
-    let label = "a `source` makes the items of a pipeline, it takes none";
-    let note = format!(
-        "move `{name}` to the front of `pipeline![...]`, or make it a stage that takes items, \
-         without `source`"
-    );
-    let parts = [
-        (quote!(In, Out), quote!(#private::Stage<In, Out>)),
-        (quote!(In), quote!(#private::Producer<In>)),
-        (quote!(In, Out), quote!(#private::Consumer<In, Out>)),
-    ];
-    let impls = parts.iter().map(|(generics, part)| {
-        quote! {
-            #[diagnostic::do_not_recommend]
-            impl<#generics> #later for #part {
-                type Part = Self;
-                fn __forkpipe_later(self) -> Self {
-                    self
-                }
-            }
-        }
-    });
-    quote! {
-        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
-        trait #later {
-            type Part;
-            fn __forkpipe_later(self) -> Self::Part;
-        }
-        #(#impls)*
-    }
-}
-
-/// The trait that makes the first chain of the pipeline from the `#[stage]` function
-/// `first`: a `Stage` or a `Source` makes a `Pipeline`, a `pipe_next` `Producer` a
-/// `PipePending` that takes the pipeline's input (its consumer must follow, which the next
-/// link's pipe check and the last check say). A `Consumer` is refused before, by the reader
-/// check, so no impl is missing: the trait needs no message of its own.
-fn start_trait(start: &Ident) -> TokenStream {
-    let private = paths::private();
-    quote! {
-        trait #start {
-            type Chain;
-            fn __forkpipe_start(self) -> Self::Chain;
-        }
-        #[diagnostic::do_not_recommend]
-        impl<In, Out> #start for #private::Stage<In, Out>
-        where
-            In: ::core::marker::Send + 'static,
-            Out: ::core::marker::Send + 'static,
-        {
-            type Chain = #private::Pipeline<In, Out>;
-            fn __forkpipe_start(self) -> Self::Chain {
-                #private::Pipeline::new(self)
-            }
-        }
-        #[diagnostic::do_not_recommend]
-        impl<Out: ::core::marker::Send + 'static> #start for #private::Source<Out> {
-            type Chain = #private::Pipeline<(), Out>;
-            fn __forkpipe_start(self) -> Self::Chain {
-                #private::Pipeline::new(self)
-            }
-        }
-        #[diagnostic::do_not_recommend]
-        impl<In: ::core::marker::Send + 'static> #start for #private::Producer<In> {
-            type Chain = #private::PipePending<In, In>;
-            fn __forkpipe_start(self) -> Self::Chain {
-                #private::Pipeline::producer_first(self)
-            }
-        }
-    }
-}
-
-/// The trait that accepts the finished chain unless its last stage, `last`, is `pipe_next`.
-fn last_trait(complete: &Ident, last: &StageRef) -> TokenStream {
-    let private = paths::private();
-    let name = paths::escape(&last.name());
-    let message = format!(
-        "the last stage `{name}` is `pipe_next`: add a stage that takes `&mut PipeReader` after it"
-    );
-    let label = format!("`{name}` writes bytes that no stage reads");
-    let note = format!(
-        "a `pipe_next` stage streams bytes for each item to the stage after it; add one that \
-         takes `bytes: &mut PipeReader`, or remove `pipe_next` from `{name}`"
-    );
-    quote! {
-        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
-        trait #complete {
-            type Pipeline;
-            fn __forkpipe_complete(self) -> Self::Pipeline;
-        }
-        #[diagnostic::do_not_recommend]
-        impl<In, Out> #complete for #private::Pipeline<In, Out> {
-            type Pipeline = Self;
-            fn __forkpipe_complete(self) -> Self {
-                self
-            }
         }
     }
 }

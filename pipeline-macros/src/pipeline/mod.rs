@@ -1,6 +1,8 @@
-//! `pipeline![a | b(7) | { expr }]`: parse the stages (`parse`), expand to the builder API with
-//! a type check per link (`expand`).
+//! `pipeline![a | b(7) | { expr }]`, `pipeline![a | (b | c, d)]`, `pipeline![(s, t) | a]`:
+//! parse the stages and groups (`parse`), expand to the builder API (`expand`) with a type
+//! check per link and per rule (`checks`).
 
+mod checks;
 mod expand;
 mod parse;
 

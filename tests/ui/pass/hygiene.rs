@@ -83,4 +83,6 @@ fn main() {
     let _ = pipeline![produce(b'x') | consume | produce(b'y') | consume_some];
     let _ = pipeline![numbers(3) | add_n(1) | halve | checked | spread(2)];
     let _ = pipeline![add_n(1) | { forkpipe::prelude::Stage::map("id", |x: u64| x) }];
+    let _ = pipeline![add_n(1) | (halve, add_n(2) | (checked, spread(2)), produce(b'x') | consume)];
+    let _ = pipeline![(numbers(3), numbers(4)) | (add_n(1), { forkpipe::prelude::Stage::map("id", |x| x) })];
 }
