@@ -21,9 +21,11 @@
 //! - Memory is bounded: the queue holds at most [`QUEUE`] items, each branch its window.
 //! - On stop (the outer pipeline dropped), whichever thread sees it first kills every branch
 //!   (which reaps its processes); a thread blocked in a branch's `submit` then wakes with
-//!   `Closed`. At the end of the input, the combiner shuts the branches down gracefully.
+//!   `Closed`. At the end of the input, the combiner shuts the branches down gracefully; one
+//!   that does not end so makes the pipeline's shutdown report not graceful.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,9 +117,10 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
         rt.threads.spawn(&format!("{name}-dispatch"), move || {
             dispatch(&rx, &branches, &qtx, &stop, clone);
         })?;
-        let stop = rt.stop.clone();
+        let (stop, shared) = (rt.stop.clone(), Arc::clone(&rt.shared));
         rt.threads.spawn(&format!("{name}-combine"), move || {
             combine(idx, &qrx, out, &running, &stop);
+            shut_down(&running, &shared);
         })?;
         let _ = rt.inits.send(Ok(()));
         Ok(())
@@ -197,8 +200,22 @@ where
     tickets
 }
 
-/// Makes each item's outcome, in order, and sends it on; at the end of the input, shuts the
-/// branches down.
+/// Shuts the branches down gracefully (each is stopped already if the pipeline stopped); a
+/// branch that does not end gracefully makes the whole pipeline's end not graceful.
+fn shut_down<In: Send + 'static, Out: Send + 'static>(
+    branches: &[Running<In, Out>],
+    shared: &Shared,
+) {
+    for (b, branch) in branches.iter().enumerate() {
+        if !branch.finish(SHUTDOWN).is_graceful() && !shared.stopping.load(Ordering::Acquire) {
+            shared.set_abort(Error::Start(format!(
+                "branch {b} of a fan-out did not shut down gracefully"
+            )));
+        }
+    }
+}
+
+/// Makes each item's outcome, in order, and sends it on.
 fn combine<In: Send + 'static, Out: Send + 'static>(
     idx: u32,
     queue: &Receiver<Entry<Out>>,
@@ -221,9 +238,6 @@ fn combine<In: Send + 'static, Out: Send + 'static>(
         if out.send(vec![rec], stop).is_err() {
             return kill(branches);
         }
-    }
-    for b in branches {
-        b.finish(SHUTDOWN);
     }
 }
 
