@@ -82,10 +82,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
     }
 
     fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error> {
-        match &self.fan_out {
-            Some(f) => f.prepare(&self.name),
-            None => Ok(Vec::new()),
-        }
+        Ok(Vec::new())
     }
 
     fn opts(&self) -> &Opts {

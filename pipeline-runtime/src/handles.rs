@@ -355,8 +355,8 @@ fn stage_stats(shared: &Shared, path: &[usize], into: &mut Vec<StageStats>) {
             dropped,
             restarts: shared.restarts[i].load(Ordering::Relaxed),
             workers: shared.workers[i],
-            busy: Duration::from_nanos(shared.busy[i].load(Ordering::Relaxed)),
-            queued: Duration::from_nanos(shared.queued[i].load(Ordering::Relaxed)),
+            busy: Duration::from_nanos(shared.times[i].busy.load(Ordering::Relaxed)),
+            queued: Duration::from_nanos(shared.times[i].queued.load(Ordering::Relaxed)),
         });
         items_in = out;
         for (b, branch) in shared.branches[i].iter().enumerate() {

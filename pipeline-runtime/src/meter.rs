@@ -29,21 +29,35 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::caller::shared::Shared;
 use crate::os::sys::{self, SlotState};
 
 /// How often the supervisor tells the caller the process stages' totals.
 pub(crate) const REPORT_EVERY: Duration = Duration::from_millis(100);
 
+/// One stage's totals in the caller (ns).
+#[derive(Debug, Default)]
+pub(crate) struct StageTime {
+    pub busy: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+impl StageTime {
+    /// The totals of a process stage, as its supervisor reports them.
+    pub(crate) fn set(&self, busy: u64, queued: u64) {
+        self.busy.fetch_max(busy, Ordering::Relaxed);
+        self.queued.fetch_max(queued, Ordering::Relaxed);
+    }
+}
+
 /// Where a meter's figures go.
 pub(crate) enum Sink {
     /// A process worker's slot (the supervisor reads it).
     Slot(&'static SlotState),
-    /// A stage on the caller's threads: the pipeline's counters, by stage index.
-    Shared(Arc<Shared>, u32),
+    /// A stage on the caller's threads: its totals.
+    Stage(Arc<StageTime>),
 }
 
 /// The time accounting of one worker (see the module docs).
@@ -134,7 +148,10 @@ impl Meter {
                 s.busy_ns.fetch_add(busy, Ordering::Relaxed);
                 s.queued_ns.fetch_add(queued, Ordering::Relaxed);
             }
-            Sink::Shared(shared, idx) => shared.add_time(*idx, busy, queued),
+            Sink::Stage(t) => {
+                t.busy.fetch_add(busy, Ordering::Relaxed);
+                t.queued.fetch_add(queued, Ordering::Relaxed);
+            }
         }
     }
 }

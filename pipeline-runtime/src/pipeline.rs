@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::caller::fan_in;
+use crate::caller::fan_out::{Branch, FanOut};
 use crate::caller::feeder::{self, Feed};
 use crate::caller::launch::{FeederFn, launch};
 use crate::caller::output::Output;
@@ -260,8 +261,18 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let node = crate::caller::fan_out::FanOut::new(branches, Out::clone);
-        self.then(Stage::fan_out(name, node))
+        let branches = branches
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn Branch<Out, N>>)
+            .collect();
+        let mut stages = self.stages;
+        stages.push(Arc::new(FanOut::new(name, branches, Out::clone)));
+        Pipeline {
+            stages,
+            source: self.source,
+            feeder: self.feeder,
+            _types: PhantomData,
+        }
     }
 
     /// The pipeline as `pipeline!` writes it: `a | b | c`.
@@ -271,23 +282,6 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .chain(self.stages.iter().map(|s| s.name()))
             .collect::<Vec<_>>()
             .join(" | ")
-    }
-
-    /// The source this pipeline starts with, if any.
-    pub(crate) fn source_name(&self) -> Option<&str> {
-        self.source.as_deref()
-    }
-
-    /// Starts this pipeline as branch `b` of the fan-out `fan_out`.
-    pub(crate) fn start_branch(self, b: usize, fan_out: &str) -> Result<Running<In, Out>, Error> {
-        if let Some(i) = self.shape().stream_first {
-            return Err(Error::Start(format!(
-                "branch {b} of the fan-out '{fan_out}' has the `stream` stage '{}': its outputs \
-                 belong to no item, so they cannot be combined per item; put it after the fan-out",
-                self.stages[i as usize].name()
-            )));
-        }
-        self.start()
     }
 
     /// Number of stages (a source is not counted).
@@ -344,6 +338,23 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                 .any(|s| s.opts().unordered || (stream(s) && s.opts().workers > 1)),
             stream_first: self.stages.iter().position(stream).map(|i| i as u32),
         }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Branch<In, Out> for Pipeline<In, Out> {
+    fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    fn start(self: Box<Self>, b: usize, fan_out: &str) -> Result<Running<In, Out>, Error> {
+        if let Some(i) = self.shape().stream_first {
+            return Err(Error::Start(format!(
+                "branch {b} of the fan-out '{fan_out}' has the `stream` stage '{}': its outputs \
+                 belong to no item, so they cannot be combined per item; put it after the fan-out",
+                self.stages[i as usize].name()
+            )));
+        }
+        Pipeline::start(*self)
     }
 }
 

@@ -320,8 +320,6 @@ pub struct Stage<In, Out> {
     pub(crate) wire: Option<WireOps<In, Out>>,
     /// How to make this stage again in the fork server (see [`crate::recipe`]).
     pub(crate) recipe: MaybeRecipe<Stage<In, Out>>,
-    /// Set for the piece a fan-out is (then `make` is unused).
-    pub(crate) fan_out: Option<Arc<crate::caller::fan_out::FanOut<In, Out>>>,
 }
 
 impl<In, Out> fmt::Debug for Stage<In, Out> {
@@ -394,7 +392,6 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             },
             wire: None,
             recipe: Err(Cow::Borrowed("it was not made by a stage constructor")),
-            fan_out: None,
         }
     }
 
@@ -516,13 +513,6 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     }
 
     /// Sets how the stage is made again in fork-server mode.
-    /// The piece a fan-out is, named `name` (see [`crate::caller::fan_out`]).
-    pub(crate) fn fan_out(name: String, node: crate::caller::fan_out::FanOut<In, Out>) -> Self {
-        let mut stage = Self::from_fn(name, Arc::new(|_, _| Err("a fan-out".into())));
-        stage.fan_out = Some(Arc::new(node));
-        stage
-    }
-
     pub(crate) fn with_recipe(mut self, recipe: MaybeRecipe<Self>) -> Self {
         self.recipe = recipe;
         self

@@ -5,7 +5,6 @@
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::quote;
 
-use super::expand::Place;
 use crate::paths;
 
 /// The trait that checks the link from the element `from` (a stage, a fan-in or a fan-out,
@@ -452,4 +451,13 @@ pub fn source_trait(source: &Ident, stage: &str, moved: Option<&str>) -> TokenSt
             }
         }
     }
+}
+
+/// Where a chain of stages stands: the pipeline's own, or a branch of a fan-out.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Place {
+    /// The pipeline's own chain.
+    Main,
+    /// A branch of a fan-out (at any depth).
+    Branch,
 }

@@ -63,7 +63,7 @@ use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 
 use super::checks::{
-    clone_trait, last_trait, later_trait, link_trait, open_trait, pipe_trait, reader_trait,
+    Place, clone_trait, last_trait, later_trait, link_trait, open_trait, pipe_trait, reader_trait,
     same_trait, source_trait, start_trait,
 };
 use super::parse::{Branch, Element, FanIn, FanOut, Pipeline, StageRef, Start};
@@ -72,15 +72,6 @@ use crate::paths;
 /// The builder code of a pipeline.
 pub fn expand(pipeline: &Pipeline) -> TokenStream {
     Expander::default().pipeline(pipeline)
-}
-
-/// Where a chain of stages stands: the pipeline's own, or a branch of a fan-out.
-#[derive(Clone, Copy, PartialEq)]
-pub enum Place {
-    /// The pipeline's own chain.
-    Main,
-    /// A branch of a fan-out (at any depth).
-    Branch,
 }
 
 /// The expansion being written: the checks' traits so far, and the number of the last one.

@@ -331,7 +331,9 @@ fn on_report(msg: SupMsg, shared: &Shared) -> bool {
         }
         SupMsg::Load(load) => {
             for (stage, busy, queued) in load {
-                shared.set_time(stage, busy, queued);
+                if let Some(t) = shared.times.get(stage as usize) {
+                    t.set(busy, queued);
+                }
             }
             false
         }

@@ -15,8 +15,10 @@ use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::caller::feeder::{Iter, User};
-use crate::caller::threads::Rt;
+use crate::caller::threads::{Rt, User};
+
+/// An input iterator, pulled on a thread of the pipeline.
+pub(crate) type Iter<In> = Box<dyn Iterator<Item = In> + Send>;
 
 /// How many pulled items may wait for the feeder, per source.
 const WAITING: usize = 64;

@@ -1,8 +1,9 @@
 //! Broadcast fan-out: `pipeline![parse | (index | store, thumbnail) | report]`.
 //!
 //! # The approach
-//! A fan-out is one piece of the outer pipeline, in the caller, whose branches are whole
-//! pipelines of their own: each branch is started with [`Pipeline::start`] when the outer
+//! A fan-out is one piece of the outer pipeline, in the caller (a thread stage to its
+//! neighbours: [`FanOut`] is an [`AnyStage`] of its own), whose branches are whole
+//! pipelines of their own: each branch is started with `Pipeline::start` when the outer
 //! pipeline starts (before the outer supervisor is forked and before any outer thread
 //! exists), so a branch keeps everything a chain has — its process stages talk to each other
 //! directly, its workers are supervised, its `pipe_next` pairs are couples — and the outer
@@ -24,6 +25,7 @@
 //!   `Closed`. At the end of the input, the combiner shuts the branches down gracefully; one
 //!   that does not end so makes the pipeline's shutdown report not graceful.
 
+use std::any::Any;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,10 +36,13 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
+use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::handles::{Running, Ticket};
-use crate::pipeline::Pipeline;
-use crate::stage::{Body, Rec};
+use crate::os::fds::RtFd;
+use crate::process::protocol::Shipment;
+use crate::process::worker::{WorkerCtx, WorkerEnd};
+use crate::stage::{Body, DEFAULT_QUEUE, Opts, Rec};
 
 /// The most items between the dispatcher and the combiner.
 pub(crate) const QUEUE: usize = 1024;
@@ -45,9 +50,21 @@ pub(crate) const QUEUE: usize = 1024;
 /// How long the branches get to finish gracefully at the end of the input.
 const SHUTDOWN: Duration = Duration::from_secs(5);
 
+/// A branch of a fan-out before it starts: a pipeline (see `Pipeline::fan_out`).
+pub(crate) trait Branch<In, Out>: Send {
+    /// The source it starts with, if any (refused).
+    fn source(&self) -> Option<&str>;
+    /// Starts it as branch `b` of the fan-out `fan_out` (refusing a `stream` stage).
+    fn start(self: Box<Self>, b: usize, fan_out: &str) -> Result<Running<In, Out>, Error>;
+}
+
+type BoxedBranch<In, Out> = Box<dyn Branch<In, Out>>;
+
 /// The fan-out piece of a pipeline: its branches, then (once started) their handles.
 pub(crate) struct FanOut<In, Out> {
-    branches: Mutex<Option<Vec<Pipeline<In, Out>>>>,
+    name: String,
+    opts: Opts,
+    branches: Mutex<Option<Vec<BoxedBranch<In, Out>>>>,
     running: Mutex<Option<Branches<In, Out>>>,
     clone: fn(&In) -> In,
 }
@@ -66,8 +83,26 @@ enum Entry<Out> {
 }
 
 impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
-    pub(crate) fn new(branches: Vec<Pipeline<In, Out>>, clone: fn(&In) -> In) -> Self {
+    /// The fan-out `name` (its branches, as written) of `branches`; `clone` copies an item
+    /// for each branch but the last.
+    pub(crate) fn new(
+        name: String,
+        branches: Vec<Box<dyn Branch<In, Out>>>,
+        clone: fn(&In) -> In,
+    ) -> Self {
         FanOut {
+            name,
+            // One piece on threads of the caller (two threads; it holds what its queue does).
+            opts: Opts {
+                workers: 1,
+                unordered: false,
+                queue: DEFAULT_QUEUE,
+                process: false,
+                timeout: None,
+                stateful: false,
+                stream: false,
+                pipe: None,
+            },
             branches: Mutex::new(Some(branches)),
             running: Mutex::new(None),
             clone,
@@ -75,7 +110,8 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
     }
 
     /// Starts every branch; returns what they share, for the outer pipeline's stats.
-    pub(crate) fn prepare(&self, name: &str) -> Result<Vec<Arc<Shared>>, Error> {
+    fn start_branches(&self) -> Result<Vec<Arc<Shared>>, Error> {
+        let name = &self.name;
         let branches = lock(&self.branches)
             .take()
             .ok_or_else(|| Error::Start(format!("the fan-out '{name}' was started twice")))?;
@@ -86,13 +122,13 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
         }
         let mut running = Vec::with_capacity(branches.len());
         for (b, branch) in branches.into_iter().enumerate() {
-            if let Some(s) = branch.source_name() {
+            if let Some(s) = branch.source() {
                 return Err(Error::Start(format!(
                     "branch {b} of the fan-out '{name}' starts with the source '{s}': a \
                      source can only start a pipeline"
                 )));
             }
-            running.push(branch.start_branch(b, name)?);
+            running.push(branch.start(b, name)?);
         }
         let shared = running.iter().map(Running::shared).collect();
         *lock(&self.running) = Some(running.into());
@@ -100,14 +136,14 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
     }
 
     /// Runs the fan-out: `rx` is its input, `out` the next piece's.
-    pub(crate) fn spawn(
+    fn spawn(
         &self,
         idx: u32,
-        name: &str,
         rx: Receiver<Batch<In>>,
         out: Output<Out>,
         rt: &Rt,
     ) -> io::Result<()> {
+        let name = &self.name;
         let running = lock(&self.running)
             .take()
             .expect("a fan-out is prepared before it is spawned");
@@ -124,6 +160,74 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
         })?;
         let _ = rt.inits.send(Ok(()));
         Ok(())
+    }
+}
+
+/// A fan-out is a thread stage to its neighbours: it never runs in a worker process, so
+/// what only process stages and `pipe_next` halves do is never asked of it.
+impl<In: Send + 'static, Out: Send + 'static> AnyStage for FanOut<In, Out> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn opts(&self) -> &Opts {
+        &self.opts
+    }
+
+    fn input_channel(&self, cap: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Batch<In>>(cap);
+        (Box::new(Output::Chan { tx, split: 1 }), Box::new(rx))
+    }
+
+    fn spawn_threads(
+        self: Arc<Self>,
+        idx: u32,
+        rx: Box<dyn Any + Send>,
+        out: Box<dyn Any + Send>,
+        rt: &Rt,
+    ) -> io::Result<()> {
+        let rx = *rx
+            .downcast::<Receiver<Batch<In>>>()
+            .expect("input channel of this fan-out");
+        let out = *out
+            .downcast::<Output<Out>>()
+            .expect("output of this fan-out");
+        self.spawn(idx, rx, out, rt)
+    }
+
+    fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error> {
+        self.start_branches()
+    }
+
+    fn ship(&self) -> Result<Shipment, String> {
+        Err("a fan-out runs in the caller".into())
+    }
+
+    fn link_output(&self, _: u32, _: Vec<RtFd>, _: usize) -> Box<dyn Any + Send> {
+        unreachable!("a fan-out is no process stage")
+    }
+
+    fn spawn_dispatcher(
+        &self,
+        _: u32,
+        _: Box<dyn Any + Send>,
+        _: Vec<RtFd>,
+        _: usize,
+        _: &Rt,
+    ) -> io::Result<()> {
+        unreachable!("a fan-out is no process stage")
+    }
+
+    fn spawn_merger(&self, _: u32, _: Vec<RtFd>, _: Box<dyn Any + Send>, _: &Rt) -> io::Result<()> {
+        unreachable!("a fan-out is no process stage")
+    }
+
+    fn worker_main(&self, _: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
+        unreachable!("a fan-out is no process stage")
+    }
+
+    fn spawn_link_worker(self: Arc<Self>, _: WorkerCtx<RtFd>, _: &Rt) -> io::Result<()> {
+        unreachable!("a fan-out is no `pipe_next` half")
     }
 }
 

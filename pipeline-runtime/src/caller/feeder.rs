@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::caller::fan_in::{self, Pulled};
+use crate::caller::fan_in::{self, Iter, Pulled};
 use crate::caller::output::{IDLE_SERVICE, Output};
 use crate::caller::shared::Shared;
-use crate::caller::threads::Rt;
+use crate::caller::threads::{Rt, User};
 use crate::caller::window::Window;
 use crate::error::Error;
 use crate::stage::{Body, Rec};
@@ -80,21 +80,6 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
         }
     })
 }
-
-/// Marks the times a thread spends in user code (see [`crate::caller::threads`]).
-#[derive(Clone, Copy)]
-pub(crate) struct User<'a>(pub(crate) &'a AtomicBool);
-
-impl User<'_> {
-    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> std::thread::Result<T> {
-        self.0.store(true, Ordering::Release);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        self.0.store(false, Ordering::Release);
-        r
-    }
-}
-
-pub(crate) type Iter<In> = Box<dyn Iterator<Item = In> + Send>;
 
 /// Makes a source's iterator; if that panics, an iterator whose first item panics with the
 /// same message (so the failure is an item's outcome like any other).

@@ -186,7 +186,7 @@ fn spawn_link_workers(
             of: s.opts().workers,
             resync_inputs: true,
             in_epochs: Vec::new(),
-            meter: Some(Sink::Shared(Arc::clone(&rt.shared), idx)),
+            meter: Some(Sink::Stage(rt.shared.time(idx))),
         };
         Arc::clone(s).spawn_link_worker(ctx, rt)?;
     }

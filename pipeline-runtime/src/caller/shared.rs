@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::caller::window::Window;
 use crate::error::Error;
+use crate::meter::StageTime;
 use crate::os::fds::RtFd;
 use crate::process::protocol::{self, CallerMsg};
 use crate::stage::Body;
@@ -35,8 +36,7 @@ pub(crate) struct Shared {
     pub branches: Vec<Vec<Arc<Shared>>>,
     /// By stage: its workers, and where their time went (ns; see [`crate::meter`]).
     pub workers: Vec<usize>,
-    pub busy: Vec<AtomicU64>,
-    pub queued: Vec<AtomicU64>,
+    pub times: Vec<Arc<StageTime>>,
     /// When the pipeline started, and when its last item finished (or it was stopped).
     pub started: Instant,
     pub ended: std::sync::OnceLock<Instant>,
@@ -75,8 +75,7 @@ impl Shared {
             window: Window::new(window),
             branches,
             workers,
-            busy: zeros(),
-            queued: zeros(),
+            times: (0..n).map(|_| Arc::default()).collect(),
             started: Instant::now(),
             ended: std::sync::OnceLock::new(),
             span,
@@ -92,26 +91,9 @@ impl Shared {
             .clone()
     }
 
-    /// Adds time a stage on the caller's threads spent (ns).
-    pub(crate) fn add_time(&self, stage: u32, busy: u64, queued: u64) {
-        if let (Some(b), Some(q)) = (
-            self.busy.get(stage as usize),
-            self.queued.get(stage as usize),
-        ) {
-            b.fetch_add(busy, Ordering::Relaxed);
-            q.fetch_add(queued, Ordering::Relaxed);
-        }
-    }
-
-    /// The totals of a process stage, as its supervisor reports them (ns).
-    pub(crate) fn set_time(&self, stage: u32, busy: u64, queued: u64) {
-        if let (Some(b), Some(q)) = (
-            self.busy.get(stage as usize),
-            self.queued.get(stage as usize),
-        ) {
-            b.fetch_max(busy, Ordering::Relaxed);
-            q.fetch_max(queued, Ordering::Relaxed);
-        }
+    /// Where stage `stage`'s time goes (see [`crate::meter`]).
+    pub(crate) fn time(&self, stage: u32) -> Arc<StageTime> {
+        Arc::clone(&self.times[stage as usize])
     }
 
     /// The pipeline's last item finished (or it was stopped): its elapsed time stops.

@@ -25,9 +25,6 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
     out: Output<Out>,
     rt: &Rt,
 ) -> io::Result<()> {
-    if let Some(f) = &stage.fan_out {
-        return f.spawn(idx, &stage.name, rx, out, rt);
-    }
     if let Some(f) = &stage.stream {
         for w in 0..stage.opts.workers {
             let port = crate::caller::stream_pull::ChanPort::<In, Out>::new(
@@ -55,7 +52,7 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
         let stop = rt.stop.clone();
         let me = Arc::clone(&stage);
         let inits = rt.inits.clone();
-        let mut meter = Meter::new(Sink::Shared(Arc::clone(&rt.shared), idx));
+        let mut meter = Meter::new(Sink::Stage(rt.shared.time(idx)));
         let last_sample = Arc::clone(&last_sample);
         rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
             let worker = Worker::Thread(w);

@@ -109,3 +109,16 @@ pub(crate) struct Rt {
     pub threads: Arc<Threads>,
     pub shared: Arc<Shared>,
 }
+
+/// Marks the times a thread spends in user code (see [`Threads::spawn_flagged`]).
+#[derive(Clone, Copy)]
+pub(crate) struct User<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+impl User<'_> {
+    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> std::thread::Result<T> {
+        self.0.store(true, Ordering::Release);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.0.store(false, Ordering::Release);
+        r
+    }
+}
