@@ -23,25 +23,30 @@
 //! chunks are binary garbage. Lines without the latency field (a plain combined or common
 //! log) are parsed too.
 //!
-//! `LOGSCAN_LINES=N` sets the size of the generated log (the CI uses a small one), and
-//! `logscan --generate N > access.log` writes the generated log out, to try it as a file.
-//! The exit status is non-zero if anything failed other than rejecting garbage input.
+//! `LOGSCAN_LINES=N` (or `--lines N`) sets the size of the generated log (the CI uses a
+//! small one), and `logscan --generate > access.log` writes the generated log out, to try
+//! it as a file. The exit status is non-zero if anything failed other than rejecting
+//! garbage input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytesize::ByteSize;
+use clap::Parser;
 use forkpipe::prelude::*;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Lines per pipeline item.
 const CHUNK: usize = 1_000;
 /// Size of the generated log when `LOGSCAN_LINES` is not set.
-const DEFAULT_LINES: usize = 300_000;
+const DEFAULT_LINES: &str = "300_000";
 /// Seed of the generated log: the same log on every run and every machine.
 const SEED: u64 = 0x5EED_1095_CA11;
 
@@ -110,7 +115,7 @@ fn aggregate(chunk: Parsed) -> Summary {
         e.requests += 1;
         e.server_errors += u64::from(r.status >= 500);
         if let Some(ms) = r.latency_ms {
-            *e.latency.entry(ms).or_default() += 1;
+            e.latency.saturating_record(u64::from(ms));
         }
     }
     s
@@ -159,14 +164,45 @@ impl fmt::Display for Garbage {
     }
 }
 
-/// Latency in ms -> number of requests. Exact, small (latencies are whole ms), mergeable.
-type Histogram = BTreeMap<u32, u64>;
-
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct EndpointStats {
     requests: u64,
     server_errors: u64,
-    latency: Histogram,
+    /// Latencies in ms, 3 significant digits (exact below 2 s), mergeable.
+    #[serde(with = "v2")]
+    latency: Histogram<u64>,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        EndpointStats {
+            requests: 0,
+            server_errors: 0,
+            latency: Histogram::new(3).expect("3 significant digits"),
+        }
+    }
+}
+
+/// A histogram crosses the process boundary in hdrhistogram's own compact V2 format.
+mod v2 {
+    use hdrhistogram::Histogram;
+    use hdrhistogram::serialization::{Deserializer as V2Reader, Serializer as _, V2Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+
+    pub fn serialize<S: Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut buf)
+            .map_err(ser::Error::custom)?;
+        buf.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        let buf = Vec::<u8>::deserialize(d)?;
+        V2Reader::new()
+            .deserialize(&mut buf.as_slice())
+            .map_err(de::Error::custom)
+    }
 }
 
 /// The summary of one chunk, or (merged) of the whole log.
@@ -197,9 +233,9 @@ impl Summary {
             let mine = self.endpoints.entry(name).or_default();
             mine.requests += e.requests;
             mine.server_errors += e.server_errors;
-            for (ms, n) in e.latency {
-                *mine.latency.entry(ms).or_default() += n;
-            }
+            mine.latency
+                .add(&e.latency)
+                .expect("histograms that resize");
         }
         self.parse_pids.extend(other.parse_pids);
         self.aggregate_pids.extend(other.aggregate_pids);
@@ -607,20 +643,6 @@ fn generate_log(lines: usize, seed: u64) -> String {
 // The report
 // ---------------------------------------------------------------------------------------
 
-/// Nearest-rank percentile `q` (0..=1) of a histogram.
-fn percentile(h: &Histogram, q: f64) -> Option<u32> {
-    let n: u64 = h.values().sum();
-    let rank = ((q * n as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (&ms, &count) in h {
-        seen += count;
-        if seen >= rank {
-            return Some(ms);
-        }
-    }
-    None
-}
-
 fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -669,17 +691,17 @@ fn report(out: &mut impl Write, run: &Run) -> io::Result<()> {
     let parsed = run.lines_read - malformed;
     writeln!(
         out,
-        "logscan: {} lines in {:.2} s: {} lines/s ({:.0} MB/s) through chunks | parse (2 processes) | aggregate (1 process)",
+        "logscan: {} lines in {:.2} s: {} lines/s ({}/s) through chunks | parse (2 processes) | aggregate (1 process)",
         thousands(run.lines_read),
         secs,
         thousands((run.lines_read as f64 / secs) as u64),
-        run.bytes_read as f64 / 1e6 / secs,
+        ByteSize((run.bytes_read as f64 / secs) as u64),
     )?;
     write!(
         out,
-        "input: {}, {:.1} MB, {} chunks of up to {CHUNK} lines",
+        "input: {}, {}, {} chunks of up to {CHUNK} lines",
         run.source,
-        run.bytes_read as f64 / 1e6,
+        ByteSize(run.bytes_read),
         thousands(run.chunks)
     )?;
     match run.prepare {
@@ -718,7 +740,7 @@ fn report(out: &mut impl Write, run: &Run) -> io::Result<()> {
     if let Some(bad) = &t.first_bad {
         writeln!(out, "            first malformed line: {:?}", clip(bad, 72))?;
     }
-    writeln!(out, "bytes sent  {:>10} MB", thousands(t.bytes / 1_000_000))?;
+    writeln!(out, "bytes sent  {:>10}", ByteSize(t.bytes).to_string())?;
 
     let mut top: Vec<(&String, &EndpointStats)> = t.endpoints.iter().collect();
     top.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(b.0)));
@@ -730,7 +752,13 @@ fn report(out: &mut impl Write, run: &Run) -> io::Result<()> {
         "endpoint", "requests", "share", "p50 ms", "p95 ms", "5xx"
     )?;
     for (name, e) in top.iter().take(10) {
-        let p = |q| percentile(&e.latency, q).map_or_else(|| "-".to_string(), |v| v.to_string());
+        let p = |q| {
+            if e.latency.is_empty() {
+                "-".to_string()
+            } else {
+                e.latency.value_at_quantile(q).to_string()
+            }
+        };
         writeln!(
             out,
             "  {:<32} {:>9} {:>6.1}% {:>7} {:>7} {:>6}",
@@ -791,6 +819,26 @@ fn report(out: &mut impl Write, run: &Run) -> io::Result<()> {
 // main
 // ---------------------------------------------------------------------------------------
 
+/// Summarise a web server's access log with a multi-process pipeline.
+#[derive(Parser)]
+struct Args {
+    /// The log to scan ("-" reads stdin); without it, a generated log.
+    log: Option<PathBuf>,
+    /// Lines of the generated log.
+    #[arg(long, env = "LOGSCAN_LINES", default_value = DEFAULT_LINES, value_parser = count)]
+    lines: usize,
+    /// Write the generated log to stdout instead of scanning it.
+    #[arg(long, conflicts_with = "log")]
+    generate: bool,
+}
+
+/// `300000` or `300_000`.
+fn count(s: &str) -> Result<usize, String> {
+    s.replace('_', "")
+        .parse()
+        .map_err(|_| format!("a number of lines, not {s:?}"))
+}
+
 fn main() -> ExitCode {
     // First, while the process has one thread: every pipeline's processes are forked by
     // forkpipe's single-threaded fork server from now on, whatever threads come later.
@@ -798,16 +846,12 @@ fn main() -> ExitCode {
         eprintln!("logscan: {e}");
         return ExitCode::FAILURE;
     }
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--generate") {
-        // `logscan --generate N > access.log`: the built-in log, to try logscan on a file.
-        let lines = args
-            .get(1)
-            .and_then(|n| n.to_str()?.replace('_', "").parse().ok())
-            .unwrap_or(DEFAULT_LINES);
+    let args = Args::parse();
+    if args.generate {
+        // `logscan --generate > access.log`: the built-in log, to try logscan on a file.
         return match io::stdout()
             .lock()
-            .write_all(generate_log(lines, SEED).as_bytes())
+            .write_all(generate_log(args.lines, SEED).as_bytes())
         {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
                 eprintln!("logscan: {e}");
@@ -816,45 +860,34 @@ fn main() -> ExitCode {
             _ => ExitCode::SUCCESS,
         };
     }
-    let (input, source, prepare): (Box<dyn BufRead + Send>, String, Option<Duration>) = match args
-        .first()
-    {
-        Some(path) if path == "-" => (
-            Box::new(io::BufReader::new(io::stdin())),
-            "stdin".into(),
-            None,
-        ),
-        Some(path) => match std::fs::File::open(path) {
-            Ok(f) => (
-                Box::new(io::BufReader::with_capacity(1 << 16, f)),
-                path.to_string_lossy().into_owned(),
+    let (input, source, prepare): (Box<dyn BufRead + Send>, String, Option<Duration>) =
+        match &args.log {
+            Some(path) if path.as_os_str() == "-" => (
+                Box::new(io::BufReader::new(io::stdin())),
+                "stdin".into(),
                 None,
             ),
-            Err(e) => {
-                eprintln!("logscan: cannot open {}: {e}", path.to_string_lossy());
-                return ExitCode::from(2);
+            Some(path) => match std::fs::File::open(path) {
+                Ok(f) => (
+                    Box::new(io::BufReader::with_capacity(1 << 16, f)),
+                    path.display().to_string(),
+                    None,
+                ),
+                Err(e) => {
+                    eprintln!("logscan: cannot open {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => {
+                let t = Instant::now();
+                let text = generate_log(args.lines, SEED);
+                (
+                    Box::new(io::Cursor::new(text)),
+                    "generated access log".into(),
+                    Some(t.elapsed()),
+                )
             }
-        },
-        None => {
-            let lines = match std::env::var("LOGSCAN_LINES") {
-                Ok(v) => match v.replace('_', "").parse() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        eprintln!("logscan: LOGSCAN_LINES must be a number of lines, not {v:?}");
-                        return ExitCode::from(2);
-                    }
-                },
-                Err(_) => DEFAULT_LINES,
-            };
-            let t = Instant::now();
-            let text = generate_log(lines, SEED);
-            (
-                Box::new(io::Cursor::new(text)),
-                "generated access log".into(),
-                Some(t.elapsed()),
-            )
-        }
-    };
+        };
 
     let seen = Arc::new(Seen::default());
     let started = Instant::now();

@@ -1,11 +1,6 @@
 //! # forkpipe
 //!
-//! Typed, multi-process pipelines from ordinary functions.
-//!
-//! `#[stage]` turns a function into a pipeline stage; `pipeline![a | b | c]` composes
-//! stages, and the compiler checks that each stage's output is the next one's input.
-//! Stages marked `subprocess` run in forked worker processes connected by Unix sockets;
-//! the others run on threads of your process.
+//! Typed, multi-process pipelines from ordinary functions:
 //!
 //! ```
 //! use forkpipe::prelude::*;
@@ -25,13 +20,21 @@
 //!     (x % 2 == 1).then_some(x)
 //! }
 //!
-//! let out: Vec<u64> = pipeline![numbers(6) | square | odd_only]
-//!     .results()?
-//!     .collect::<Result<_, _>>()?;
-//! assert_eq!(out, [1, 9, 25]);
-//! assert_eq!(square(3), 9); // still an ordinary function
-//! # Ok::<(), forkpipe::Error>(())
+//! #[forkpipe::main] // forkpipe::init() first: workers come from a single-threaded fork server
+//! fn main() -> Result<(), forkpipe::Error> {
+//!     let out: Vec<u64> = pipeline![numbers(6) | square | odd_only]
+//!         .results()?
+//!         .collect::<Result<_, _>>()?;
+//!     assert_eq!(out, [1, 9, 25]);
+//!     assert_eq!(square(3), 9); // still an ordinary function
+//!     Ok(())
+//! }
 //! ```
+//!
+//! `#[stage]` turns a function into a pipeline stage; `pipeline![a | b | c]` composes
+//! stages, and the compiler checks that each stage's output is the next one's input.
+//! Stages marked `subprocess` (here `square`, in two worker processes) run in forked worker
+//! processes connected by Unix sockets; the others run on threads of your process.
 //!
 //! ## The rules, once each
 //!

@@ -58,6 +58,11 @@ fn main() {
 /// every worker is forked from the image taken there (the run directory, and what a victim
 /// prepares: signal handlers, credentials, limits, descriptors).
 pub fn run(mode: Mode) {
+    // The harness waits for its own children (victims, and the children of G9 and I8):
+    // a SIGCHLD that the shell handed down ignored would have the kernel reap them before
+    // it can. Victims go through here too; the case about a host that ignores SIGCHLD (G8)
+    // ignores it in its victim, after this.
+    support::default_action(&[libc::SIGCHLD]);
     support::set_mode(mode);
     let victim = std::env::var(support::VICTIM_VAR).ok();
     common::set_no_core_dumps();

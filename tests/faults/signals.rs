@@ -23,7 +23,7 @@ use libtest_mimic::Trial;
 use super::common::{self, Baseline};
 use super::support::{
     Victim, alive, default_action, expect_died, fault, my_pid, parent_pid, run_dir, signal,
-    wait_dead, wait_until,
+    unblock, wait_dead, wait_until,
 };
 
 pub fn trials(t: &mut Vec<Trial>) {
@@ -189,8 +189,10 @@ fn block(sigs: &[i32]) {
     assert_eq!(r, 0, "pthread_sigmask");
 }
 
-/// Installs `handler` for `sig` with `flags` (`SA_RESTART` or 0).
+/// Installs `handler` for `sig` with `flags` (`SA_RESTART` or 0), and unblocks `sig` in the
+/// calling thread (the test binary may have been started with it blocked).
 fn on_signal(sig: i32, handler: extern "C" fn(libc::c_int), flags: i32) {
+    unblock(&[sig]);
     // SAFETY: an all-zero sigaction is a valid value (no handler, empty flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = handler as *const () as libc::sighandler_t;

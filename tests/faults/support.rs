@@ -99,17 +99,41 @@ pub fn signal(pid: u32, sig: i32) {
 }
 
 /// Puts each of `signals` back at its default action in this process, and so in every
-/// process it forks or executes afterwards. A case that relies on a default action calls it
-/// first, in the process the signal is meant for: the shell may hand the tests ignored
-/// signals (`nohup` ignores SIGHUP, a background job of a non-interactive shell starts with
-/// SIGINT and SIGQUIT ignored, `trap "" TERM` ignores SIGTERM), and an ignored disposition
-/// survives `fork` and `exec`.
+/// process it forks or executes afterwards, and unblocks them in the calling thread (see
+/// [`unblock`]). A case that relies on a default action calls it first, in the process the
+/// signal is meant for: the shell may hand the tests ignored signals (`nohup` ignores
+/// SIGHUP, a background job of a non-interactive shell starts with SIGINT and SIGQUIT
+/// ignored, `trap "" TERM` ignores SIGTERM), and an ignored disposition survives `fork` and
+/// `exec`.
 pub fn default_action(signals: &[i32]) {
     for &sig in signals {
         // SAFETY: setting a signal disposition to its default runs no handler code.
         let r = unsafe { libc::signal(sig, libc::SIG_DFL) };
         assert_ne!(r, libc::SIG_ERR, "signal({sig}, SIG_DFL)");
     }
+    unblock(signals);
+}
+
+/// Unblocks `signals` in the calling thread (threads it creates later inherit its mask). A
+/// case that relies on a signal being delivered calls it (through [`default_action`], or
+/// when it installs a handler) in the victim's main thread before it starts anything: a
+/// blocked mask is inherited through `fork` and `exec` too (std's `Command` keeps it), so a
+/// victim of a test binary started with signals blocked would never see them.
+pub fn unblock(signals: &[i32]) {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given a valid pointer to.
+    let r = unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    assert_eq!(r, 0, "sigemptyset");
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for &sig in signals {
+        // SAFETY: a valid pointer to an initialised set.
+        let r = unsafe { libc::sigaddset(&mut set, sig) };
+        assert_eq!(r, 0, "sigaddset({sig})");
+    }
+    // SAFETY: valid pointer to an initialised set; no old mask wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "pthread_sigmask(SIG_UNBLOCK)");
 }
 
 /// True if `pid` exists and has not exited (a zombie is dead).
