@@ -3,9 +3,10 @@
 //! start), so that the stages before it run ahead and only backpressure bounds what waits.
 //! Run once with process stages (direct mode) and once with thread stages.
 //!
-//! At the 1,000,000th output and at the last one (before shutdown), prints the peak RSS
-//! (`VmHWM` in `/proc/PID/status`) of the caller and of every process under it, found
-//! through `/proc` (the supervisor is the caller's child, the workers are its children).
+//! At the 1,000,000th output and at the end, prints the peak RSS (`VmHWM` in
+//! `/proc/PID/status`) of the caller and of every process under it, found through `/proc`
+//! (the supervisor is the caller's child, the workers are its children). Each kind runs in
+//! a fresh child process (`bare::in_child`), so that one's peak does not hide the other's.
 //! Bounded queues mean the figures at 1M and at 10M agree within noise. Nothing is
 //! asserted; with `-- --test` a small count just runs.
 //!
@@ -14,7 +15,8 @@
 mod bare;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkpipe::{Pipeline, Stage};
@@ -69,23 +71,56 @@ fn snapshot() -> Snapshot {
         .collect()
 }
 
-/// Runs `p` over `items`, snapshotting at the `mark`th and the last output.
+/// Runs `p` over `items`: a tree snapshot at the `mark`th output, then the last `VmHWM`
+/// read of each of those processes while it lives (a thread re-reads them every 10 ms, and
+/// once more at the last output): workers end with their input, before the caller has
+/// the last output, so their final peak is their last reading.
 fn measure(p: Pipeline<u64, u64>, items: u64, mark: u64) -> (Snapshot, Snapshot, Duration) {
     let t = Instant::now();
-    let (mut at_mark, mut at_end) = (Snapshot::new(), Snapshot::new());
+    let at_mark = Arc::new(Mutex::new(Snapshot::new()));
+    let latest = Arc::new(Mutex::new(Snapshot::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let read_all = |mark: &Mutex<Snapshot>, latest: &Mutex<Snapshot>| {
+        let pids: Vec<(u32, usize)> = mark
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&p, v)| (p, v.0))
+            .collect();
+        for (pid, depth) in pids {
+            if let Some(k) = vm_hwm_kib(pid) {
+                latest.lock().unwrap().insert(pid, (depth, k));
+            }
+        }
+    };
+    let sampler = {
+        let (at_mark, latest, done) = (at_mark.clone(), latest.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                read_all(&at_mark, &latest);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let mut got = 0u64;
     for r in p.run(0..items).expect("start") {
         assert_eq!(r.expect("item"), got + 3);
         got += 1;
         if got == mark {
-            at_mark = snapshot();
+            *at_mark.lock().unwrap() = snapshot();
         }
         if got == items {
-            at_end = snapshot();
+            read_all(&at_mark, &latest);
         }
     }
+    done.store(true, Ordering::Release);
+    sampler.join().expect("sampler");
     assert_eq!(got, items);
-    (at_mark, at_end, t.elapsed())
+    let (a, b) = (
+        at_mark.lock().unwrap().clone(),
+        latest.lock().unwrap().clone(),
+    );
+    (a, b, t.elapsed())
 }
 
 fn print(what: &str, items: u64, mark: u64, (a, b, dt): (Snapshot, Snapshot, Duration)) {
@@ -99,7 +134,7 @@ fn print(what: &str, items: u64, mark: u64, (a, b, dt): (Snapshot, Snapshot, Dur
         "process",
         "pid",
         format!("VmHWM @{}", mark),
-        format!("@{}", items),
+        format!("@{} (a)", items),
         "change"
     );
     let pids: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).copied().collect();
@@ -142,22 +177,23 @@ fn main() {
         10_000_000
     };
     let mark = items / 10;
-    let slow = bare::calibrate(Duration::from_nanos(200));
-    SLOW.store(slow, Ordering::Relaxed);
+    if let Some(mode) = bare::child_mode() {
+        let slow = bare::calibrate(Duration::from_nanos(200));
+        SLOW.store(slow, Ordering::Relaxed);
+        let process = mode == "process";
+        let what = format!("{mode} stages (slow: +{slow} spin steps)");
+        print(&what, items, mark, measure(pipeline(process), items, mark));
+        return;
+    }
     println!(
-        "memory: {items} u64 through inc | inc | slow (slow: +{slow} spin steps, ~0.2 µs per item), \
-         peak RSS at output {mark} and at the last"
+        "memory: {items} u64 through inc | inc | slow (slow spins ~0.2 µs more per item), \
+         peak RSS at output {mark} and at the end, each kind in a fresh child process"
     );
-    print(
-        "process stages",
-        items,
-        mark,
-        measure(pipeline(true), items, mark),
-    );
-    print(
-        "thread stages",
-        items,
-        mark,
-        measure(pipeline(false), items, mark),
+    for mode in ["process", "thread"] {
+        print!("{}", bare::in_child(mode));
+    }
+    println!(
+        "  (a) for the caller: at the last output; for the others: their last reading \
+         while alive (read every 10 ms; they end with their input)"
     );
 }

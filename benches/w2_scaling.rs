@@ -1,8 +1,9 @@
 //! W2 (DESIGN §5): 20,000 items of ~100 µs CPU work each (`bare::spin`, a deterministic LCG
 //! loop calibrated once at start to ~100 µs; no sleeping) through one process stage with
 //! `workers = 1` and `workers = 2` — next to the same work done by a plain serial loop in
-//! the calling thread, in the same run, alternating (serial, 1 worker, 2 workers, …),
-//! median of 5 rounds.
+//! the calling thread, and to 2 bare forked children splitting the items (what 2 cores give
+//! right now on a shared machine), in the same run, alternating (serial, 1 worker,
+//! 2 workers, bare 2 forks, …), median of 5 rounds.
 //!
 //! Prints each figure, the speedup over the serial loop and the "% of ideal per core",
 //! where ideal = workers capped by the cores this process may use. forkpipe is timed end
@@ -37,6 +38,25 @@ fn serial(items: u64) -> (f64, u64) {
     (t.elapsed().as_secs_f64(), h)
 }
 
+/// Seconds for the bare mechanism with `n` processes: `n` forked children, child `i`
+/// doing items `i, i + n, …` (nothing sent back), forks and reaps timed: what `n` cores
+/// give right now on this shared machine.
+fn bare_run(items: u64, n: u64) -> f64 {
+    let t = Instant::now();
+    let pids: Vec<_> = (0..n)
+        .map(|i| {
+            bare::fork_child(move || {
+                let h = (i..items).step_by(n as usize).map(work).fold(0, fold);
+                std::hint::black_box(h);
+            })
+        })
+        .collect();
+    for p in pids {
+        bare::reap(p);
+    }
+    t.elapsed().as_secs_f64()
+}
+
 /// Seconds (start to shutdown) and the fold of the outputs with `workers` processes.
 fn forkpipe_run(items: u64, workers: usize) -> (f64, u64) {
     let t = Instant::now();
@@ -60,6 +80,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = [1usize, 2];
     let mut ser = Vec::new();
+    let mut bare2 = Vec::new();
     let mut fp: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     for _ in 0..rounds {
         let (s, want) = serial(items);
@@ -72,6 +93,7 @@ fn main() {
             );
             fp[i].push(secs);
         }
+        bare2.push(bare_run(items, 2));
     }
     let list = |v: &[f64]| {
         v.iter()
@@ -98,5 +120,13 @@ fn main() {
             100.0 * speedup / ideal
         );
     }
+    let b_runs = list(&bare2);
+    let b = bare::median(&mut bare2);
+    println!(
+        "  bare 2 forks     {b:>7.3} s   speedup {:>5.2} x   ideal {:.0} x   {:>5.1} % of ideal per core   (runs, s: {b_runs})",
+        s / b,
+        2.min(cores),
+        100.0 * s / b / 2.min(cores) as f64
+    );
     println!("  (target: speedup within 10 % of ideal up to the core count)");
 }
