@@ -1,50 +1,48 @@
-//! W1 (DESIGN §5): 1,000,000 `u64` through 3 process stages (`x + 1`), ordered — forkpipe
-//! next to the bare socketpair + bincode chain, batched, measured in the same run.
+//! W1 (DESIGN §5): 10,000,000 `u64` through 3 process stages (`x + 1`), ordered — forkpipe
+//! (direct mode) next to the bare batched socketpair + bincode chain (`bare::chain_run`:
+//! forked children, 64 KiB length-prefixed frames), alternating in one process (bare,
+//! forkpipe, bare, forkpipe, …), median of 5 runs each.
+//!
+//! Both sides are timed the same two ways (see `bare::Rates`): end to end, from before the
+//! first fork (forkpipe: before `run`) to after the last reap (forkpipe: after the results
+//! iterator ended and was dropped, i.e. shutdown); and steady state, from the 1,000,000th
+//! output to the last. Every output is checked, in order, on both sides.
 //!
 //! `cargo bench --bench w1_overhead` (add `-- --test` for a quick smoke run).
 
 mod bare;
 
-use std::time::Instant;
-
 use forkpipe::{Pipeline, Stage};
 
-fn forkpipe_throughput(items: u64) -> f64 {
+fn forkpipe_run(items: u64) -> bare::Rates {
+    let mut clock = bare::Clock::start(items);
     let inc = || Stage::map("inc", |x: u64| x + 1).subprocess();
     let p = Pipeline::new(inc()).then(inc()).then(inc());
-    let t = Instant::now();
-    let mut expect = 3u64;
+    let mut got = 0u64;
     for r in p.run(0..items).expect("start") {
-        assert_eq!(r.expect("item"), expect);
-        expect += 1;
+        assert_eq!(r.expect("item"), got + 3, "forkpipe out of order");
+        got += 1;
+        clock.tick(got);
     }
-    let dt = t.elapsed();
-    assert_eq!(expect, items + 3);
-    items as f64 / dt.as_secs_f64()
+    assert_eq!(got, items);
+    clock.finish()
 }
 
 fn main() {
-    let test = bare::test_mode();
-    let (items, runs) = if test { (10_000, 1) } else { (1_000_000, 5) };
+    let (items, runs) = if bare::test_mode() {
+        (10_000, 1)
+    } else {
+        (10_000_000, 5)
+    };
     let mut fp = Vec::new();
     let mut bare_v = Vec::new();
     for _ in 0..runs {
-        bare_v.push(bare::chain_throughput(items, 3));
-        fp.push(forkpipe_throughput(items));
+        bare_v.push(bare::chain_run(items, 3));
+        fp.push(forkpipe_run(items));
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let (f, b) = (med(&mut fp), med(&mut bare_v));
-    println!("W1 overhead: {items} u64 through 3 process stages, ordered (median of {runs})");
-    println!("  forkpipe        {:>8.2} M items/s", f / 1e6);
     println!(
-        "  bare socketpair {:>8.2} M items/s  (bincode, 64 KiB frames)",
-        b / 1e6
+        "W1 overhead: {items} u64 through 3 process stages (x + 1), ordered (median of {runs} alternating runs)"
     );
-    println!(
-        "  ratio           {:>8.0} %   (target >= 50 %)",
-        100.0 * f / b
-    );
+    bare::print_rates(&fp, &bare_v, "bare socketpair");
+    println!("  (bare: socketpairs + bincode, 64 KiB frames, forks and reaps timed)");
 }

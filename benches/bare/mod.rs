@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const FRAME: usize = 64 * 1024;
 
@@ -91,10 +91,12 @@ fn spawn_chain(hops: usize) -> (UnixStream, UnixStream, Vec<libc::pid_t>) {
     (first, last, pids)
 }
 
-/// Items per second through `hops` bare process stages (`x + 1`), batched.
-pub fn chain_throughput(items: u64, hops: usize) -> f64 {
+/// One run of `items` through `hops` bare process stages (`x + 1`), batched, checked in
+/// order. Timed end to end like forkpipe's side: from before the socketpairs and forks to
+/// after the last `waitpid`.
+pub fn chain_run(items: u64, hops: usize) -> Rates {
+    let mut clock = Clock::start(items);
     let (mut first, mut last, pids) = spawn_chain(hops);
-    let t = Instant::now();
     let writer = std::thread::spawn(move || {
         let mut buf = Vec::with_capacity(FRAME);
         for x in 0..items {
@@ -109,26 +111,24 @@ pub fn chain_throughput(items: u64, hops: usize) -> f64 {
         }
     });
     let mut got = 0u64;
-    let mut sum = 0u64;
     let mut inb = Vec::new();
     while got < items && read_frame(&mut last, &mut inb) {
         let mut p = &inb[..];
         while !p.is_empty() {
             let (x, n): (u64, usize) = bincode::serde::decode_from_slice(p, cfg()).unwrap();
             p = &p[n..];
-            sum = sum.wrapping_add(x);
+            assert_eq!(x, got + hops as u64, "bare chain out of order");
             got += 1;
+            clock.tick(got);
         }
     }
-    let dt = t.elapsed();
     writer.join().unwrap();
     drop(last);
     for p in pids {
         reap(p);
     }
     assert_eq!(got, items);
-    std::hint::black_box(sum);
-    items as f64 / dt.as_secs_f64()
+    clock.finish()
 }
 
 fn fd(s: &UnixStream) -> i32 {
@@ -203,4 +203,131 @@ pub fn in_child(mode: &str) -> String {
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Throughput of one run, in items per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    /// All items over the whole run: start (forks, spawns) to shutdown (reaps, joins).
+    pub e2e: f64,
+    /// Steady state: the items after the [`Clock`] mark (the 10th percent of the outputs,
+    /// i.e. the 1,000,000th of 10,000,000) over the time from that output to the last.
+    /// Start-up, filling the pipeline and shutdown are left out.
+    pub steady: f64,
+}
+
+/// Times a run from the consumer's side: [`Clock::tick`] after each output.
+#[derive(Debug)]
+pub struct Clock {
+    items: u64,
+    mark_at: u64,
+    start: Instant,
+    mark: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Clock {
+    /// Starts timing a run of `items` items.
+    pub fn start(items: u64) -> Self {
+        Clock {
+            items,
+            mark_at: (items / 10).max(1),
+            start: Instant::now(),
+            mark: None,
+            last: None,
+        }
+    }
+
+    /// The `got`th output (counting from 1) has just arrived.
+    #[inline]
+    pub fn tick(&mut self, got: u64) {
+        if got == self.mark_at {
+            self.mark = Some(Instant::now());
+        }
+        if got == self.items {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// Ends the run (call it after shutdown) and gives its rates.
+    pub fn finish(self) -> Rates {
+        let e2e = self.start.elapsed();
+        let (mark, last) = (
+            self.mark.expect("the mark output"),
+            self.last.expect("the last output"),
+        );
+        let steady = (last - mark).max(Duration::from_nanos(1));
+        Rates {
+            e2e: self.items as f64 / e2e.as_secs_f64(),
+            steady: (self.items - self.mark_at) as f64 / steady.as_secs_f64(),
+        }
+    }
+}
+
+/// Prints the medians of alternating runs of forkpipe and a bare mechanism (`bare_name`),
+/// end to end and steady state, their ratios, and every run's figures.
+pub fn print_rates(fp: &[Rates], bare: &[Rates], bare_name: &str) {
+    let med = |v: &[Rates], f: fn(&Rates) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (fe, fs) = (med(fp, |r| r.e2e), med(fp, |r| r.steady));
+    let (be, bs) = (med(bare, |r| r.e2e), med(bare, |r| r.steady));
+    println!("                     end to end    steady state (after the mark output)");
+    println!(
+        "  forkpipe        {:>9.2} M/s {:>11.2} M/s",
+        fe / 1e6,
+        fs / 1e6
+    );
+    println!(
+        "  {bare_name:<15} {:>9.2} M/s {:>11.2} M/s",
+        be / 1e6,
+        bs / 1e6
+    );
+    println!(
+        "  ratio           {:>9.1} %   {:>11.1} %     (target >= 50 % end to end)",
+        100.0 * fe / be,
+        100.0 * fs / bs
+    );
+    let list = |v: &[Rates], f: fn(&Rates) -> f64| {
+        v.iter()
+            .map(|r| format!("{:.2}", f(r) / 1e6))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  runs, M/s e2e:    forkpipe {}  |  bare {}",
+        list(fp, |r| r.e2e),
+        list(bare, |r| r.e2e)
+    );
+    println!(
+        "  runs, M/s steady: forkpipe {}  |  bare {}",
+        list(fp, |r| r.steady),
+        list(bare, |r| r.steady)
+    );
+}
+
+/// Deterministic CPU work: `iters` steps of a 64-bit LCG from `x` (each step through
+/// `black_box`, so the loop is neither folded nor vectorised away).
+#[inline(never)]
+pub fn spin(x: u64, iters: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..iters {
+        h = std::hint::black_box(h)
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+    }
+    h
+}
+
+/// The `iters` for which [`spin`] takes about `target` here (the fastest of a few tries,
+/// so that a busy neighbour does not inflate it).
+pub fn calibrate(target: Duration) -> u64 {
+    const PROBE: u64 = 2_000_000;
+    let best = (0..5)
+        .map(|i| {
+            let t = Instant::now();
+            std::hint::black_box(spin(i, PROBE));
+            t.elapsed()
+        })
+        .min()
+        .expect("tries");
+    ((PROBE as f64) * target.as_secs_f64() / best.as_secs_f64()).max(1.0) as u64
 }
