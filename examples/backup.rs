@@ -451,7 +451,7 @@ fn main() -> ExitCode {
     let t0 = Instant::now();
     let pipeline =
         pipeline![{ Source::new("files", move || specs) } | compress | store(out.clone())];
-    let results = match pipeline.results() {
+    let mut results = match pipeline.results() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("backup: {e}");
@@ -461,7 +461,7 @@ fn main() -> ExitCode {
     };
     let mut stored: Vec<Stored> = Vec::new();
     let mut failures = 0usize;
-    for r in results {
+    for r in results.by_ref() {
         match r {
             Ok(s) => stored.push(s),
             Err(e) => {
@@ -471,6 +471,8 @@ fn main() -> ExitCode {
         }
     }
     let wall = t0.elapsed();
+    let stats = results.stats();
+    drop(results);
 
     for s in &stored {
         if let Err(e) = verify(&out, s) {
@@ -519,6 +521,7 @@ fn main() -> ExitCode {
         size((original as f64 / secs.max(1e-9)) as u64),
         2 * COUPLES
     );
+    println!("\nwhere the time went (stats of the pipeline):\n{stats}");
     if failures > 0 {
         println!("FAILED: {failures} file(s); see the messages above");
     } else {

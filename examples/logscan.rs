@@ -891,18 +891,19 @@ fn main() -> ExitCode {
 
     let seen = Arc::new(Seen::default());
     let started = Instant::now();
-    let results = match pipeline![chunks(input, Arc::clone(&seen)) | parse | aggregate].results() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("logscan: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut results =
+        match pipeline![chunks(input, Arc::clone(&seen)) | parse | aggregate].results() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("logscan: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let mut total = Summary::default();
     let mut rejected = Vec::new();
     let mut failures = Vec::new();
     let mut outcomes = 0u64;
-    for outcome in results {
+    for outcome in results.by_ref() {
         outcomes += 1;
         match outcome {
             Ok(summary) => total.merge(summary),
@@ -917,6 +918,8 @@ fn main() -> ExitCode {
         }
     }
     let elapsed = started.elapsed();
+    let stats = results.stats();
+    drop(results);
 
     let chunks = seen.chunks.load(Ordering::Relaxed);
     if let Some(e) = seen.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -942,7 +945,13 @@ fn main() -> ExitCode {
         rejected,
         failures,
     };
-    let printed = report(&mut io::stdout().lock(), &run);
+    let mut out = io::stdout().lock();
+    let printed = report(&mut out, &run).and_then(|()| {
+        writeln!(
+            out,
+            "\nwhere the time went (stats of the pipeline):\n{stats}"
+        )
+    });
     if let Err(e) = printed
         && e.kind() != io::ErrorKind::BrokenPipe
     {
