@@ -11,6 +11,9 @@
 //! 3 ms an item over 400 items, on 2 workers), and a run that long always draws at least
 //! its last frame, so the asserts are on what is drawn, never on when.
 //!
+//! One more child has a terminal whose output is stopped (`^S`): the display blocks on its
+//! first write, and the program must end all the same.
+//!
 //! Without the `progress` feature, the tests that expect a display are ignored and the
 //! others still run (nothing may be drawn either way).
 
@@ -56,6 +59,7 @@ fn main() {
         Trial::test("fan_out_branches_draw_no_bars_of_their_own", fan_out)
             .with_ignored_flag(!drawn),
         Trial::test("source_without_length_counts_items", source).with_ignored_flag(!drawn),
+        Trial::test("a_stopped_terminal_does_not_hang_the_program", stopped),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -136,6 +140,9 @@ fn child(mode: &str) {
 #[derive(Clone, Copy)]
 enum To {
     Terminal,
+    /// A terminal whose output is stopped (`^S`, as a user pauses a program's output):
+    /// every write to it blocks until `^Q`, which never comes.
+    StoppedTerminal,
     Pipe,
     File,
 }
@@ -192,7 +199,7 @@ fn run_child(mode: &str, err: To) -> Result<Seen, Failed> {
         .stdout(Stdio::piped());
     let mut file = None;
     let reader = match err {
-        To::Terminal => {
+        To::Terminal | To::StoppedTerminal => {
             let size = nix::pty::Winsize {
                 ws_row: ROWS,
                 ws_col: COLS,
@@ -201,7 +208,15 @@ fn run_child(mode: &str, err: To) -> Result<Seen, Failed> {
             };
             let pty = nix::pty::openpty(Some(&size), None)?;
             cmd.stderr(Stdio::from(pty.slave));
-            Some(drain(File::from(pty.master)))
+            if matches!(err, To::StoppedTerminal) {
+                use std::io::Write;
+                let mut master = File::from(pty.master);
+                master.write_all(b"\x13")?; // ^S: IXON is on by default
+                file = Some(master);
+                None
+            } else {
+                Some(drain(File::from(pty.master)))
+            }
         }
         To::Pipe => {
             cmd.stderr(Stdio::piped());
@@ -238,6 +253,9 @@ fn run_child(mode: &str, err: To) -> Result<Seen, Failed> {
     let stdout = String::from_utf8(stdout.join().expect("stdout reader"))?;
     let stderr = match (reader, piped, file) {
         (Some(r), _, _) | (None, Some(r), _) => r.join().expect("stderr reader"),
+        (None, None, Some(f)) if matches!(err, To::StoppedTerminal) => {
+            drain(f).join().expect("stderr reader")
+        }
         (None, None, Some(mut f)) => {
             use std::io::Seek;
             f.rewind()?;
@@ -405,5 +423,20 @@ fn source() -> Result<(), Failed> {
     if seen.text().contains("ETA") {
         return Err(format!("an ETA without a known length:\n{screen}").into());
     }
+    Ok(())
+}
+
+fn stopped() -> Result<(), Failed> {
+    // The display's first write blocks; the pipeline ends all the same, the display's
+    // handle gives up on it after a second and detaches it, and the program exits
+    // (`run_child` fails a child that hangs) with its result.
+    let t = Instant::now();
+    let seen = run_child("run", To::StoppedTerminal)?;
+    clean_stdout(&seen, ITEMS)?;
+    println!(
+        "  (ended in {:.1?}, the terminal got {} bytes)",
+        t.elapsed(),
+        seen.stderr.len()
+    );
     Ok(())
 }
