@@ -14,6 +14,7 @@ use crate::caller::engine::Engine;
 use crate::caller::output::Batch;
 use crate::caller::shared::Shared;
 use crate::error::Error;
+use crate::progress::{self, Display};
 use crate::stage::Body;
 
 /// How results come out of a pipeline.
@@ -30,6 +31,8 @@ pub(crate) struct Shape {
 /// (a thread stuck inside a stage function or a blocking input iterator is detached).
 pub struct Results<Out> {
     engine: Engine,
+    /// (After `engine`: dropped once it stopped, it draws the final figures.)
+    progress: Option<Display>,
     rx: Receiver<Batch<Out>>,
     ordered: bool,
     /// Index of the first `stream` stage, if any.
@@ -50,13 +53,19 @@ impl<Out> fmt::Debug for Results<Out> {
 }
 
 impl<Out: Send + 'static> Results<Out> {
-    pub(crate) fn new(engine: Engine, rx: Receiver<Batch<Out>>, shape: Shape) -> Self {
+    pub(crate) fn new(
+        engine: Engine,
+        rx: Receiver<Batch<Out>>,
+        shape: Shape,
+        progress: progress::Options,
+    ) -> Self {
         // (Numbers after a stream stage are the stream's own: not bounded by the window.)
         let reach = match shape.stream_first {
             Some(_) => u64::MAX,
             None => 2 * engine.shared.window.cap() as u64 + 1024,
         };
         Results {
+            progress: Display::start(progress, &engine),
             engine,
             rx,
             ordered: shape.ordered,
@@ -179,6 +188,7 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                     self.give_back();
                     let graceful = self.engine.wait(Instant::now() + Duration::from_secs(5));
                     finished(&self.engine.shared, graceful);
+                    self.progress = None;
                 }
             }
         }
@@ -323,7 +333,7 @@ fn finished(shared: &Shared, graceful: bool) {
     );
 }
 
-fn stats_of(shared: &Shared) -> Stats {
+pub(crate) fn stats_of(shared: &Shared) -> Stats {
     let completed = shared.completed.load(Ordering::Relaxed);
     let mut stages = Vec::new();
     stage_stats(shared, &[], &mut stages);
@@ -401,6 +411,8 @@ pub struct Running<In, Out> {
     tickets: Arc<TicketMap<Out>>,
     engine: Mutex<Engine>,
     shared: Arc<Shared>,
+    /// (After `engine`: see [`Results`]'s.)
+    progress: Mutex<Option<Display>>,
 }
 
 impl<In, Out> fmt::Debug for Running<In, Out> {
@@ -493,6 +505,7 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
         engine: Engine,
         tx: Sender<(u64, In)>,
         final_rx: Receiver<Batch<Out>>,
+        progress: progress::Options,
     ) -> Result<Self, Error> {
         let shared = Arc::clone(&engine.shared);
         let tickets: Arc<TicketMap<Out>> = Arc::new(Mutex::new((false, HashMap::new())));
@@ -504,6 +517,7 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
             .spawn("resolver", move || resolve(final_rx, t, sh, stop))
             .map_err(|e| Error::Start(format!("could not spawn a thread: {e}")))?;
         Ok(Running {
+            progress: Mutex::new(Display::start(progress, &engine)),
             submit: Mutex::new(Some(tx)),
             next_seq: AtomicU64::new(0),
             tickets,
@@ -585,6 +599,7 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
         let graceful = engine.wait(Instant::now() + deadline);
         engine.kill();
         self.shared.end();
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = None; // its last frame
         let aborted = self
             .shared
             .abort

@@ -20,6 +20,8 @@
 //!   recipes `#[stage]` gives its stages.
 //! - `guard` — calling user code: `catch_unwind`, the panic hook.
 //! - `stream` — running `stream` stages (whole-stream functions).
+//! - `progress` — the progress display on stderr (feature `progress`): what it draws,
+//!   when, and how it ends.
 //! - `caller/` — what runs in the caller's process: `launch` (start in four steps),
 //!   `topology` (every socket), `control` (the caller's side of the supervisor), `engine`
 //!   (stop and join), `feeder`, `thread_stage`, `bridge` (into and out of process stages),
@@ -64,6 +66,7 @@ mod meter;
 mod os;
 mod pipeline;
 mod process;
+mod progress;
 mod recipe;
 mod stage;
 mod stream;

@@ -14,6 +14,7 @@ use crate::caller::output::Output;
 use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::handles::{Results, Running, Shape};
+use crate::progress;
 use crate::stage::{Consumer, Producer, Source, Stage};
 
 /// A typed chain of stages taking `In` items and producing `Out` items.
@@ -36,6 +37,7 @@ pub struct Pipeline<In, Out> {
     stages: Vec<Arc<dyn AnyStage>>,
     source: Option<String>,
     feeder: FeederFn,
+    progress: progress::Options,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -43,6 +45,7 @@ impl<In, Out> fmt::Debug for Pipeline<In, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("source", &self.source)
+            .field("progress", &self.progress)
             .field(
                 "stages",
                 &self
@@ -108,6 +111,7 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
                     .expect("output of the source type");
                 feeder::spawn_feeder(Feed::Lazy(feed_name, make), out, rt)
             }),
+            progress: progress::Options::default(),
             _types: PhantomData,
         }
     }
@@ -182,6 +186,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
                     .expect("output of the input type");
                 feeder::spawn_feeder(feed, out, rt)
             }),
+            progress: progress::Options::default(),
             _types: PhantomData,
         }
     }
@@ -194,6 +199,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             stages,
             source: self.source,
             feeder: self.feeder,
+            progress: self.progress,
             _types: PhantomData,
         }
     }
@@ -271,6 +277,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             stages,
             source: self.source,
             feeder: self.feeder,
+            progress: self.progress,
             _types: PhantomData,
         }
     }
@@ -282,6 +289,44 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .chain(self.stages.iter().map(|s| s.name()))
             .collect::<Vec<_>>()
             .join(" | ")
+    }
+
+    /// Turns the progress display on or off; it is on by default, and drawn only while
+    /// stderr is a terminal, never on stdout: one line per stage (items done, rate, the
+    /// share of its workers' time spent busy, the bottleneck marked) and an overall line
+    /// (a bar with an ETA when the number of items is known, see [`Pipeline::expected`]),
+    /// redrawn about ten times a second from [`Stats`](crate::Stats), and left on the
+    /// screen when the run ends. Runs shorter than 200 ms draw nothing. Without the
+    /// `progress` cargo feature there is no display and this does nothing.
+    ///
+    /// ```
+    /// use pipeline_runtime::{Pipeline, Stage};
+    /// let p = Pipeline::new(Stage::map("inc", |x: u64| x + 1)).progress(false);
+    /// let out: Vec<u64> = p.run(0..3u64)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [1, 2, 3]);
+    /// # Ok::<(), pipeline_runtime::Error>(())
+    /// ```
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress.on = on;
+        self
+    }
+
+    /// How many items the run will have, for the progress display's bar and ETA (see
+    /// [`Pipeline::progress`]). [`Pipeline::run`] knows it without this when its input's
+    /// `size_hint` is exact (a `Vec`, a range, any `ExactSizeIterator`); a source's
+    /// pipeline or one started for work items knows it only from this. A hint only: the
+    /// run takes what it is given. Without the `progress` cargo feature this does nothing.
+    ///
+    /// ```
+    /// use pipeline_runtime::{Pipeline, Source, Stage};
+    /// let lines = Source::new("lines", || (0..1000u64).filter(|x| x % 3 == 0));
+    /// let p = Pipeline::new(lines).then(Stage::map("inc", |x: u64| x + 1)).expected(334);
+    /// assert_eq!(p.results()?.count(), 334);
+    /// # Ok::<(), pipeline_runtime::Error>(())
+    /// ```
+    pub fn expected(mut self, items: u64) -> Self {
+        self.progress.expected = Some(items);
+        self
     }
 
     /// Number of stages (a source is not counted).
@@ -306,10 +351,17 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         I: IntoIterator<Item = In>,
         I::IntoIter: Send + 'static,
     {
-        let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input.into_iter())));
+        let input = input.into_iter();
+        let mut progress = self.progress;
+        if let (lower, Some(upper)) = input.size_hint()
+            && lower == upper
+        {
+            progress.expected = progress.expected.or(Some(lower as u64));
+        }
+        let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input)));
         let shape = self.shape();
         let (engine, rx) = launch(self.stages, self.feeder, Some(feed))?;
-        Ok(Results::new(engine, rx, shape))
+        Ok(Results::new(engine, rx, shape, progress))
     }
 
     /// Starts the pipeline for work items: [`Running::submit`] from any thread, then
@@ -323,8 +375,9 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         }
         let (tx, rx) = crossbeam_channel::unbounded::<(u64, In)>();
         let feed: Box<dyn Any + Send> = Box::new(Feed::Chan(rx));
+        let progress = self.progress;
         let (engine, final_rx) = launch(self.stages, self.feeder, Some(feed))?;
-        Running::new(engine, tx, final_rx)
+        Running::new(engine, tx, final_rx, progress)
     }
 
     fn shape(&self) -> Shape {
@@ -346,15 +399,18 @@ impl<In: Send + 'static, Out: Send + 'static> Branch<In, Out> for Pipeline<In, O
         self.source.as_deref()
     }
 
+    /// (With no progress display of its own: its stages are in the parent's.)
     fn start(self: Box<Self>, b: usize, fan_out: &str) -> Result<Running<In, Out>, Error> {
-        if let Some(i) = self.shape().stream_first {
+        let mut branch = *self;
+        branch.progress.on = false;
+        if let Some(i) = branch.shape().stream_first {
             return Err(Error::Start(format!(
                 "branch {b} of the fan-out '{fan_out}' has the `stream` stage '{}': its outputs \
                  belong to no item, so they cannot be combined per item; put it after the fan-out",
-                self.stages[i as usize].name()
+                branch.stages[i as usize].name()
             )));
         }
-        Pipeline::start(*self)
+        branch.start()
     }
 }
 
@@ -396,6 +452,7 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
                     .expect("output of the sources' type");
                 feeder::spawn_feeder(Feed::Merge(sources), out, rt)
             }),
+            progress: progress::Options::default(),
             _types: PhantomData,
         }
     }
@@ -408,8 +465,8 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
                     .into(),
             ));
         }
-        let shape = self.shape();
+        let (shape, progress) = (self.shape(), self.progress);
         let (engine, rx) = launch(self.stages, self.feeder, None)?;
-        Ok(Results::new(engine, rx, shape))
+        Ok(Results::new(engine, rx, shape, progress))
     }
 }
