@@ -69,6 +69,7 @@ mod process;
 mod progress;
 mod recipe;
 mod stage;
+mod stats;
 mod stream;
 mod transport;
 
@@ -77,11 +78,12 @@ pub use compose::{Append, Chain, Open, Part, Pending, branch, input, items, kind
 #[doc(hidden)]
 pub use ctor::{ByValue, Ctor, Made, NoValue, Probe, attach};
 pub use error::{Error, Worker};
-pub use handles::{Report, Results, Running, StageStats, Stats, Ticket};
+pub use handles::{Report, Results, Running, Ticket};
 pub use pipeline::{FirstStage, PipePending, Pipeline};
 pub use process::fork_server::{init, pid as fork_server_pid};
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
 pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
+pub use stats::{StageStats, Stats};
 pub use transport::codec::{FRAME_LIMIT, Wire};
 pub use transport::pipe::{PipeReader, PipeWriter};

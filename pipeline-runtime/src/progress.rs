@@ -55,7 +55,7 @@
 //! Without the feature, [`Display::start`] starts nothing and the builder methods are kept,
 //! so code that calls them builds either way.
 //!
-//! [`stats_of`]: crate::handles::stats_of
+//! [`stats_of`]: crate::stats::stats_of
 //! [`Shared`]: crate::caller::shared::Shared
 
 #[cfg(feature = "progress")]
@@ -193,7 +193,7 @@ mod draw {
 
     use super::{FIRST_DRAW, REFRESH, WINDOW};
     use crate::caller::shared::Shared;
-    use crate::handles::{Stats, stats_of};
+    use crate::stats::{Stats, stats_of};
 
     /// Set while a display of this process draws.
     static DRAWING: AtomicBool = AtomicBool::new(false);
