@@ -2,31 +2,19 @@
 //! logs one `tracing` warning naming the hazard and the remedy; a single-threaded start
 //! logs none, and later starts do not repeat it.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/log.rs"]
+mod log;
 
 use forkpipe::prelude::*;
+use log::Log;
 
 #[stage(subprocess)]
 fn inc(x: u64) -> u64 {
     x + 1
 }
 
-/// Every log line, kept for the asserts.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn warnings(log: &Log) -> usize {
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     text.matches("without forkpipe::init()").count()
 }
 
@@ -57,7 +45,7 @@ fn main() {
     let other = std::thread::spawn(move || parked.recv());
     run_one();
     run_one();
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     assert_eq!(
         warnings(&log),
         1,

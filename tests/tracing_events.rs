@@ -4,10 +4,12 @@
 //! installed for the whole process (events come from the pipeline's own threads), so this
 //! target runs one case, without the libtest harness.
 
-use std::sync::{Arc, Mutex};
+#[path = "common/log.rs"]
+mod log;
 
 use forkpipe::Worker;
 use forkpipe::prelude::*;
+use log::Log;
 
 #[stage(subprocess)]
 fn crash_on_7(x: u64) -> u64 {
@@ -20,20 +22,6 @@ fn crash_on_7(x: u64) -> u64 {
 #[stage]
 fn inc(x: u64) -> u64 {
     x + 1
-}
-
-/// Every log line, kept for the asserts.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn main() {
@@ -55,7 +43,7 @@ fn main() {
     };
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
 
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     let line = |what: &str| -> &str {
         text.lines()
             .find(|l| l.contains(what))

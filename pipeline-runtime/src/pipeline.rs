@@ -100,16 +100,22 @@ impl<Out: Send + 'static> FirstStage for Source<Out> {
     type Out = Out;
     fn into_pipeline(self) -> Pipeline<(), Out> {
         let name = self.name.to_string();
-        let make = self.make;
-        let feed_name = name.clone();
+        Pipeline::sourced(name.clone(), Feed::Lazy(name, self.make))
+    }
+}
+
+impl<Out: Send + 'static> Pipeline<(), Out> {
+    /// A pipeline of no stage yet whose items come from `feed` (a source, or several),
+    /// named `source`.
+    fn sourced(source: String, feed: Feed<Out>) -> Self {
         Pipeline {
             stages: Vec::new(),
-            source: Some(name),
+            source: Some(source),
             feeder: Box::new(move |_, out, rt| {
                 let out = *out
                     .downcast::<Output<Out>>()
-                    .expect("output of the source type");
-                feeder::spawn_feeder(Feed::Lazy(feed_name, make), out, rt)
+                    .expect("output of the source's type");
+                feeder::spawn_feeder(feed, out, rt)
             }),
             progress: progress::Options::default(),
             _types: PhantomData,
@@ -443,18 +449,7 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        Pipeline {
-            stages: Vec::new(),
-            source: Some(name),
-            feeder: Box::new(move |_, out, rt| {
-                let out = *out
-                    .downcast::<Output<Out>>()
-                    .expect("output of the sources' type");
-                feeder::spawn_feeder(Feed::Merge(sources), out, rt)
-            }),
-            progress: progress::Options::default(),
-            _types: PhantomData,
-        }
+        Pipeline::sourced(name, Feed::Merge(sources))
     }
 
     /// Runs a pipeline that starts with a `source` stage; see [`Pipeline::run`].

@@ -287,6 +287,22 @@ pub(crate) struct Opts {
     pub pipe: Option<PipeSide>,
 }
 
+impl Default for Opts {
+    /// A stage of one worker thread, ordered, with the default queue.
+    fn default() -> Self {
+        Opts {
+            workers: 1,
+            unordered: false,
+            queue: DEFAULT_QUEUE,
+            process: false,
+            timeout: None,
+            stateful: false,
+            stream: false,
+            pipe: None,
+        }
+    }
+}
+
 /// Which half of a `pipe_next` pair a stage is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum PipeSide {
@@ -380,16 +396,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             make: Arc::new(make),
             stream: None,
             pipe: None,
-            opts: Opts {
-                workers: 1,
-                unordered: false,
-                queue: DEFAULT_QUEUE,
-                process: false,
-                timeout: None,
-                stateful: false,
-                stream: false,
-                pipe: None,
-            },
+            opts: Opts::default(),
             wire: None,
             recipe: Err(Cow::Borrowed("it was not made by a stage constructor")),
         }

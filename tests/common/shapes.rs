@@ -386,6 +386,20 @@ pub fn fan_out_refusals() -> Vec<u32> {
     Vec::new()
 }
 
+/// `quick | slow | after`: a thread stage, a process stage of 2 workers taking 2 ms an
+/// item, and a quick process stage.
+fn quick_slow_after() -> Pipeline<u64, u64> {
+    let quick = Stage::map("quick", |x: u64| x + 1);
+    let slow = Stage::map("slow", |x: u64| {
+        std::thread::sleep(Duration::from_millis(2));
+        x
+    })
+    .subprocess()
+    .workers(2);
+    let after = Stage::map("after", |x: u64| x).subprocess();
+    Pipeline::new(quick).then(slow).then(after)
+}
+
 /// Stats explain time: a stage that takes 2 ms per item (in 2 worker processes) between
 /// two quick ones is named the bottleneck, its busy time covers its work, items queue in
 /// front of it more than in front of the stage after it, and the table marks it — while

@@ -42,7 +42,7 @@ use crate::handles::{Running, Ticket};
 use crate::os::fds::RtFd;
 use crate::process::protocol::Shipment;
 use crate::process::worker::{WorkerCtx, WorkerEnd};
-use crate::stage::{Body, DEFAULT_QUEUE, Opts, Rec};
+use crate::stage::{Body, Opts, Rec};
 
 /// The most items between the dispatcher and the combiner.
 pub(crate) const QUEUE: usize = 1024;
@@ -93,16 +93,7 @@ impl<In: Send + 'static, Out: Send + 'static> FanOut<In, Out> {
         FanOut {
             name,
             // One piece on threads of the caller (two threads; it holds what its queue does).
-            opts: Opts {
-                workers: 1,
-                unordered: false,
-                queue: DEFAULT_QUEUE,
-                process: false,
-                timeout: None,
-                stateful: false,
-                stream: false,
-                pipe: None,
-            },
+            opts: Opts::default(),
             branches: Mutex::new(Some(branches)),
             running: Mutex::new(None),
             clone,
