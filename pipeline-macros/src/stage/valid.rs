@@ -140,151 +140,172 @@ struct Decided {
 /// The rules between options: what `source`, `stream` and the halves of a `pipe_next` pair
 /// exclude, and what `timeout_ms` needs.
 fn options(args: &Args, side: Option<Side>, errors: &mut Errors) {
-    let key = |option: &Option<super::args::PathOption>| option.as_ref().map(|path| path.key);
-    let count = |option: &Option<super::args::Count>| option.as_ref().map(|count| count.key);
     if let Some(side) = side {
-        let (stage, not_for_pipe) = match side {
-            Side::Producer => (
-                "a `pipe_next` stage",
-                [
-                    (
-                        args.source,
-                        "source",
-                        "a `source` takes no item, and a `pipe_next` stage writes bytes for \
-                         each item it takes",
-                    ),
-                    (
-                        args.stream,
-                        "stream",
-                        "a `stream` stage takes its whole input at once, and a `pipe_next` \
-                         stage writes bytes for each item",
-                    ),
-                    (
-                        key(&args.init),
-                        "init",
-                        "the halves of a `pipe_next` pair keep no per-worker state",
-                    ),
-                    (
-                        key(&args.when),
-                        "when",
-                        "an item that skipped the stage would leave the stage after it \
-                         nothing to read",
-                    ),
-                    (
-                        args.unordered,
-                        "unordered",
-                        "the stage after it reads the items in the order they are written; \
-                         move `unordered` to that stage",
-                    ),
-                ],
-            ),
-            Side::Consumer => (
-                "a stage that takes `&mut PipeReader`",
-                [
-                    (
-                        count(&args.workers),
-                        "workers",
-                        "a consumer runs as many workers as its `pipe_next` producer; set \
-                         `workers` there",
-                    ),
-                    (
-                        args.source,
-                        "source",
-                        "a `source` takes no item, and this stage reads the bytes written for \
-                         each item",
-                    ),
-                    (
-                        args.stream,
-                        "stream",
-                        "a `stream` stage takes its whole input at once, and this stage reads \
-                         the bytes written for each item",
-                    ),
-                    (
-                        key(&args.init),
-                        "init",
-                        "the halves of a `pipe_next` pair keep no per-worker state",
-                    ),
-                    (
-                        key(&args.when),
-                        "when",
-                        "an item that skipped the stage would leave the bytes written for it \
-                         unread",
-                    ),
-                ],
-            ),
-        };
-        for (span, option, why) in not_for_pipe {
-            if let Some(span) = span {
-                let what_to_do = if why.contains("there") || why.contains("move") {
-                    String::new()
-                } else {
-                    format!("; remove `{option}`")
-                };
-                let message = format!("`{option}` does not apply to {stage}: {why}{what_to_do}");
-                errors.push(syn::Error::new(span, message));
-            }
-        }
+        pipe_options(args, side, errors);
     } else if let Some(source) = args.source {
-        let not_for_source = [
-            (args.subprocess, "subprocess"),
-            (count(&args.workers), "workers"),
-            (args.unordered, "unordered"),
-            (count(&args.queue), "queue"),
-            (key(&args.init), "init"),
-            (key(&args.when), "when"),
-            (count(&args.timeout_ms), "timeout_ms"),
-        ];
-        for (span, option) in not_for_source {
-            if let Some(span) = span {
-                let message = format!(
-                    "`{option}` does not apply to a `source` stage, which runs on one thread \
-                     of the caller; remove `{option}`"
-                );
-                errors.push(syn::Error::new(span, message));
-            }
-        }
-        if let Some(stream) = args.stream {
-            let message = "a stage is either a `source` (no input) or a `stream` (the whole \
-                           input); remove one of them";
-            let mut error = syn::Error::new(stream, message);
-            error.combine(syn::Error::new(source, message));
-            errors.push(error);
-        }
-        return;
+        return source_options(args, source, errors);
     } else if args.stream.is_some() {
-        let not_for_stream = [
-            (
-                key(&args.init),
-                "init",
-                "a `stream` stage runs once per worker, so it keeps its state in locals of the \
-                 function",
-            ),
-            (
-                key(&args.when),
-                "when",
-                "`when` chooses single items, and a `stream` stage takes the whole input; \
-                 filter inside the function",
-            ),
-            (
-                count(&args.timeout_ms),
-                "timeout_ms",
-                "`timeout_ms` limits the time of one item, and a `stream` stage takes the whole \
-                 input",
-            ),
-        ];
-        for (span, option, why) in not_for_stream {
-            if let Some(span) = span {
-                let message = format!(
-                    "`{option}` does not apply to a `stream` stage: {why}; remove `{option}`"
-                );
-                errors.push(syn::Error::new(span, message));
-            }
-        }
+        stream_options(args, errors);
     }
     if let (Some(timeout), None) = (&args.timeout_ms, args.subprocess) {
         let message = "`timeout_ms` needs `subprocess`: a thread cannot be killed; add \
                        `subprocess` or remove `timeout_ms`";
         errors.push(syn::Error::new(timeout.key, message));
+    }
+}
+
+/// The span of an option's key, if it was given.
+fn key(option: &Option<super::args::PathOption>) -> Option<Span> {
+    option.as_ref().map(|path| path.key)
+}
+
+/// The span of a counted option's key, if it was given.
+fn count(option: &Option<super::args::Count>) -> Option<Span> {
+    option.as_ref().map(|count| count.key)
+}
+
+/// What the halves of a `pipe_next` pair exclude.
+fn pipe_options(args: &Args, side: Side, errors: &mut Errors) {
+    let (stage, not_for_pipe) = match side {
+        Side::Producer => (
+            "a `pipe_next` stage",
+            [
+                (
+                    args.source,
+                    "source",
+                    "a `source` takes no item, and a `pipe_next` stage writes bytes for \
+                     each item it takes",
+                ),
+                (
+                    args.stream,
+                    "stream",
+                    "a `stream` stage takes its whole input at once, and a `pipe_next` \
+                     stage writes bytes for each item",
+                ),
+                (
+                    key(&args.init),
+                    "init",
+                    "the halves of a `pipe_next` pair keep no per-worker state",
+                ),
+                (
+                    key(&args.when),
+                    "when",
+                    "an item that skipped the stage would leave the stage after it \
+                     nothing to read",
+                ),
+                (
+                    args.unordered,
+                    "unordered",
+                    "the stage after it reads the items in the order they are written; \
+                     move `unordered` to that stage",
+                ),
+            ],
+        ),
+        Side::Consumer => (
+            "a stage that takes `&mut PipeReader`",
+            [
+                (
+                    count(&args.workers),
+                    "workers",
+                    "a consumer runs as many workers as its `pipe_next` producer; set \
+                     `workers` there",
+                ),
+                (
+                    args.source,
+                    "source",
+                    "a `source` takes no item, and this stage reads the bytes written for \
+                     each item",
+                ),
+                (
+                    args.stream,
+                    "stream",
+                    "a `stream` stage takes its whole input at once, and this stage reads \
+                     the bytes written for each item",
+                ),
+                (
+                    key(&args.init),
+                    "init",
+                    "the halves of a `pipe_next` pair keep no per-worker state",
+                ),
+                (
+                    key(&args.when),
+                    "when",
+                    "an item that skipped the stage would leave the bytes written for it \
+                     unread",
+                ),
+            ],
+        ),
+    };
+    for (span, option, why) in not_for_pipe {
+        if let Some(span) = span {
+            let what_to_do = if why.contains("there") || why.contains("move") {
+                String::new()
+            } else {
+                format!("; remove `{option}`")
+            };
+            let message = format!("`{option}` does not apply to {stage}: {why}{what_to_do}");
+            errors.push(syn::Error::new(span, message));
+        }
+    }
+}
+
+/// What a `source` excludes: it runs on one thread of the caller.
+fn source_options(args: &Args, source: Span, errors: &mut Errors) {
+    let not_for_source = [
+        (args.subprocess, "subprocess"),
+        (count(&args.workers), "workers"),
+        (args.unordered, "unordered"),
+        (count(&args.queue), "queue"),
+        (key(&args.init), "init"),
+        (key(&args.when), "when"),
+        (count(&args.timeout_ms), "timeout_ms"),
+    ];
+    for (span, option) in not_for_source {
+        if let Some(span) = span {
+            let message = format!(
+                "`{option}` does not apply to a `source` stage, which runs on one thread \
+                 of the caller; remove `{option}`"
+            );
+            errors.push(syn::Error::new(span, message));
+        }
+    }
+    if let Some(stream) = args.stream {
+        let message = "a stage is either a `source` (no input) or a `stream` (the whole \
+                       input); remove one of them";
+        let mut error = syn::Error::new(stream, message);
+        error.combine(syn::Error::new(source, message));
+        errors.push(error);
+    }
+}
+
+/// What a `stream` stage excludes.
+fn stream_options(args: &Args, errors: &mut Errors) {
+    let not_for_stream = [
+        (
+            key(&args.init),
+            "init",
+            "a `stream` stage runs once per worker, so it keeps its state in locals of the \
+             function",
+        ),
+        (
+            key(&args.when),
+            "when",
+            "`when` chooses single items, and a `stream` stage takes the whole input; \
+             filter inside the function",
+        ),
+        (
+            count(&args.timeout_ms),
+            "timeout_ms",
+            "`timeout_ms` limits the time of one item, and a `stream` stage takes the whole \
+             input",
+        ),
+    ];
+    for (span, option, why) in not_for_stream {
+        if let Some(span) = span {
+            let message =
+                format!("`{option}` does not apply to a `stream` stage: {why}; remove `{option}`");
+            errors.push(syn::Error::new(span, message));
+        }
     }
 }
 
@@ -419,6 +440,52 @@ fn iterator_output(output: &Output, form: &str, errors: &mut Errors) -> Type {
 /// `pipe_next` producer (`side`) has exactly one `&mut PipeWriter` and returns `()` or
 /// `Result<(), E>`; a consumer has exactly one `&mut PipeReader`; neither has state.
 fn stage(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Decided {
+    let Params {
+        roles,
+        emit,
+        state,
+        pipe_end,
+    } = params(args, sig, side, errors);
+    needed_parameters(args, sig, side, &state, pipe_end, errors);
+    let input = match sig.params.first() {
+        Some(param) => param.ty.clone(),
+        None => {
+            let message = "a stage takes its item as its first parameter, e.g. `fn double(x: \
+                           u64) -> u64`; a stage without input is `#[stage(source)]`";
+            errors.push(syn::Error::new(sig.parens, message));
+            unit()
+        }
+    };
+    if side == Some(Side::Producer) {
+        return Decided {
+            form: producer_form(sig, errors),
+            output: input.clone(),
+            input: Some(input),
+            state: None,
+            roles,
+        };
+    }
+    let (form, output) = output_form(emit, sig, errors);
+    Decided {
+        form,
+        input: Some(input),
+        output,
+        state,
+        roles,
+    }
+}
+
+/// What a stage's parameters are, and what they tell: the item of its `Emit`, its state
+/// type, whether it has its end of a `pipe_next` pair.
+struct Params {
+    roles: Vec<Role>,
+    emit: Option<Type>,
+    state: Option<Type>,
+    pipe_end: bool,
+}
+
+/// Each parameter's role, reporting every parameter that breaks a rule (see [`stage`]).
+fn params(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Params {
     let mut roles = Vec::with_capacity(sig.params.len());
     let mut emit: Option<Type> = None;
     let mut state: Option<Type> = None;
@@ -493,6 +560,23 @@ fn stage(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Dec
         };
         roles.push(role);
     }
+    Params {
+        roles,
+        emit,
+        state,
+        pipe_end,
+    }
+}
+
+/// The parameters an option needs: `init` a `&mut S` state, `pipe_next` a `&mut PipeWriter`.
+fn needed_parameters(
+    args: &Args,
+    sig: &Sig,
+    side: Option<Side>,
+    state: &Option<Type>,
+    pipe_end: bool,
+    errors: &mut Errors,
+) {
     if let (Some(init), None, None) = (&args.init, &state, side) {
         let message = format!(
             "`init` makes per-worker state for a `&mut S` parameter, and `{}` has none; add one \
@@ -509,35 +593,25 @@ fn stage(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Dec
         );
         errors.push(syn::Error::new(pipe_next, message));
     }
-    let input = match sig.params.first() {
-        Some(param) => param.ty.clone(),
-        None => {
-            let message = "a stage takes its item as its first parameter, e.g. `fn double(x: \
-                           u64) -> u64`; a stage without input is `#[stage(source)]`";
-            errors.push(syn::Error::new(sig.parens, message));
-            unit()
+}
+
+/// The form of a `pipe_next` producer, by its return type: `()` or `Result<(), E>`.
+fn producer_form(sig: &Sig, errors: &mut Errors) -> Form {
+    match &sig.output {
+        Output::Unit => Form::Produce,
+        Output::Result { ok: Some(ok), .. } if is_unit(ok) => Form::TryProduce,
+        output => {
+            let message = "a `pipe_next` stage writes its output to its `&mut PipeWriter` \
+                           and hands its item on unchanged; return `()` or `Result<(), E>`";
+            errors.push(syn::Error::new(output_span(output, sig), message));
+            Form::Produce
         }
-    };
-    if side == Some(Side::Producer) {
-        let form = match &sig.output {
-            Output::Unit => Form::Produce,
-            Output::Result { ok: Some(ok), .. } if is_unit(ok) => Form::TryProduce,
-            output => {
-                let message = "a `pipe_next` stage writes its output to its `&mut PipeWriter` \
-                               and hands its item on unchanged; return `()` or `Result<(), E>`";
-                errors.push(syn::Error::new(output_span(output, sig), message));
-                Form::Produce
-            }
-        };
-        return Decided {
-            form,
-            output: input.clone(),
-            input: Some(input),
-            state: None,
-            roles,
-        };
     }
-    let (form, output) = match (emit, &sig.output) {
+}
+
+/// The form and output type of a stage, by its `Emit` item (if any) and its return type.
+fn output_form(emit: Option<Type>, sig: &Sig, errors: &mut Errors) -> (Form, Type) {
+    match (emit, &sig.output) {
         (Some(item), Output::Unit) => (Form::Emit, item),
         (Some(item), Output::Result { ok: Some(ok), .. }) if is_unit(ok) => (Form::TryEmit, item),
         (Some(item), output) => {
@@ -564,13 +638,6 @@ fn stage(args: &Args, sig: &Sig, side: Option<Side>, errors: &mut Errors) -> Dec
             (Form::Map, unit())
         }
         (None, Output::Plain(ty)) => (Form::Map, ty.clone()),
-    };
-    Decided {
-        form,
-        input: Some(input),
-        output,
-        state,
-        roles,
     }
 }
 
