@@ -136,18 +136,57 @@ impl Inherited {
         if let Some(fd) = keep.iter().find(|fd| !self.0.contains(fd)) {
             panic!("descriptor {fd} is not a runtime descriptor this child inherited");
         }
-        for &fd in &self.0 {
-            if !keep.contains(&fd) {
-                // SAFETY: `fd` is a runtime descriptor inherited through the fork, open then,
-                // that this child does not keep; by `fork`'s contract no object in the child
-                // uses or closes it, and it is in `self` once (the registry is a set).
-                unsafe { libc::close(fd) };
-            }
+        for (lo, hi) in runs(self.0.iter().copied().filter(|fd| !keep.contains(fd))) {
+            // SAFETY: `lo..=hi` are runtime descriptors inherited through the fork, every one
+            // of them (a run of consecutive numbers in the registry, which is a set), open
+            // then, that this child does not keep; by `fork`'s contract no object in the
+            // child uses or closes them.
+            unsafe { close_run(lo, hi) };
         }
         let mut reg = lock();
         reg.clear();
         reg.extend(keep.iter().copied());
         Kept(keep.iter().copied().collect())
+    }
+}
+
+/// The maximal runs `(first, last)` of consecutive numbers in the ascending `fds`: the
+/// descriptors that socketpairs made one after the other get, so that a child closes what it
+/// does not keep in a few calls rather than one per descriptor.
+fn runs(fds: impl Iterator<Item = RawFd>) -> Vec<(RawFd, RawFd)> {
+    let mut runs: Vec<(RawFd, RawFd)> = Vec::new();
+    for fd in fds {
+        match runs.last_mut() {
+            Some((_, hi)) if *hi + 1 == fd => *hi = fd,
+            _ => runs.push((fd, fd)),
+        }
+    }
+    runs
+}
+
+/// Closes the descriptors `lo..=hi` (`close_range`, or one by one where the kernel lacks it).
+///
+/// # Safety
+/// Every descriptor in `lo..=hi` must be open and owned by no object of this process.
+unsafe fn close_run(lo: RawFd, hi: RawFd) {
+    if lo < hi {
+        // SAFETY: `close_range` takes no pointers; by the caller's contract closing every
+        // descriptor in the range leaves no object with a closed descriptor.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                lo as libc::c_uint,
+                hi as libc::c_uint,
+                0,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+    for fd in lo..=hi {
+        // SAFETY: as above, one descriptor at a time.
+        unsafe { libc::close(fd) };
     }
 }
 
