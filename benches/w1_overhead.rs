@@ -29,17 +29,8 @@ fn forkpipe_run(items: u64) -> bare::Rates {
 }
 
 fn main() {
-    let (items, runs) = if bare::test_mode() {
-        (10_000, 1)
-    } else {
-        (10_000_000, 5)
-    };
-    let mut fp = Vec::new();
-    let mut bare_v = Vec::new();
-    for _ in 0..runs {
-        bare_v.push(bare::chain_run(items, 3));
-        fp.push(forkpipe_run(items));
-    }
+    let (items, fp, bare_v) = bare::alternate(|n| bare::chain_run(n, 3), forkpipe_run);
+    let runs = fp.len();
     println!(
         "W1 overhead: {items} u64 through 3 process stages (x + 1), ordered (median of {runs} alternating runs)"
     );

@@ -75,17 +75,8 @@ fn bare_run(items: u64) -> bare::Rates {
 }
 
 fn main() {
-    let (items, runs) = if bare::test_mode() {
-        (10_000, 1)
-    } else {
-        (10_000_000, 5)
-    };
-    let mut fp = Vec::new();
-    let mut bare_v = Vec::new();
-    for _ in 0..runs {
-        bare_v.push(bare_run(items));
-        fp.push(forkpipe_run(items));
-    }
+    let (items, fp, bare_v) = bare::alternate(bare_run, forkpipe_run);
+    let runs = fp.len();
     println!(
         "W1t threads: {items} u64 through 3 thread stages (x + 1), ordered (median of {runs} alternating runs)"
     );

@@ -266,6 +266,25 @@ impl Clock {
 
 /// Prints the medians of alternating runs of forkpipe and a bare mechanism (`bare_name`),
 /// end to end and steady state, their ratios, and every run's figures.
+/// W1's runs: 10,000,000 items (10,000 in `--test` mode), the bare side and forkpipe's
+/// alternating, 5 rounds (1). Returns the item count and both sides' rates, by run.
+pub fn alternate(
+    mut bare: impl FnMut(u64) -> Rates,
+    mut forkpipe: impl FnMut(u64) -> Rates,
+) -> (u64, Vec<Rates>, Vec<Rates>) {
+    let (items, runs) = if test_mode() {
+        (10_000, 1)
+    } else {
+        (10_000_000, 5)
+    };
+    let (mut fp, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.push(bare(items));
+        fp.push(forkpipe(items));
+    }
+    (items, fp, b)
+}
+
 pub fn print_rates(fp: &[Rates], bare: &[Rates], bare_name: &str) {
     let med = |v: &[Rates], f: fn(&Rates) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
     let (fe, fs) = (med(fp, |r| r.e2e), med(fp, |r| r.steady));
