@@ -199,8 +199,13 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
 
     /// Appends a stage; its input type must be this pipeline's output type.
     pub fn then<N: Send + 'static>(self, next: Stage<Out, N>) -> Pipeline<In, N> {
+        self.push(Arc::new(next))
+    }
+
+    /// Appends a piece that takes `Out` and makes `N` (a stage, or a fan-out).
+    fn push<N>(self, next: Arc<dyn AnyStage>) -> Pipeline<In, N> {
         let mut stages = self.stages;
-        stages.push(Arc::new(next));
+        stages.push(next);
         Pipeline {
             stages,
             source: self.source,
@@ -277,15 +282,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .into_iter()
             .map(|b| Box::new(b) as Box<dyn Branch<Out, N>>)
             .collect();
-        let mut stages = self.stages;
-        stages.push(Arc::new(FanOut::new(name, branches, Out::clone)));
-        Pipeline {
-            stages,
-            source: self.source,
-            feeder: self.feeder,
-            progress: self.progress,
-            _types: PhantomData,
-        }
+        self.push(Arc::new(FanOut::new(name, branches, Out::clone)))
     }
 
     /// The pipeline as `pipeline!` writes it: `a | b | c`.
