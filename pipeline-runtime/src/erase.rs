@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::caller::output::{Batch, Output};
+use crate::caller::output::{Batch, LinkPlan, Output};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::caller::{bridge, thread_stage};
@@ -44,14 +44,14 @@ pub(crate) trait AnyStage: Send + Sync {
         rt: &Rt,
     ) -> io::Result<()>;
     /// An `Output<In>` writing straight to this (process) stage's workers.
-    fn link_output(&self, idx: u32, links: Vec<RtFd>, credit: usize) -> Box<dyn Any + Send>;
+    fn link_output(&self, idx: u32, links: Vec<RtFd>, plan: LinkPlan) -> Box<dyn Any + Send>;
     /// A thread moving batches from `rx` (`Receiver<Batch<In>>`) into this stage's workers.
     fn spawn_dispatcher(
         &self,
         idx: u32,
         rx: Box<dyn Any + Send>,
         links: Vec<RtFd>,
-        credit: usize,
+        plan: LinkPlan,
         rt: &Rt,
     ) -> io::Result<()>;
     /// A thread moving this (process) stage's outputs from `links` into `out` (`Output<Out>`).
@@ -107,8 +107,8 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         thread_stage::spawn_workers(self, idx, rx, out, rt)
     }
 
-    fn link_output(&self, idx: u32, links: Vec<RtFd>, credit: usize) -> Box<dyn Any + Send> {
-        Box::new(bridge::link_output(self, idx, links, credit))
+    fn link_output(&self, idx: u32, links: Vec<RtFd>, plan: LinkPlan) -> Box<dyn Any + Send> {
+        Box::new(bridge::link_output(self, idx, links, plan))
     }
 
     fn spawn_dispatcher(
@@ -116,10 +116,10 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         idx: u32,
         rx: Box<dyn Any + Send>,
         links: Vec<RtFd>,
-        credit: usize,
+        plan: LinkPlan,
         rt: &Rt,
     ) -> io::Result<()> {
-        bridge::spawn_dispatcher(self, idx, rx, links, credit, rt)
+        bridge::spawn_dispatcher(self, idx, rx, links, plan, rt)
     }
 
     fn spawn_merger(

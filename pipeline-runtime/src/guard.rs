@@ -128,20 +128,29 @@ pub(crate) fn guarded(
             worker,
             message,
         }),
-        Err(payload) => {
-            let mut message = match payload.downcast_ref::<DeterminerPanic>() {
-                Some(DeterminerPanic(m)) => format!("determiner of stage '{stage}' panicked: {m}"),
-                None => panic_message(payload.as_ref() as &(dyn Any + Send)),
-            };
-            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
-                message = format!("{message} (at {at})");
-            }
-            Some(Error::Panicked {
-                stage: stage.to_string(),
-                item: seq,
-                worker,
-                message,
-            })
-        }
+        Err(payload) => Some(panic_error(stage, worker, seq, payload.as_ref())),
+    }
+}
+
+/// The error of item `seq` whose user code panicked with `payload`: its message (a
+/// determiner's says so) and, in worker processes, where it panicked.
+pub(crate) fn panic_error(
+    stage: &str,
+    worker: Worker,
+    seq: u64,
+    payload: &(dyn Any + Send),
+) -> Error {
+    let mut message = match payload.downcast_ref::<DeterminerPanic>() {
+        Some(DeterminerPanic(m)) => format!("determiner of stage '{stage}' panicked: {m}"),
+        None => panic_message(payload),
+    };
+    if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+        message = format!("{message} (at {at})");
+    }
+    Error::Panicked {
+        stage: stage.to_string(),
+        item: seq,
+        worker,
+        message,
     }
 }

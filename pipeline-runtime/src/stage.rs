@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::DeterminerPanic;
 use crate::error::{Error, panic_message};
 use crate::os::image;
+use crate::process::runs::RunFn;
 use crate::recipe::{self, Make, MaybeRecipe, Recipe};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
@@ -45,6 +46,10 @@ impl<T> Emit<T> {
         self.items.pop().expect("one output")
     }
 
+    pub(crate) fn as_slice(&self) -> &[T] {
+        &self.items
+    }
+
     pub(crate) fn take_all(&mut self) -> Vec<T> {
         std::mem::take(&mut self.items)
     }
@@ -74,8 +79,6 @@ pub(crate) struct Rec<T> {
     pub seq: u64,
     pub body: Body<T>,
 }
-
-pub(crate) type StageFn<In, Out> = dyn Fn(In, &mut Emit<Out>) -> Result<(), String> + Send + Sync;
 
 /// A worker's own stage function (it may own per-worker state made by `init`).
 pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<(), String>>;
@@ -204,7 +207,7 @@ impl<In: Wire, Out: Wire> Consumer<In, Out> {
         E: fmt::Display,
         F: Fn(In, &mut PipeReader, &mut Emit<Out>) -> Result<(), E> + Send + Sync + 'static,
     {
-        let mut stage = Stage::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        let mut stage = Stage::from_fn(name, |_: In, _: &mut Emit<Out>| Ok(()));
         stage.pipe = Some(PipeRole::Consumer(Arc::new(
             move |x, r: &mut PipeReader, e: &mut Emit<Out>| {
                 f(x, r, e).map_err(|err| err.to_string())
@@ -373,6 +376,8 @@ pub(crate) struct WireOps<In, Out> {
     pub decode_in: fn(&[u8]) -> Result<In, String>,
     pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
     pub decode_out: fn(&[u8]) -> Result<Out, String>,
+    /// The stage function over a run, with the codec inlined (see [`crate::process::runs`]).
+    pub run: RunFn<In, Out>,
     /// These functions again (`wire_ops::<In, Out>`): what a stage made again in the fork
     /// server's supervisor gets (see `erase::rebuild`).
     pub ops: fn() -> WireOps<In, Out>,
@@ -386,7 +391,13 @@ impl<In, Out> Clone for WireOps<In, Out> {
 impl<In, Out> Copy for WireOps<In, Out> {}
 
 impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
-    fn from_fn(name: impl Into<Cow<'static, str>>, f: Arc<StageFn<In, Out>>) -> Self {
+    /// A stage of function `f`. Generic, so that `f` inlines into each worker's boxed
+    /// function: one indirect call per item.
+    fn from_fn<G>(name: impl Into<Cow<'static, str>>, f: G) -> Self
+    where
+        G: Fn(In, &mut Emit<Out>) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
         let make = move || {
             let f = Arc::clone(&f);
             Ok(Box::new(move |x: In, e: &mut Emit<Out>| f(x, e)) as WorkerFn<In, Out>)
@@ -413,13 +424,10 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::map("", recipe::remake::<F>()))
         }
-        let stage = Self::from_fn(
-            name,
-            Arc::new(move |x, e: &mut Emit<Out>| {
-                e.emit(f(x));
-                Ok(())
-            }),
-        );
+        let stage = Self::from_fn(name, move |x, e: &mut Emit<Out>| {
+            e.emit(f(x));
+            Ok(())
+        });
         stage.with_recipe(recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>))
     }
 
@@ -438,16 +446,13 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Ok(Stage::try_map("", recipe::remake::<F>()))
         }
         let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, E, F>);
-        Self::from_fn(
-            name,
-            Arc::new(move |x, e: &mut Emit<Out>| match f(x) {
-                Ok(v) => {
-                    e.emit(v);
-                    Ok(())
-                }
-                Err(err) => Err(err.to_string()),
-            }),
-        )
+        Self::from_fn(name, move |x, e: &mut Emit<Out>| match f(x) {
+            Ok(v) => {
+                e.emit(v);
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        })
         .with_recipe(recipe)
     }
 
@@ -463,15 +468,12 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Ok(Stage::filter_map("", recipe::remake::<F>()))
         }
         let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>);
-        Self::from_fn(
-            name,
-            Arc::new(move |x, e: &mut Emit<Out>| {
-                if let Some(v) = f(x) {
-                    e.emit(v);
-                }
-                Ok(())
-            }),
-        )
+        Self::from_fn(name, move |x, e: &mut Emit<Out>| {
+            if let Some(v) = f(x) {
+                e.emit(v);
+            }
+            Ok(())
+        })
         .with_recipe(recipe)
     }
 
@@ -487,13 +489,10 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Ok(Stage::emit("", recipe::remake::<F>()))
         }
         let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>);
-        Self::from_fn(
-            name,
-            Arc::new(move |x, e: &mut Emit<Out>| {
-                f(x, e);
-                Ok(())
-            }),
-        )
+        Self::from_fn(name, move |x, e: &mut Emit<Out>| {
+            f(x, e);
+            Ok(())
+        })
         .with_recipe(recipe)
     }
 
@@ -512,10 +511,9 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
             Ok(Stage::try_emit("", recipe::remake::<F>()))
         }
         let recipe = recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, E, F>);
-        Self::from_fn(
-            name,
-            Arc::new(move |x, e: &mut Emit<Out>| f(x, e).map_err(|err| err.to_string())),
-        )
+        Self::from_fn(name, move |x, e: &mut Emit<Out>| {
+            f(x, e).map_err(|err| err.to_string())
+        })
         .with_recipe(recipe)
     }
 
@@ -547,7 +545,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
                 f(x, &mut state, e).map_err(|err| err.to_string())
             }) as WorkerFn<In, Out>)
         };
-        let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        let mut stage = Self::from_fn(name, |_: In, _: &mut Emit<Out>| Ok(()));
         stage.make = Arc::new(make);
         stage.opts.stateful = true;
         stage.recipe =
@@ -570,7 +568,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         I: IntoIterator<Item = Out>,
         I::IntoIter: 'static,
     {
-        let mut stage = Self::from_fn(name, Arc::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        let mut stage = Self::from_fn(name, |_: In, _: &mut Emit<Out>| Ok(()));
         stage.stream = Some(Arc::new(move |items| {
             Box::new(f(items).into_iter()) as Box<dyn Iterator<Item = Out>>
         }));
@@ -687,6 +685,7 @@ fn wire_ops<In: Wire, Out: Wire>() -> WireOps<In, Out> {
         decode_in: codec::decode::<In>,
         encode_out: codec::encode_into::<Out>,
         decode_out: codec::decode::<Out>,
+        run: crate::process::runs::apply::<In, Out>,
         ops: wire_ops::<In, Out>,
     }
 }

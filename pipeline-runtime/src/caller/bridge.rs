@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::caller::output::{Batch, IDLE_SERVICE, Output};
+use crate::caller::output::{Batch, IDLE_SERVICE, LinkPlan, Output};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
 use crate::os::fds::RtFd;
 use crate::stage::{Body, Rec, Stage};
-use crate::transport::link::{LinkReceiver, LinkSender};
+use crate::transport::link::{LinkReceiver, LinkSender, TAG_RUN};
 use crate::transport::record;
+use crate::transport::run::Entries;
 
 pub(crate) fn input_channel<In: Send + 'static, Out: Send + 'static>(
     stage: &Stage<In, Out>,
@@ -41,14 +42,15 @@ pub(crate) fn link_output<In: Send + 'static, Out: Send + 'static>(
     stage: &Stage<In, Out>,
     idx: u32,
     links: Vec<RtFd>,
-    credit: usize,
+    plan: LinkPlan,
 ) -> Output<In> {
     let wire = stage.wire.expect("process stages have wire functions");
     Output::Links {
-        tx: Box::new(LinkSender::new(links, credit)),
+        tx: Box::new(LinkSender::new(links, plan.credit)),
         enc: wire.encode_in,
         stage_idx: idx,
         stage: Arc::from(&*stage.name),
+        runs: plan.runs,
     }
 }
 
@@ -57,13 +59,13 @@ pub(crate) fn spawn_dispatcher<In: Send + 'static, Out: Send + 'static>(
     idx: u32,
     rx: Box<dyn Any + Send>,
     links: Vec<RtFd>,
-    credit: usize,
+    plan: LinkPlan,
     rt: &Rt,
 ) -> io::Result<()> {
     let rx = *rx
         .downcast::<Receiver<Batch<In>>>()
         .expect("input channel of this stage");
-    let mut out = link_output(stage, idx, links, credit);
+    let mut out = link_output(stage, idx, links, plan);
     let stop = rt.stop.clone();
     rt.threads.spawn(&format!("{}-in", stage.name), move || {
         loop {
@@ -98,6 +100,20 @@ pub(crate) fn spawn_dispatcher<In: Send + 'static, Out: Send + 'static>(
             out.finish();
         }
     })
+}
+
+/// The outcome of item `seq` whose output from stage `idx` could not be decoded.
+fn undecodable<T>(stage: &str, idx: u32, seq: u64, message: String) -> Body<T> {
+    Body::Failed(
+        idx,
+        Box::new(Error::Codec {
+            stage: stage.to_string(),
+            item: seq,
+            worker: Worker::Process(std::process::id()),
+            what: "decode the output of".into(),
+            message,
+        }),
+    )
 }
 
 pub(crate) fn spawn_merger<In: Send + 'static, Out: Send + 'static>(
@@ -136,20 +152,20 @@ pub(crate) fn spawn_merger<In: Send + 'static, Out: Send + 'static>(
                         return;
                     }
                 };
-                let body = match record::decode(r.tag, rx.payload(&r), wire.decode_out) {
-                    Ok(b) => b,
-                    Err(message) => Body::Failed(
-                        _idx,
-                        Box::new(Error::Codec {
-                            stage: name.to_string(),
-                            item: r.seq,
-                            worker: Worker::Process(std::process::id()),
-                            what: "decode the output of".into(),
-                            message,
-                        }),
-                    ),
+                let decode = |seq, tag, payload: &[u8]| {
+                    let body = record::decode(tag, payload, wire.decode_out)
+                        .unwrap_or_else(|message| undecodable(&name, _idx, seq, message));
+                    Rec { seq, body }
                 };
-                batch.push(Rec { seq: r.seq, body });
+                let payload = rx.payload(&r);
+                if r.tag == TAG_RUN {
+                    let entries = Entries::of(payload);
+                    batch.reserve(entries.left() as usize);
+                    let entries = entries.enumerate();
+                    batch.extend(entries.map(|(i, (k, p))| decode(r.seq + i as u64, k, p)));
+                } else {
+                    batch.push(decode(r.seq, r.tag, payload));
+                }
                 rx.done(r);
             }
             if !batch.is_empty() && out.send(batch, &stop).is_err() {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::caller::output::{Batch, Output, recv_chan};
+use crate::caller::output::{Batch, LinkPlan, Output, recv_chan};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::erase::AnyStage;
@@ -194,7 +194,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for FanOut<In, Out> {
         Err("a fan-out runs in the caller".into())
     }
 
-    fn link_output(&self, _: u32, _: Vec<RtFd>, _: usize) -> Box<dyn Any + Send> {
+    fn link_output(&self, _: u32, _: Vec<RtFd>, _: LinkPlan) -> Box<dyn Any + Send> {
         unreachable!("a fan-out is no process stage")
     }
 
@@ -203,7 +203,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for FanOut<In, Out> {
         _: u32,
         _: Box<dyn Any + Send>,
         _: Vec<RtFd>,
-        _: usize,
+        _: LinkPlan,
         _: &Rt,
     ) -> io::Result<()> {
         unreachable!("a fan-out is no process stage")

@@ -16,6 +16,9 @@ use crate::caller::window::Window;
 use crate::error::Error;
 use crate::stage::{Body, Rec};
 
+/// The most items the feeder pulls at once (one batch, sent as one or more runs).
+const MAX_CHUNK: usize = 4096;
+
 /// Pulls items from the input and feeds them to the first stage, within the window.
 pub(crate) enum Feed<In> {
     Iter(Box<dyn Iterator<Item = In> + Send>),
@@ -127,7 +130,7 @@ fn feed_iter<In>(
         chunk = if t0.elapsed() > Duration::from_millis(1) {
             (chunk / 2).max(1)
         } else {
-            (chunk * 2).min(512)
+            (chunk * 2).min(MAX_CHUNK)
         };
         if out.flush().is_err() {
             return false;
@@ -258,7 +261,7 @@ fn feed_chan<In>(rx: &Receiver<(u64, In)>, out: &mut Output<In>, stop: &Receiver
                 body: Body::One(x),
             })
             .collect();
-        if out.send(batch, stop).is_err() {
+        if out.send_records(batch, stop).is_err() {
             return false;
         }
     }

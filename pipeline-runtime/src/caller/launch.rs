@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 
 use crate::caller::control::{self, Supervisor};
 use crate::caller::engine::Engine;
-use crate::caller::output::{Batch, Output};
+use crate::caller::output::{Batch, LinkPlan, Output};
 use crate::caller::shared::Shared;
 use crate::caller::thread_stage::THREAD_SLOT;
 use crate::caller::threads::{Rt, Threads};
@@ -151,10 +151,18 @@ fn wire(
         if i == 0 || !kinds.link(i - 1) {
             let links = std::mem::take(&mut ends.caller_in);
             if i == 0 {
-                next = s.link_output(idx, links, DEFAULT_QUEUE);
+                let plan = LinkPlan {
+                    credit: DEFAULT_QUEUE,
+                    runs: kinds.runs(i),
+                };
+                next = s.link_output(idx, links, plan);
             } else {
                 let (o, rx) = s.input_channel(16);
-                s.spawn_dispatcher(idx, rx, links, stages[i - 1].opts().queue, rt)?;
+                let plan = LinkPlan {
+                    credit: stages[i - 1].opts().queue,
+                    runs: kinds.runs(i),
+                };
+                s.spawn_dispatcher(idx, rx, links, plan, rt)?;
                 next = o;
             }
         }

@@ -12,9 +12,10 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::error::{Error, Worker};
 use crate::os::fds::RtFd;
-use crate::stage::Rec;
-use crate::transport::link::{Commit, LinkSender};
+use crate::stage::{Body, Rec};
+use crate::transport::link::{Commit, LinkSender, NO_TAG};
 use crate::transport::record::{self, Enc};
+use crate::transport::run::{ENTRY_ALONE, RUN_BYTES, RUN_MIN, RunWriter};
 
 /// How often an idle sender reads death notices (see [`Output::service`]).
 pub(crate) const IDLE_SERVICE: Duration = Duration::from_millis(20);
@@ -36,7 +37,17 @@ pub(crate) enum Output<T> {
         enc: Enc<T>,
         stage_idx: u32,
         stage: Arc<str>,
+        /// Consecutive items travel as runs (see [`crate::transport::run`]).
+        runs: bool,
     },
+}
+
+/// How the caller sends to a process stage: the credit of each link, and whether items
+/// may travel as runs (see `Kinds::runs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkPlan {
+    pub credit: usize,
+    pub runs: bool,
 }
 
 impl<T> Output<T> {
@@ -50,7 +61,23 @@ impl<T> Output<T> {
         }
     }
 
-    pub(crate) fn send(&mut self, mut batch: Batch<T>, stop: &Receiver<()>) -> Result<(), Stopped> {
+    pub(crate) fn send(&mut self, batch: Batch<T>, stop: &Receiver<()>) -> Result<(), Stopped> {
+        if let Output::Links { runs: true, tx, .. } = self
+            && batch.len() >= RUN_MIN * tx.width()
+        {
+            return self.send_runs(batch);
+        }
+        self.send_records(batch, stop)
+    }
+
+    /// Sends `batch` with a record per item (submitted work items go this way: each
+    /// one's result is passed on as soon as it is done, and they spread over the workers
+    /// one by one).
+    pub(crate) fn send_records(
+        &mut self,
+        mut batch: Batch<T>,
+        stop: &Receiver<()>,
+    ) -> Result<(), Stopped> {
         match self {
             Output::Chan { tx, split } => {
                 let parts = (*split).min(batch.len()).max(1);
@@ -67,25 +94,12 @@ impl<T> Output<T> {
                 enc,
                 stage_idx,
                 stage,
+                ..
             } => {
                 for rec in batch {
-                    loop {
-                        match tx.reserve().map_err(|_| Stopped)? {
-                            Commit::Ready => break,
-                            Commit::NeedCredit => {
-                                tx.flush().map_err(|_| Stopped)?;
-                                tx.wait_credit(&mut Vec::new()).map_err(|_| Stopped)?;
-                            }
-                        }
-                    }
-                    tx.push(crate::transport::link::NO_TAG, |out| {
-                        let e = |message| Error::Codec {
-                            stage: stage.to_string(),
-                            item: rec.seq,
-                            worker: Worker::Process(std::process::id()),
-                            what: "encode the input of".into(),
-                            message,
-                        };
+                    ready(tx)?;
+                    tx.push(NO_TAG, |out| {
+                        let e = input_error(stage, rec.seq);
                         record::encode_or_fail(rec.seq, &rec.body, *enc, out, *stage_idx, e);
                     })
                     .map_err(|_| Stopped)?;
@@ -93,6 +107,50 @@ impl<T> Output<T> {
                 Ok(())
             }
         }
+    }
+
+    /// Sends `batch` to a process stage as runs of consecutive items, each as long as the
+    /// chosen link's credit and [`RUN_BYTES`] allow; a large item goes in a run of its own.
+    fn send_runs(&mut self, batch: Batch<T>) -> Result<(), Stopped> {
+        let Output::Links {
+            tx,
+            enc,
+            stage_idx,
+            stage,
+            ..
+        } = self
+        else {
+            unreachable!("send_runs on links")
+        };
+        // A batch is shared among the stage's workers (one run each, to the least loaded).
+        let share = batch.len().div_ceil(tx.width());
+        let mut recs = batch.into_iter().peekable();
+        let mut carry: Option<Rec<T>> = None;
+        while let Some(first) = carry.take().or_else(|| recs.next()) {
+            ready(tx)?;
+            let room = tx.room().min(share);
+            tx.push(NO_TAG, |out| {
+                let mut w = RunWriter::begin(out, first.seq);
+                let mut next = Some(first);
+                while let Some(rec) = next.take() {
+                    let mark = out.len();
+                    let e = (*stage_idx, input_error(stage, rec.seq));
+                    record::encode_entry(&mut w, out, &rec.body, *enc, e);
+                    if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
+                        w.undo(out, mark);
+                        carry = Some(rec);
+                        break;
+                    }
+                    if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
+                        break;
+                    }
+                    next = recs.next_if(|r| r.seq == rec.seq + 1 && runnable(&r.body));
+                }
+                w.end(out);
+            })
+            .map_err(|_| Stopped)?;
+        }
+        Ok(())
     }
 
     /// Reads acks and death notices and resends requeued records, without blocking: what an
@@ -123,6 +181,35 @@ impl<T> Output<T> {
         if let Output::Links { mut tx, .. } = self {
             let _ = tx.finish();
         }
+    }
+}
+
+/// Waits until a link has credit for the next record.
+fn ready(tx: &mut LinkSender<RtFd>) -> Result<(), Stopped> {
+    loop {
+        match tx.reserve().map_err(|_| Stopped)? {
+            Commit::Ready => return Ok(()),
+            Commit::NeedCredit => {
+                tx.flush().map_err(|_| Stopped)?;
+                tx.wait_credit(&mut Vec::new()).map_err(|_| Stopped)?;
+            }
+        }
+    }
+}
+
+/// An item's body that can be a run's entry (all but a `stream` stage's count).
+fn runnable<T>(body: &Body<T>) -> bool {
+    !matches!(body, Body::Consumed(..))
+}
+
+/// The error of an item the caller could not encode for stage `stage`.
+fn input_error(stage: &str, item: u64) -> impl FnOnce(String) -> Error + '_ {
+    move |message| Error::Codec {
+        stage: stage.to_string(),
+        item,
+        worker: Worker::Process(std::process::id()),
+        what: "encode the input of".into(),
+        message,
     }
 }
 

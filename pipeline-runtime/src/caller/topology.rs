@@ -60,6 +60,16 @@ impl Kinds<'_> {
         i < self.0.len() && (self.0[i].opts().process || self.0[i].opts().pipe.is_some())
     }
 
+    /// Items sent to stage `i` may travel as runs: it and every link stage after it, up to
+    /// the next piece in the caller, answer runs (ordinary process stages; not a `pipe_next`
+    /// half nor a `stream` stage).
+    pub(crate) fn runs(self, i: usize) -> bool {
+        (i..self.0.len()).take_while(|&j| self.link(j)).all(|j| {
+            let o = self.0[j].opts();
+            o.process && !o.stream && o.pipe.is_none()
+        })
+    }
+
     fn producer(self, i: usize) -> bool {
         i < self.0.len() && self.0[i].opts().pipe == Some(PipeSide::Producer)
     }

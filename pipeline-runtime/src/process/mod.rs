@@ -4,6 +4,7 @@ mod budget;
 mod death;
 pub(crate) mod fork_server;
 pub(crate) mod protocol;
+pub(crate) mod runs;
 mod spawn;
 pub(crate) mod state;
 pub(crate) mod supervisor;

@@ -3,7 +3,7 @@
 //!
 //! Runs in a process forked by the supervisor (single-threaded), after the runtime's first
 //! steps (see [`crate::process::supervisor`]), or on a caller's thread for a `pipe_next`
-//! half that is not `subprocess`. [`run`] sets a worker up in steps — its slot and output
+//! half that is not `subprocess`. [`run()`] sets a worker up in steps — its slot and output
 //! links made known to the panic hook and to fault injection, the stage's `init`, its
 //! links — and hands over to a `Loop`, whose steps are named for what they do: `serve`
 //! takes records until the input ends; `refill` flushes, acks and waits for input once
@@ -29,16 +29,17 @@ use crate::guard::apply;
 use crate::meter::{Meter, Sink};
 use crate::os::sys::{self, SlotState};
 use crate::process::protocol::{self, WorkerMsg};
+use crate::process::runs::{RunCx, RunPos};
 use crate::stage::{
     Body, ConsumeFn, Emit, PipeRole, ProduceFn, Stage, StreamFn, WireOps, WorkerFn,
 };
 use crate::stream::{Next, Port, StreamPull};
 use crate::transport::link::{
     Commit, LinkReceiver, LinkSender, NO_TAG, RecRef, TAG_CONSUMED, TAG_FAILED, TAG_MANY, TAG_ONE,
-    Tag,
+    TAG_RUN, Tag,
 };
 use crate::transport::pipe::{End, PipeReader, PipeWriter};
-use crate::transport::record;
+use crate::transport::{record, run};
 
 /// Records processed between two flush-and-ack points when the local queue is long.
 const ACK_EVERY: usize = 512;
@@ -241,6 +242,11 @@ struct Loop<'s, In, Out, F> {
     /// Start times are only read by the supervisor's timeout check.
     timed: bool,
     meter: Meter,
+    /// Where a run's answer is written before it is pushed (reused).
+    scratch: Vec<u8>,
+    /// A run this worker answered only in part before it must be replaced, and how many
+    /// of its items it answered (see `LinkReceiver::send_partial`).
+    partial: Option<(RecRef, u32)>,
 }
 
 impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
@@ -270,6 +276,8 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             finished: 0,
             timed: stage.opts.timeout.is_some(),
             meter: Meter::new(sink),
+            scratch: Vec::new(),
+            partial: None,
         })
     }
 
@@ -333,6 +341,9 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     /// One record: waits for room downstream, pushes what comes of it (with the slot saying
     /// which item runs), lets it go, and flushes and acks when it is time.
     fn record(&mut self, r: RecRef) -> io::Result<Handled> {
+        if r.tag == TAG_RUN && self.stage.pipe.is_none() {
+            return self.run_record(r);
+        }
         self.wait_room()?;
         if r.first {
             let (items, arrived) = self.rx.arrival();
@@ -350,14 +361,90 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             self.finished += 1;
             slot.done.store(self.finished, Ordering::Relaxed);
         }
+        if let Handled::Restart = handled {
+            self.rx.release(r);
+            if r.small {
+                self.flush_sent()?;
+            }
+            return Ok(handled);
+        }
+        self.let_go(r, 1)?;
+        Ok(handled)
+    }
+
+    /// A run: the stage function over its items (see [`crate::process::runs`]), answered
+    /// by one run — in pieces, if its outputs are large.
+    fn run_record(&mut self, r: RecRef) -> io::Result<Handled> {
+        let count = run::weight(self.rx.raw(&r));
+        // Each run of a message is a batch of its own: its items waited from the message's
+        // arrival until now.
+        let (_, arrived) = self.rx.arrival();
+        self.meter.begin(u64::from(count), Some(arrived));
+        let tag = LinkReceiver::<F>::origin(&r);
+        let mut pos = RunPos::new(r.seq, count);
+        let mut held = false;
+        let share = count.div_ceil(self.tx.width() as u32);
+        while !pos.over() {
+            self.wait_room()?;
+            pos.piece(share);
+            self.answer_piece(&r, &mut pos);
+            if !pos.over() && !held {
+                // More pieces follow: the run is done only once all are acked.
+                self.tx.hold(tag);
+                held = true;
+            } else if held {
+                self.tx.hold(tag);
+            }
+            let piece_tag = if pos.restart && pos.done < count && !held {
+                NO_TAG
+            } else {
+                tag
+            };
+            let scratch = &self.scratch;
+            self.tx
+                .push(piece_tag, |out| out.extend_from_slice(scratch))?;
+        }
+        if held && !(pos.restart && pos.done < count) {
+            self.tx.unhold(tag);
+        }
+        self.finished += pos.ran_ok;
+        self.slot.done.store(self.finished, Ordering::Relaxed);
+        if pos.restart {
+            if pos.done < count {
+                self.partial = Some((r, pos.done));
+            }
+            self.rx.release(r);
+            self.flush_sent()?;
+            return Ok(Handled::Restart);
+        }
+        self.let_go(r, count as usize)?;
+        Ok(Handled::Pushed { ran_ok: false })
+    }
+
+    /// Answers the next piece of run `r` into `scratch`.
+    fn answer_piece(&mut self, r: &RecRef, pos: &mut RunPos) {
+        self.scratch.clear();
+        let mut cx = RunCx {
+            f: &mut self.f,
+            emit: &mut self.emit,
+            stage: &self.stage.name,
+            idx: self.idx,
+            me: self.me,
+            slot: self.slot,
+            timed: self.timed,
+            give_up: self.give_up.as_ref(),
+            stateful: self.stage.opts.stateful,
+        };
+        (self.wire.run)(&mut cx, self.rx.payload(r), pos, &mut self.scratch);
+    }
+
+    /// Lets record `r` (of `items` items) go, and flushes and acks when it is time.
+    fn let_go(&mut self, r: RecRef, items: usize) -> io::Result<()> {
         self.rx.release(r);
         if r.small {
             self.flush_sent()?;
         }
-        if let Handled::Restart = handled {
-            return Ok(handled);
-        }
-        self.since_ack += 1;
+        self.since_ack += items;
         if self.since_ack >= ACK_EVERY {
             // Keep the sender's credit flowing while a long local queue is processed.
             self.since_ack = 0;
@@ -366,7 +453,7 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             self.credit_acked();
             self.rx.send_acks();
         }
-        Ok(handled)
+        Ok(())
     }
 
     /// Waits until a link downstream has credit for one more record.
@@ -506,6 +593,9 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
         self.credit_acked();
         self.rx.send_acks();
         self.rx.drain_acks();
+        if let Some((r, m)) = self.partial.take() {
+            self.rx.send_partial(&r, m);
+        }
         Ok(())
     }
 }

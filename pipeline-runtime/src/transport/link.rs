@@ -37,12 +37,13 @@
 //! - A record is `seq u64 | tag u8 | len u32 | payload`: the sequence number sits outside the
 //!   payload, so a payload that cannot be decoded is still attributed to its item.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 use crate::os::sys;
 use crate::transport::codec::FRAME_LIMIT;
+use crate::transport::run;
 
 /// Largest message on a link (a batch, or one chunk of a large record).
 pub(crate) const MAX_MSG: usize = 64 * 1024;
@@ -59,6 +60,9 @@ const SMALL_MSG: u32 = 64;
 const MSG_HELLO: u8 = 5;
 const MSG_RESYNC: u8 = 6;
 const MSG_DEAD: u8 = 7;
+/// `PARTIAL(epoch, m)`: the first `m` items of the receiver's first unacked record (a run)
+/// are done; the rest will not be (its worker is being replaced).
+const MSG_PARTIAL: u8 = 8;
 
 /// With several links, acks are read every this many records to keep load figures fresh.
 const ACK_POLL_EVERY: u64 = 64;
@@ -73,6 +77,8 @@ pub(crate) const TAG_MANY: u8 = 1;
 pub(crate) const TAG_DROPPED: u8 = 2;
 pub(crate) const TAG_FAILED: u8 = 3;
 pub(crate) const TAG_CONSUMED: u8 = 4;
+/// Many items in one record (see [`crate::transport::run`]).
+pub(crate) const TAG_RUN: u8 = 5;
 
 /// The sequence number of records that are not items (`CONSUMED`).
 pub(crate) const NO_SEQ: u64 = u64::MAX;
@@ -140,6 +146,9 @@ pub(crate) struct LinkSender<F> {
     requeue: VecDeque<(Vec<u8>, Tag)>,
     /// Tags of the records acked since the owner last looked ([`LinkSender::take_acked`]).
     acked_tags: VecDeque<Tag>,
+    /// Records requeued in several pieces (a run a death split): the pieces not acked yet
+    /// beyond one, by tag.
+    split: HashMap<Tag, u32>,
 }
 
 /// What a sender attaches to a record to learn, from the receiver's acks, that it is done:
@@ -155,6 +164,8 @@ struct OutLink<F> {
     batch: Vec<u8>,
     /// Tags of the records in `batch`.
     tags: Vec<Tag>,
+    /// Items of the records in `batch` when some is a run (else each is one).
+    weights: Vec<u32>,
     count: u32,
     /// Messages sent and not fully acked (`records`, `acked` so far, bytes).
     sent: VecDeque<Sent>,
@@ -169,9 +180,20 @@ struct Sent {
     data: Vec<u8>,
     /// The tag of each record, in order.
     tags: Vec<Tag>,
+    /// The items of each record, when some is a run (else each is one).
+    weights: Vec<u32>,
     big: bool,
     records: u32,
     acked: u32,
+    /// Items of the first record not acked that its receiver finished (a partial ack, see
+    /// [`LinkReceiver::send_partial`]): if it dies, only the rest is sent again.
+    partial: u32,
+}
+
+impl Sent {
+    fn weight(&self, i: u32) -> u32 {
+        self.weights.get(i as usize).copied().unwrap_or(1)
+    }
 }
 
 /// Whether [`LinkSender::reserve`] found room.
@@ -191,6 +213,7 @@ impl<F: AsFd> LinkSender<F> {
                 fd,
                 batch: Vec::with_capacity(MAX_MSG),
                 tags: Vec::new(),
+                weights: Vec::new(),
                 count: 0,
                 sent: VecDeque::new(),
                 unacked: 0,
@@ -210,6 +233,7 @@ impl<F: AsFd> LinkSender<F> {
             epoch: 0,
             requeue: VecDeque::new(),
             acked_tags: VecDeque::new(),
+            split: HashMap::new(),
         }
     }
 
@@ -285,6 +309,19 @@ impl<F: AsFd> LinkSender<F> {
         }
     }
 
+    /// The number of links (the receiving stage's workers).
+    pub(crate) fn width(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Items the link chosen by the last [`LinkSender::reserve`] has credit for (at least 1).
+    pub(crate) fn room(&self) -> usize {
+        let i = self.chosen.expect("reserve() before room()");
+        self.credit_items
+            .saturating_sub(self.links[i].unacked)
+            .max(1)
+    }
+
     /// Sends requeued records while some link has credit; true when none is left.
     pub(crate) fn pump(&mut self) -> io::Result<bool> {
         while let Some((rec, tag)) = self.requeue.pop_front() {
@@ -315,8 +352,10 @@ impl<F: AsFd> LinkSender<F> {
         let mark = link.batch.len();
         write(&mut link.batch);
         let size = link.batch.len() - mark;
-        link.unacked += 1;
+        let w = run::weight(&link.batch[mark..]);
+        link.unacked += w as usize;
         if link.batch.len() <= MAX_MSG {
+            Self::add_weight(link, w);
             link.count += 1;
             link.tags.push(tag);
             return Ok(());
@@ -328,11 +367,22 @@ impl<F: AsFd> LinkSender<F> {
             link.batch.push(MSG_BATCH);
             link.batch.extend_from_slice(&0u32.to_le_bytes());
             link.batch.extend_from_slice(&rec);
+            Self::add_weight(link, w);
             link.count = 1;
             link.tags.push(tag);
             Ok(())
         } else {
             Self::send_big(link, rec, tag)
+        }
+    }
+
+    /// Notes the weight of the record being added to `link`'s batch (kept only once some
+    /// record is a run).
+    #[inline]
+    fn add_weight(link: &mut OutLink<F>, w: u32) {
+        if w != 1 || !link.weights.is_empty() {
+            link.weights.resize(link.count as usize, 1);
+            link.weights.push(w);
         }
     }
 
@@ -354,11 +404,13 @@ impl<F: AsFd> LinkSender<F> {
         }
         link.unacked_bytes += rec.len();
         link.sent.push_back(Sent {
+            weights: vec![run::weight(&rec)],
             data: rec,
             tags: vec![tag],
             big: true,
             records: 1,
             acked: 0,
+            partial: 0,
         });
         Ok(())
     }
@@ -377,6 +429,7 @@ impl<F: AsFd> LinkSender<F> {
         if link.count == 0 {
             link.batch.clear();
             link.tags.clear();
+            link.weights.clear();
             return Ok(());
         }
         let c = link.count.to_le_bytes();
@@ -396,12 +449,15 @@ impl<F: AsFd> LinkSender<F> {
         let r = Self::send_all(link, &batch);
         link.unacked_bytes += batch.len();
         let tags = std::mem::take(&mut link.tags);
+        let weights = std::mem::take(&mut link.weights);
         link.sent.push_back(Sent {
             data: batch,
             tags,
+            weights,
             big: false,
             records: link.count,
             acked: 0,
+            partial: 0,
         });
         link.count = 0;
         r
@@ -440,14 +496,26 @@ impl<F: AsFd> LinkSender<F> {
                             let ep =
                                 u32::from_le_bytes(self.ackbuf[9..13].try_into().expect("4 bytes"));
                             if ep == self.epoch {
-                                Self::apply_ack(l, n, &mut self.pool, &mut self.acked_tags);
+                                let done = (&mut self.acked_tags, &mut self.split);
+                                Self::apply_ack(l, n, &mut self.pool, done);
+                            }
+                        }
+                        Some(&MSG_PARTIAL) if self.ackbuf.len() == 9 => {
+                            let ep =
+                                u32::from_le_bytes(self.ackbuf[1..5].try_into().expect("4 bytes"));
+                            let m =
+                                u32::from_le_bytes(self.ackbuf[5..9].try_into().expect("4 bytes"));
+                            if ep == self.epoch
+                                && let Some(front) = l.sent.front_mut()
+                            {
+                                front.partial = m;
                             }
                         }
                         Some(&MSG_DEAD) if self.ackbuf.len() >= 5 => {
                             let ep =
                                 u32::from_le_bytes(self.ackbuf[1..5].try_into().expect("4 bytes"));
                             let failure = self.ackbuf[5..].to_vec();
-                            Self::on_dead(l, ep, &failure, &mut self.requeue)?;
+                            Self::on_dead(l, ep, &failure, &mut self.requeue, &mut self.split)?;
                         }
                         _ => {}
                     },
@@ -464,6 +532,7 @@ impl<F: AsFd> LinkSender<F> {
         dead_epoch: u32,
         failure: &[u8],
         requeue: &mut VecDeque<(Vec<u8>, Tag)>,
+        split: &mut HashMap<Tag, u32>,
     ) -> io::Result<()> {
         let failed_seq = (failure.len() >= REC_HEADER)
             .then(|| u64::from_le_bytes(failure[..8].try_into().expect("8 bytes")));
@@ -481,16 +550,25 @@ impl<F: AsFd> LinkSender<F> {
                 }
             }
             for (i, rec) in recs.into_iter().enumerate().skip(sent.acked as usize) {
-                let seq = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
                 let tag = sent.tags.get(i).copied().unwrap_or(NO_TAG);
-                if Some(seq) == failed_seq {
-                    requeue.push_back((failure.to_vec(), tag));
+                let done = if i == sent.acked as usize {
+                    sent.partial
                 } else {
-                    requeue.push_back((rec.to_vec(), tag));
+                    0
+                };
+                let pieces = requeue_record(rec, done, failed_seq, failure, |r| {
+                    requeue.push_back((r, tag));
+                });
+                if pieces > 1 && tag != NO_TAG {
+                    *split.entry(tag).or_insert(0) += pieces - 1;
                 }
             }
         }
-        l.unacked = l.count as usize;
+        // What is left unacked: the batch not sent yet.
+        l.unacked = match l.weights.is_empty() {
+            true => l.count as usize,
+            false => l.weights.iter().map(|&w| w as usize).sum(),
+        };
         l.unacked_bytes = 0;
         let mut msg = [0u8; 5];
         msg[0] = MSG_RESYNC;
@@ -514,7 +592,7 @@ impl<F: AsFd> LinkSender<F> {
         l: &mut OutLink<F>,
         mut n: u64,
         pool: &mut Vec<Vec<u8>>,
-        acked: &mut VecDeque<Tag>,
+        (acked, split): (&mut VecDeque<Tag>, &mut HashMap<Tag, u32>),
     ) -> u64 {
         let mut applied = 0;
         while n > 0 {
@@ -524,14 +602,15 @@ impl<F: AsFd> LinkSender<F> {
             let take = (front.records - front.acked).min(n.min(u32::MAX as u64) as u32);
             for i in front.acked..front.acked + take {
                 match front.tags.get(i as usize) {
-                    Some(&t) if t != NO_TAG => acked.push_back(t),
+                    Some(&t) if t != NO_TAG && !Self::one_of_pieces(split, t) => acked.push_back(t),
                     _ => {}
                 }
+                l.unacked = l.unacked.saturating_sub(front.weight(i) as usize);
             }
             front.acked += take;
+            front.partial = 0;
             n -= take as u64;
             applied += take as u64;
-            l.unacked -= take as usize;
             if front.acked == front.records {
                 let done = l.sent.pop_front().expect("front");
                 l.unacked_bytes -= done.data.len();
@@ -541,6 +620,37 @@ impl<F: AsFd> LinkSender<F> {
             }
         }
         applied
+    }
+
+    /// Holds tag `t` back: its record is done only after a matching [`LinkSender::unhold`]
+    /// as well as the ack of every record pushed with it (a run answered in pieces).
+    pub(crate) fn hold(&mut self, t: Tag) {
+        *self.split.entry(t).or_insert(0) += 1;
+    }
+
+    /// Ends one [`LinkSender::hold`] of `t`.
+    pub(crate) fn unhold(&mut self, t: Tag) {
+        if !Self::one_of_pieces(&mut self.split, t) {
+            self.acked_tags.push_back(t);
+        }
+    }
+
+    /// True if `t` is the tag of a record that was split into pieces (see `on_dead`) and
+    /// other pieces are not acked yet: the record is done only with its last piece.
+    fn one_of_pieces(split: &mut HashMap<Tag, u32>, t: Tag) -> bool {
+        if split.is_empty() {
+            return false;
+        }
+        match split.get_mut(&t) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    split.remove(&t);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Blocks until some link has credit again (or every link is broken).
@@ -585,6 +695,9 @@ impl<F: AsFd> LinkSender<F> {
             if !self.requeue.is_empty() && self.pump()? {
                 continue;
             }
+            // What `pump` put in batches must be on its way before waiting for acks (as in
+            // `wait_credit`): a run requeued in pieces can leave every link at its credit.
+            self.flush()?;
             let mut waiting: Vec<libc::pollfd> = self
                 .links
                 .iter()
@@ -640,6 +753,50 @@ impl<F: AsFd> LinkSender<F> {
             });
         }
     }
+}
+
+/// Requeues (by `put`) what is left to do of record `rec` (header and payload) whose
+/// receiver died: the record, or — for the record that was running (`failed_seq`) — its
+/// failure. A run loses its first `done` items (its receiver finished them) and, if the
+/// item that was running is in it, is split around that item's failure. Returns the
+/// number of records put.
+fn requeue_record(
+    rec: &[u8],
+    done: u32,
+    failed_seq: Option<u64>,
+    failure: &[u8],
+    mut put: impl FnMut(Vec<u8>),
+) -> u32 {
+    let seq = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+    if rec[8] != TAG_RUN {
+        put(if Some(seq) == failed_seq {
+            failure.to_vec()
+        } else {
+            rec.to_vec()
+        });
+        return 1;
+    }
+    let count = run::weight(rec);
+    let at = failed_seq
+        .and_then(|f| f.checked_sub(seq))
+        .filter(|&i| i < u64::from(count) && i >= u64::from(done))
+        .map(|i| i as u32);
+    let mut pieces = 0;
+    let mut piece = |r: Option<Vec<u8>>| {
+        if let Some(r) = r {
+            put(r);
+            pieces += 1;
+        }
+    };
+    match at {
+        None => piece(run::slice(rec, done, count)),
+        Some(i) => {
+            piece(run::slice(rec, done, i));
+            piece(Some(failure.to_vec()));
+            piece(run::slice(rec, i + 1, count));
+        }
+    }
+    pieces
 }
 
 /// The receiving side: the links from every sender of the previous stage.
@@ -1006,6 +1163,13 @@ impl<F: AsFd> LinkReceiver<F> {
                 c.epoch = m.epoch;
                 return Err(c);
             }
+            if tag == TAG_RUN
+                && let Err(what) = run::check(&d[start..end])
+            {
+                let mut c = Corrupt::on(m.link, what);
+                c.epoch = m.epoch;
+                return Err(c);
+            }
             m.pos = end;
             let index = m.first + u64::from(m.total - m.left);
             let first = m.left == m.total;
@@ -1086,6 +1250,21 @@ impl<F: AsFd> LinkReceiver<F> {
             let m = self.queue.pop_front().expect("front");
             self.recycle(m.data);
         }
+    }
+
+    /// Tells the sender of run `r` (its link's first record not acked: call after
+    /// [`LinkReceiver::send_acks`]) that its first `m` items are done and the rest will not
+    /// be: this worker is being replaced, and only the rest is to be sent again.
+    pub(crate) fn send_partial(&mut self, r: &RecRef, m: u32) {
+        let l = &self.links[r.link];
+        if l.epoch != r.epoch || l.acked_upto != r.index {
+            return;
+        }
+        let mut msg = [0u8; 9];
+        msg[0] = MSG_PARTIAL;
+        msg[1..5].copy_from_slice(&l.epoch.to_le_bytes());
+        msg[5..9].copy_from_slice(&m.to_le_bytes());
+        let _ = sys::send(l.fd.as_fd(), &msg, false);
     }
 
     /// Sends the pending acks that can go without blocking; the rest stay pending.

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::stage::Body;
 use crate::transport::codec;
 use crate::transport::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
+use crate::transport::run::RunWriter;
 
 /// An encoder of one item type.
 pub(crate) type Enc<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
@@ -44,40 +45,65 @@ pub(crate) fn encode<T>(
 }
 
 fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> Result<(), String> {
+    let at = link::begin_record(out, seq, tag_of(body));
+    encode_payload(body, enc, out)?;
+    link::end_record(out, at)
+}
+
+/// The tag of a record (or the kind of a run entry) carrying `body`.
+pub(crate) fn tag_of<T>(body: &Body<T>) -> u8 {
     match body {
-        Body::One(v) => {
-            let at = link::begin_record(out, seq, TAG_ONE);
-            enc(v, out)?;
-            link::end_record(out, at)
-        }
-        Body::Many(vs) => {
-            let at = link::begin_record(out, seq, TAG_MANY);
-            out.extend_from_slice(&(vs.len() as u32).to_le_bytes());
-            for v in vs {
-                let lat = out.len();
-                out.extend_from_slice(&0u32.to_le_bytes());
-                enc(v, out)?;
-                let len = (out.len() - lat - 4) as u32;
-                out[lat..lat + 4].copy_from_slice(&len.to_le_bytes());
-            }
-            link::end_record(out, at)
-        }
+        Body::One(_) => TAG_ONE,
+        Body::Many(_) => TAG_MANY,
+        Body::Dropped(_) => TAG_DROPPED,
+        Body::Failed(..) => TAG_FAILED,
+        Body::Consumed(..) => TAG_CONSUMED,
+    }
+}
+
+/// Appends the payload of `body` (see the module docs), the same in a record of its own
+/// and in a run's entry.
+pub(crate) fn encode_payload<T>(
+    body: &Body<T>,
+    enc: Enc<T>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    match body {
+        Body::One(v) => enc(v, out),
+        Body::Many(vs) => encode_many(vs.iter(), vs.len(), enc, out),
         Body::Dropped(stage) => {
-            let at = link::begin_record(out, seq, TAG_DROPPED);
             out.extend_from_slice(&stage.to_le_bytes());
-            link::end_record(out, at)
+            Ok(())
         }
         Body::Failed(stage, e) => {
-            encode_failed(seq, *stage, e, out);
+            failed_payload(*stage, e, out);
             Ok(())
         }
         Body::Consumed(stage, n) => {
-            let at = link::begin_record(out, seq, TAG_CONSUMED);
             out.extend_from_slice(&stage.to_le_bytes());
             out.extend_from_slice(&n.to_le_bytes());
-            link::end_record(out, at)
+            Ok(())
         }
     }
+}
+
+/// Appends a `MANY` payload of `n` values.
+#[inline]
+pub(crate) fn encode_many<'v, T: 'v>(
+    vs: impl Iterator<Item = &'v T>,
+    n: usize,
+    mut enc: impl FnMut(&T, &mut Vec<u8>) -> Result<(), String>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    for v in vs {
+        let lat = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        enc(v, out)?;
+        let len = (out.len() - lat - 4) as u32;
+        out[lat..lat + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Encodes `body` as a record, or — if it cannot be encoded — a failure record for the
@@ -95,23 +121,72 @@ pub(crate) fn encode_or_fail<T>(
     }
 }
 
+/// Appends the entry of `body` to run `w` (see [`crate::transport::run`]), or — if it
+/// cannot be encoded, or is too large for a frame — a failure entry for the item made by
+/// `error` from the codec's message (stage index `stage`).
+pub(crate) fn encode_entry<T>(
+    w: &mut RunWriter,
+    out: &mut Vec<u8>,
+    body: &Body<T>,
+    enc: Enc<T>,
+    (stage, error): (u32, impl FnOnce(String) -> Error),
+) {
+    let mark = RunWriter::begin_entry(out, tag_of(body));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        encode_payload(body, enc, &mut *out)
+    }))
+    .unwrap_or_else(|p| {
+        Err(format!(
+            "panicked: {}",
+            crate::error::panic_message(p.as_ref())
+        ))
+    })
+    .and_then(|()| {
+        let len = out.len() - mark - 2;
+        if len > ENTRY_LIMIT {
+            return Err(format!(
+                "the item is {len} bytes, over the frame limit of {} bytes",
+                codec::FRAME_LIMIT
+            ));
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => w.end_entry(out, mark),
+        Err(message) => {
+            out.truncate(mark);
+            let m = RunWriter::begin_entry(out, TAG_FAILED);
+            failed_payload(stage, &error(message), out);
+            w.end_entry(out, m);
+        }
+    }
+}
+
+/// The largest entry payload: its run (one entry, its header) stays within a frame.
+const ENTRY_LIMIT: usize = codec::FRAME_LIMIT - 64;
+
 /// Encodes a failure record. Errors are plain strings and numbers; a message too long for
 /// a frame is cut.
 pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) {
     let at = link::begin_record(out, seq, TAG_FAILED);
+    failed_payload(stage, e, out);
+    let _ = link::end_record(out, at);
+}
+
+/// Appends a `FAILED` payload: the stage's index and the error. An error too long for a
+/// frame is replaced by a short one.
+pub(crate) fn failed_payload(stage: u32, e: &Error, out: &mut Vec<u8>) {
+    let at = out.len();
     out.extend_from_slice(&stage.to_le_bytes());
-    if codec::encode_into(e, out).is_err() || link::end_record(out, at).is_err() {
-        out.truncate(at);
+    if codec::encode_into(e, out).is_err() || out.len() - at > codec::FRAME_LIMIT {
+        out.truncate(at + 4);
         let short = Error::Failed {
             stage: String::new(),
-            item: seq,
+            item: e.item().unwrap_or(0),
             worker: crate::error::Worker::Thread(0),
             message: "error too large to send".into(),
         };
-        let at = link::begin_record(out, seq, TAG_FAILED);
-        out.extend_from_slice(&stage.to_le_bytes());
         let _ = codec::encode_into(&short, out);
-        let _ = link::end_record(out, at);
     }
 }
 
@@ -130,7 +205,13 @@ pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>,
     })
 }
 
-fn decode_inner<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>, String> {
+/// [`decode`] without catching a panic (for a caller that catches it around many).
+#[inline]
+pub(crate) fn decode_inner<T>(
+    tag: u8,
+    payload: &[u8],
+    dec: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<Body<T>, String> {
     match tag {
         TAG_ONE => dec(payload).map(Body::One),
         TAG_MANY => {

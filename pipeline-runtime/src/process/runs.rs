@@ -1,0 +1,302 @@
+//! A worker's stage function over a run (see [`crate::transport::run`]).
+//!
+//! # The problem
+//! Called item by item through the worker's loop, the stage function costs several calls
+//! that cannot be inlined per item (the codec's function pointers, a `catch_unwind` for
+//! each of decode, apply and encode) and the loop's own bookkeeping: for `x + 1` that is
+//! all of the work.
+//!
+//! # The approach
+//! [`apply`] is built where the item types are known (`wire_ops::<In, Out>`, so the codec
+//! inlines) and walks a run's entries in one loop under **one** `catch_unwind`. A panic
+//! unwinds out of the loop: the item it hit fails (with what it was doing: decoding,
+//! running the stage function, encoding), its partial output is cut off, and the loop
+//! resumes at the next item — no item runs twice. A stage that keeps `init` state stops
+//! there instead: its worker is replaced, and the items after the panic are sent again.
+//!
+//! The slot still says, item by item, which item runs (a store per item), so a crash, a
+//! kill or a timeout blames exactly the item that was running.
+//!
+//! # Invariants
+//! - Every entry read yields exactly one entry written, in order: the answer to a run is
+//!   a run of the same items.
+//! - An answer stops after [`RUN_BYTES`] of entries, or at the item count its caller set
+//!   ([`RunPos::piece`]); the caller pushes it and calls again with the same [`RunPos`]. So
+//!   a run whose outputs are large is answered in pieces, and a worker in front of a stage
+//!   of several workers answers in as many pieces, one per link (they go to the least
+//!   loaded ones), rather than giving all of a run to one.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Worker};
+use crate::guard;
+use crate::os::sys::{self, SlotState};
+use crate::process::worker::GiveUp;
+use crate::stage::{Emit, WorkerFn};
+use crate::transport::codec;
+use crate::transport::link::{TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
+use crate::transport::record;
+use crate::transport::run::{Entries, RUN_BYTES, RunWriter};
+
+/// What a worker lends [`apply`] for one run.
+pub(crate) struct RunCx<'a, In, Out> {
+    pub f: &'a mut WorkerFn<In, Out>,
+    pub emit: &'a mut Emit<Out>,
+    pub stage: &'a str,
+    pub idx: u32,
+    pub me: Worker,
+    pub slot: &'static SlotState,
+    /// The supervisor checks item times (the stage has a timeout).
+    pub timed: bool,
+    /// Set for the stand-in of a stage that gave up: every item fails with it.
+    pub give_up: Option<&'a GiveUp>,
+    /// A panic means the worker must be replaced.
+    pub stateful: bool,
+}
+
+/// Where [`apply`] is in a run: items answered so far and the offset of the next entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunPos {
+    pub first: u64,
+    pub count: u32,
+    pub done: u32,
+    /// This piece of the answer ends before this item (see [`RunPos::piece`]).
+    stop: u32,
+    off: usize,
+    /// Items the stage function finished successfully (for the restart budget).
+    pub ran_ok: u64,
+    /// A stateful stage panicked: stop, the worker is replaced.
+    pub restart: bool,
+}
+
+impl RunPos {
+    /// The start of a run of `count` items numbered from `first`.
+    pub(crate) fn new(first: u64, count: u32) -> RunPos {
+        RunPos {
+            first,
+            count,
+            done: 0,
+            stop: count,
+            off: 0,
+            ran_ok: 0,
+            restart: false,
+        }
+    }
+
+    /// The next answer holds at most `items` items.
+    pub(crate) fn piece(&mut self, items: u32) {
+        self.stop = self.count.min(self.done.saturating_add(items.max(1)));
+    }
+
+    /// True when nothing more is to be answered.
+    pub(crate) fn over(&self) -> bool {
+        self.restart || self.done == self.count
+    }
+}
+
+/// The monomorphized [`apply`] of a stage (kept in its `WireOps`).
+pub(crate) type RunFn<In, Out> = fn(&mut RunCx<'_, In, Out>, &[u8], &mut RunPos, &mut Vec<u8>);
+
+/// What the loop was doing when a panic unwound it.
+#[derive(Clone, Copy)]
+enum Phase {
+    Decode,
+    Run,
+    Encode,
+}
+
+/// Answers the entries of run `payload` from `pos` on, appending one run record to `out`
+/// (see the module docs).
+pub(crate) fn apply<In: DeserializeOwned, Out: Serialize>(
+    cx: &mut RunCx<'_, In, Out>,
+    payload: &[u8],
+    pos: &mut RunPos,
+    out: &mut Vec<u8>,
+) {
+    let mut w = RunWriter::begin(out, pos.first + u64::from(pos.done));
+    let base = out.len();
+    let mut phase = Phase::Run;
+    let mut mark = out.len();
+    while !pos.over() && pos.done < pos.stop && out.len() - base < RUN_BYTES {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            each(cx, payload, pos, &mut w, out, &mut phase, &mut mark, base);
+        }));
+        let Err(p) = caught else {
+            break;
+        };
+        out.truncate(mark);
+        cx.emit.clear();
+        let seq = pos.first + u64::from(pos.done);
+        let e = match phase {
+            Phase::Decode => codec_error(cx, seq, "decode", panicked(p.as_ref())),
+            Phase::Encode => codec_error(cx, seq, "encode the output of", panicked(p.as_ref())),
+            Phase::Run => guard::panic_error(cx.stage, cx.me, seq, p.as_ref()),
+        };
+        failed(&mut w, out, cx.idx, &e);
+        skip_entry(payload, pos);
+        cx.slot.panic_len.store(0, Ordering::Relaxed);
+        pos.restart = cx.stateful && matches!(phase, Phase::Run);
+        phase = Phase::Run;
+    }
+    cx.slot.running.store(0, Ordering::Release);
+    w.end(out);
+}
+
+fn panicked(p: &(dyn std::any::Any + Send)) -> String {
+    format!("panicked: {}", crate::error::panic_message(p))
+}
+
+/// Moves `pos` past the entry that panicked.
+fn skip_entry(payload: &[u8], pos: &mut RunPos) {
+    let mut e = Entries::at(payload, pos.off, pos.count - pos.done);
+    let _ = e.next();
+    pos.off = e.offset();
+    pos.done += 1;
+}
+
+/// The loop over the entries (under [`apply`]'s `catch_unwind`): `pos` moves past an
+/// entry only once its answer is written; `mark` is where that answer starts.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn each<In: DeserializeOwned, Out: Serialize>(
+    cx: &mut RunCx<'_, In, Out>,
+    payload: &[u8],
+    pos: &mut RunPos,
+    w: &mut RunWriter,
+    out: &mut Vec<u8>,
+    phase: &mut Phase,
+    mark: &mut usize,
+    base: usize,
+) {
+    let mut entries = Entries::at(payload, pos.off, pos.count - pos.done);
+    while pos.done < pos.stop && out.len() - base < RUN_BYTES {
+        let Some((kind, bytes)) = entries.next() else {
+            return;
+        };
+        let seq = pos.first + u64::from(pos.done);
+        *mark = out.len();
+        cx.slot.running.store(seq + 1, Ordering::Release);
+        if cx.timed {
+            cx.slot.since.store(sys::now_ns(), Ordering::Relaxed);
+        }
+        match kind {
+            TAG_ONE | TAG_MANY => item(cx, (kind, bytes), seq, w, out, phase, pos),
+            _ => w.copy_entry(out, kind, bytes),
+        }
+        pos.off = entries.offset();
+        pos.done += 1;
+        if pos.restart {
+            return;
+        }
+    }
+}
+
+/// One item's entry: decoded, run through the stage function, its outputs encoded.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn item<In: DeserializeOwned, Out: Serialize>(
+    cx: &mut RunCx<'_, In, Out>,
+    (kind, bytes): (u8, &[u8]),
+    seq: u64,
+    w: &mut RunWriter,
+    out: &mut Vec<u8>,
+    phase: &mut Phase,
+    pos: &mut RunPos,
+) {
+    *phase = Phase::Decode;
+    let body = record::decode_inner(kind, bytes, codec::decode::<In>);
+    *phase = Phase::Run;
+    let inputs = match body {
+        Err(message) => return failed(w, out, cx.idx, &codec_error(cx, seq, "decode", message)),
+        Ok(body) => body,
+    };
+    if let Some(g) = cx.give_up {
+        return failed(w, out, cx.idx, &gave_up(cx.stage, seq, g));
+    }
+    let ran = match inputs {
+        crate::stage::Body::One(x) => (cx.f)(x, cx.emit),
+        crate::stage::Body::Many(xs) => xs.into_iter().try_for_each(|x| (cx.f)(x, cx.emit)),
+        _ => unreachable!("decode_inner of ONE or MANY"),
+    };
+    if let Err(message) = ran {
+        cx.emit.clear();
+        let e = Error::Failed {
+            stage: cx.stage.to_string(),
+            item: seq,
+            worker: cx.me,
+            message,
+        };
+        return failed(w, out, cx.idx, &e);
+    }
+    *phase = Phase::Encode;
+    match outputs(cx, w, out) {
+        Ok(()) => pos.ran_ok += 1,
+        Err(message) => {
+            let e = codec_error(cx, seq, "encode the output of", message);
+            failed(w, out, cx.idx, &e);
+        }
+    }
+    *phase = Phase::Run;
+}
+
+/// Writes the entry of what the stage function emitted for one item; on an encoding
+/// error nothing is written.
+#[inline(always)]
+fn outputs<In, Out: Serialize>(
+    cx: &mut RunCx<'_, In, Out>,
+    w: &mut RunWriter,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let vs = cx.emit.as_slice();
+    let kind = match vs.len() {
+        0 => TAG_DROPPED,
+        1 => TAG_ONE,
+        _ => TAG_MANY,
+    };
+    let m = RunWriter::begin_entry(out, kind);
+    let r = match vs.len() {
+        0 => {
+            out.extend_from_slice(&cx.idx.to_le_bytes());
+            Ok(())
+        }
+        1 => codec::encode_into(&vs[0], out),
+        n => record::encode_many(vs.iter(), n, codec::encode_into::<Out>, out),
+    };
+    match r {
+        Ok(()) => w.end_entry(out, m),
+        Err(_) => out.truncate(m),
+    }
+    cx.emit.clear();
+    r
+}
+
+/// Writes a `FAILED` entry for error `e` of stage `idx`.
+fn failed(w: &mut RunWriter, out: &mut Vec<u8>, idx: u32, e: &Error) {
+    let m = RunWriter::begin_entry(out, TAG_FAILED);
+    record::failed_payload(idx, e, out);
+    w.end_entry(out, m);
+}
+
+fn gave_up(stage: &str, seq: u64, g: &GiveUp) -> Error {
+    Error::GaveUp {
+        stage: stage.to_string(),
+        item: seq,
+        restarts: g.restarts,
+        secs: g.secs,
+        cause: g.cause.clone(),
+    }
+}
+
+fn codec_error<In, Out>(cx: &RunCx<'_, In, Out>, item: u64, what: &str, message: String) -> Error {
+    Error::Codec {
+        stage: cx.stage.to_string(),
+        item,
+        worker: cx.me,
+        what: what.into(),
+        message,
+    }
+}
