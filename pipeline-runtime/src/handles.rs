@@ -152,6 +152,14 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
                     for rec in batch {
                         if let Body::Consumed(stage, n) = rec.body {
                             self.consumed(stage, n);
+                        } else if self.ordered
+                            && rec.seq == self.ring.base
+                            && self.ring.slots.is_empty()
+                        {
+                            // The next item in order, nothing waiting: no trip through the
+                            // ring.
+                            self.ring.base += 1;
+                            self.deliver(rec.body);
                         } else if self.ordered {
                             self.ring.put(rec.seq, Slot::Ready(rec.body));
                         } else if self.stream_first.is_some() || self.ring.put(rec.seq, Slot::Taken)

@@ -12,6 +12,7 @@ use crate::process::runs::RunFn;
 use crate::recipe::{self, Make, MaybeRecipe, Recipe};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
+use crate::transport::record::RunDec;
 
 /// Where a stage sends its zero or more outputs for one item, in order.
 ///
@@ -314,7 +315,7 @@ pub(crate) enum PipeSide {
 }
 
 /// Default number of items that may wait between a stage and the next.
-pub const DEFAULT_QUEUE: usize = 4096;
+pub const DEFAULT_QUEUE: usize = 65536;
 
 /// A step of a pipeline taking `In` items and producing `Out` items.
 ///
@@ -376,6 +377,8 @@ pub(crate) struct WireOps<In, Out> {
     pub decode_in: fn(&[u8]) -> Result<In, String>,
     pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
     pub decode_out: fn(&[u8]) -> Result<Out, String>,
+    /// The outputs of a run, decoded with the codec inlined (see `record::decode_run`).
+    pub decode_run_out: RunDec<Out>,
     /// The stage function over a run, with the codec inlined (see [`crate::process::runs`]).
     pub run: RunFn<In, Out>,
     /// These functions again (`wire_ops::<In, Out>`): what a stage made again in the fork
@@ -685,6 +688,7 @@ fn wire_ops<In: Wire, Out: Wire>() -> WireOps<In, Out> {
         decode_in: codec::decode::<In>,
         encode_out: codec::encode_into::<Out>,
         decode_out: codec::decode::<Out>,
+        decode_run_out: crate::transport::record::decode_run::<Out>,
         run: crate::process::runs::apply::<In, Out>,
         ops: wire_ops::<In, Out>,
     }

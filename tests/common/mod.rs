@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod procs;
+mod runs;
 mod scenarios;
 mod shapes;
 
@@ -15,6 +16,7 @@ mod shapes;
 #[allow(unused_imports)]
 pub use procs::*;
 #[allow(unused_imports)]
-pub use scenarios::*;
+pub use runs::*;
 #[allow(unused_imports)]
+pub use scenarios::*;
 pub use shapes::*;

@@ -270,6 +270,7 @@ pub fn scenario_trials(prefix: &str) -> Vec<libtest_mimic::Trial> {
     super::SCENARIOS
         .iter()
         .chain(super::SHAPES)
+        .chain(super::RUNS)
         .map(|&(name, secs, scenario)| {
             libtest_mimic::Trial::test(format!("{prefix}{name}"), move || {
                 run_clean(name, secs, scenario);

@@ -401,14 +401,22 @@ fn d14_empty() {
 
 /// What the receiver says about each injected corrupt message (see
 /// `forkpipe::__private::inject_corrupt_frame`).
-const CORRUPT: [&str; 6] = [
+const CORRUPT: [&str; 10] = [
     "length 18446744073709551615 exceeds the limit 1073741824",
     "length 1099511627776 exceeds the limit 1073741824",
     "length 1073741838 exceeds the limit 1073741824",
     "record length 1073741824 exceeds its message",
     "unknown message kind Some(119)",
     "chunk without a start",
+    "",
+    "run claims 4294967295 items in 2 bytes of entries",
+    "run entry 0: length 127 runs past the end of the run",
+    "run entry 0 has an unknown kind 102",
 ];
+
+/// The corrupt frames of D8: every kind but 6 (a well-formed record, D10), hostile runs
+/// (7–9) included.
+const CORRUPT_KINDS: [u8; 9] = [0, 1, 2, 3, 4, 5, 7, 8, 9];
 
 /// The first stage of D8: writes a corrupt frame of `kind` while running item 10, once per
 /// case (then waits to be killed).
@@ -458,13 +466,13 @@ fn corrupt_case(kind: u8, then_stage: bool) {
 }
 
 fn d08a_corrupt_mesh() {
-    for kind in 0..6 {
+    for kind in CORRUPT_KINDS {
         corrupt_case(kind, true);
     }
 }
 
 fn d08b_corrupt_to_caller() {
-    for kind in 0..6 {
+    for kind in CORRUPT_KINDS {
         corrupt_case(kind, false);
     }
 }

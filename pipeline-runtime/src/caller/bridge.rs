@@ -22,7 +22,6 @@ use crate::os::fds::RtFd;
 use crate::stage::{Body, Rec, Stage};
 use crate::transport::link::{LinkReceiver, LinkSender, TAG_RUN};
 use crate::transport::record;
-use crate::transport::run::Entries;
 
 pub(crate) fn input_channel<In: Send + 'static, Out: Send + 'static>(
     stage: &Stage<In, Out>,
@@ -152,19 +151,14 @@ pub(crate) fn spawn_merger<In: Send + 'static, Out: Send + 'static>(
                         return;
                     }
                 };
-                let decode = |seq, tag, payload: &[u8]| {
-                    let body = record::decode(tag, payload, wire.decode_out)
-                        .unwrap_or_else(|message| undecodable(&name, _idx, seq, message));
-                    Rec { seq, body }
-                };
+                let failed = |seq, message| undecodable(&name, _idx, seq, message);
                 let payload = rx.payload(&r);
                 if r.tag == TAG_RUN {
-                    let entries = Entries::of(payload);
-                    batch.reserve(entries.left() as usize);
-                    let entries = entries.enumerate();
-                    batch.extend(entries.map(|(i, (k, p))| decode(r.seq + i as u64, k, p)));
+                    (wire.decode_run_out)(payload, r.seq, &mut batch, &failed);
                 } else {
-                    batch.push(decode(r.seq, r.tag, payload));
+                    let body = record::decode(r.tag, payload, wire.decode_out)
+                        .unwrap_or_else(|message| failed(r.seq, message));
+                    batch.push(Rec { seq: r.seq, body });
                 }
                 rx.done(r);
             }

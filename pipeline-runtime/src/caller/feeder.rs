@@ -165,27 +165,35 @@ fn pull_chunk<In>(
     user: User<'_>,
 ) -> (Vec<Rec<In>>, bool) {
     let mut batch = Vec::with_capacity(n);
-    for _ in 0..n {
-        let body = match user.run(|| it.next()) {
-            Ok(Some(x)) => Body::One(x),
-            Ok(None) => return (batch, true),
-            Err(p) => Body::Failed(
-                u32::MAX,
-                Box::new(Error::Input {
-                    stage: source.clone(),
-                    item: *seq,
-                    message: crate::error::panic_message(p.as_ref()),
-                }),
-            ),
-        };
-        let failed = matches!(body, Body::Failed(..));
-        batch.push(Rec { seq: *seq, body });
-        *seq += 1;
-        if failed {
-            return (batch, true);
+    let mut ended = false;
+    // One guard for the chunk: a panic ends the input anyway.
+    let pulled = user.run(|| {
+        while batch.len() < n {
+            let Some(x) = it.next() else {
+                ended = true;
+                return;
+            };
+            batch.push(Rec {
+                seq: *seq,
+                body: Body::One(x),
+            });
+            *seq += 1;
         }
+    });
+    if let Err(p) = pulled {
+        let e = Error::Input {
+            stage: source.clone(),
+            item: *seq,
+            message: crate::error::panic_message(p.as_ref()),
+        };
+        batch.push(Rec {
+            seq: *seq,
+            body: Body::Failed(u32::MAX, Box::new(e)),
+        });
+        *seq += 1;
+        return (batch, true);
     }
-    (batch, false)
+    (batch, ended)
 }
 
 /// Pulls up to `n` items of a fan-in (waiting for the first only), numbering them from

@@ -124,31 +124,23 @@ impl<T> Output<T> {
         };
         // A batch is shared among the stage's workers (one run each, to the least loaded).
         let share = batch.len().div_ceil(tx.width());
-        let mut recs = batch.into_iter().peekable();
-        let mut carry: Option<Rec<T>> = None;
-        while let Some(first) = carry.take().or_else(|| recs.next()) {
+        let mut i = 0;
+        while i < batch.len() {
             ready(tx)?;
-            let room = tx.room().min(share);
-            tx.push(NO_TAG, |out| {
-                let mut w = RunWriter::begin(out, first.seq);
-                let mut next = Some(first);
-                while let Some(rec) = next.take() {
-                    let mark = out.len();
-                    let e = (*stage_idx, input_error(stage, rec.seq));
-                    record::encode_entry(&mut w, out, &rec.body, *enc, e);
-                    if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
-                        w.undo(out, mark);
-                        carry = Some(rec);
-                        break;
-                    }
-                    if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
-                        break;
-                    }
-                    next = recs.next_if(|r| r.seq == rec.seq + 1 && runnable(&r.body));
-                }
-                w.end(out);
-            })
+            let recs = &batch[i..];
+            let mut took = 1;
+            if runnable(&recs[0].body) {
+                let room = tx.room().min(share);
+                let cx = (*enc, *stage_idx, &**stage);
+                tx.push(NO_TAG, |out| took = write_run(out, recs, room, cx))
+            } else {
+                tx.push(NO_TAG, |out| {
+                    let (r, e) = (&recs[0], input_error(stage, recs[0].seq));
+                    record::encode_or_fail(r.seq, &r.body, *enc, out, *stage_idx, e);
+                })
+            }
             .map_err(|_| Stopped)?;
+            i += took;
         }
         Ok(())
     }
@@ -182,6 +174,49 @@ impl<T> Output<T> {
             let _ = tx.finish();
         }
     }
+}
+
+/// Writes a run of the first items of `recs` (as many as are consecutive, up to `room`
+/// and [`RUN_BYTES`]; a large item only alone) at the end of `out`; returns how many. The
+/// items are encoded under one `catch_unwind`; if a `Serialize` panics, the run is written
+/// again with a guard per item, so that the panic fails its item only.
+fn write_run<T>(out: &mut Vec<u8>, recs: &[Rec<T>], room: usize, cx: (Enc<T>, u32, &str)) -> usize {
+    let start = out.len();
+    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fill_run::<T, false>(&mut *out, recs, room, cx)
+    }));
+    fast.unwrap_or_else(|_| {
+        out.truncate(start);
+        fill_run::<T, true>(out, recs, room, cx)
+    })
+}
+
+/// [`write_run`]'s loop; `GUARDED`: each item's encoding under its own `catch_unwind`.
+fn fill_run<T, const GUARDED: bool>(
+    out: &mut Vec<u8>,
+    recs: &[Rec<T>],
+    room: usize,
+    (enc, stage_idx, stage): (Enc<T>, u32, &str),
+) -> usize {
+    let mut w = RunWriter::begin(out, recs[0].seq);
+    for (k, rec) in recs.iter().enumerate() {
+        if k > 0 && (rec.seq != recs[k - 1].seq + 1 || !runnable(&rec.body)) {
+            break;
+        }
+        let mark = out.len();
+        let e = (stage_idx, input_error(stage, rec.seq));
+        record::encode_entry::<T, GUARDED>(&mut w, out, &rec.body, enc, e);
+        if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
+            w.undo(out, mark);
+            break;
+        }
+        if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
+            break;
+        }
+    }
+    let n = w.count() as usize;
+    w.end(out);
+    n
 }
 
 /// Waits until a link has credit for the next record.

@@ -300,3 +300,113 @@ fn codec_error<In, Out>(cx: &RunCx<'_, In, Out>, item: u64, what: &str, message:
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::link::REC_HEADER;
+
+    /// A run record of `x` for `x` in `0..n`, numbered from 0.
+    fn run_of(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = RunWriter::begin(&mut out, 0);
+        for x in 0..n {
+            let m = RunWriter::begin_entry(&mut out, TAG_ONE);
+            codec::encode_into(&x, &mut out).unwrap();
+            w.end_entry(&mut out, m);
+        }
+        w.end(&mut out);
+        out
+    }
+
+    /// Answers the whole of `rec` with `f`; the answer's entries and the final position.
+    fn answer(rec: &[u8], f: WorkerFn<u64, u64>, stateful: bool) -> (Vec<(u8, Vec<u8>)>, RunPos) {
+        let slot: &'static SlotState = Box::leak(Box::default());
+        let (mut f, mut emit) = (f, Emit::new());
+        let mut cx = RunCx {
+            f: &mut f,
+            emit: &mut emit,
+            stage: "s",
+            idx: 0,
+            me: Worker::Thread(0),
+            slot,
+            timed: false,
+            give_up: None,
+            stateful,
+        };
+        let count = crate::transport::run::weight(rec);
+        let mut pos = RunPos::new(0, count);
+        let mut entries = Vec::new();
+        while !pos.over() {
+            let mut out = Vec::new();
+            apply(&mut cx, &rec[REC_HEADER..], &mut pos, &mut out);
+            let got = Entries::of(&out[REC_HEADER..]).map(|(k, p)| (k, p.to_vec()));
+            entries.extend(got);
+        }
+        (entries, pos)
+    }
+
+    fn counting(at: u64, calls: std::rc::Rc<std::cell::Cell<u64>>) -> WorkerFn<u64, u64> {
+        Box::new(move |x: u64, e: &mut Emit<u64>| {
+            calls.set(calls.get() + 1);
+            if x == at {
+                panic!("boom {x}");
+            }
+            e.emit(x + 1);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_panic_fails_exactly_its_item_in_a_10000_item_run() {
+        let rec = run_of(10_000);
+        for at in [0, 5_000, 9_999] {
+            let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+            let (entries, pos) = answer(&rec, counting(at, calls.clone()), false);
+            assert_eq!(calls.get(), 10_000, "every item ran once (panic at {at})");
+            assert_eq!(entries.len(), 10_000);
+            assert_eq!((pos.done, pos.ran_ok, pos.restart), (10_000, 9_999, false));
+            for (x, (kind, p)) in entries.iter().enumerate() {
+                if x as u64 == at {
+                    assert_eq!(*kind, TAG_FAILED);
+                    let e: Error = codec::decode(&p[4..]).unwrap();
+                    assert!(
+                        matches!(&e, Error::Panicked { item, message, .. }
+                            if *item == at && message.contains(&format!("boom {at}"))),
+                        "{e:?}"
+                    );
+                } else {
+                    assert_eq!(
+                        (*kind, codec::decode::<u64>(p).unwrap()),
+                        (TAG_ONE, x as u64 + 1)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_stateful_panic_stops_the_run_after_its_item() {
+        let rec = run_of(10_000);
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (entries, pos) = answer(&rec, counting(5_000, calls.clone()), true);
+        assert_eq!(calls.get(), 5_001, "nothing after the panic ran");
+        assert_eq!(entries.len(), 5_001);
+        assert_eq!((pos.done, pos.restart), (5_001, true));
+        assert_eq!(entries[5_000].0, TAG_FAILED);
+    }
+
+    #[test]
+    fn large_outputs_are_answered_in_pieces_of_every_item() {
+        let rec = run_of(100);
+        let big: WorkerFn<u64, u64> = Box::new(|x: u64, e: &mut Emit<u64>| {
+            for _ in 0..1_000 {
+                e.emit(x);
+            }
+            Ok(())
+        });
+        let (entries, pos) = answer(&rec, big, false);
+        assert_eq!((entries.len(), pos.done), (100, 100));
+        assert!(entries.iter().all(|(k, _)| *k == TAG_MANY));
+    }
+}

@@ -64,6 +64,9 @@ const MSG_DEAD: u8 = 7;
 /// are done; the rest will not be (its worker is being replaced).
 const MSG_PARTIAL: u8 = 8;
 
+/// A run holds at most this fraction of a link's credit (see [`LinkSender::room`]).
+const RUNS_IN_FLIGHT: usize = 4;
+
 /// With several links, acks are read every this many records to keep load figures fresh.
 const ACK_POLL_EVERY: u64 = 64;
 
@@ -314,12 +317,13 @@ impl<F: AsFd> LinkSender<F> {
         self.links.len()
     }
 
-    /// Items the link chosen by the last [`LinkSender::reserve`] has credit for (at least 1).
+    /// Items the next run may hold: what the link chosen by the last
+    /// [`LinkSender::reserve`] has credit for, and at most an eighth of a link's credit, so
+    /// that several runs are in flight along a chain of stages (at least 1).
     pub(crate) fn room(&self) -> usize {
         let i = self.chosen.expect("reserve() before room()");
-        self.credit_items
-            .saturating_sub(self.links[i].unacked)
-            .max(1)
+        let left = self.credit_items.saturating_sub(self.links[i].unacked);
+        left.min(self.credit_items / RUNS_IN_FLIGHT).max(1)
     }
 
     /// Sends requeued records while some link has credit; true when none is left.
@@ -1314,7 +1318,8 @@ impl<F: AsFd> LinkReceiver<F> {
 /// A deliberately corrupt message, for fault-injection tests ([`crate::process::worker::inject_corrupt_frame`]):
 /// 0: a chunked record claiming `u64::MAX` bytes; 1: claiming 2^40 bytes; 2: one byte over
 /// the frame limit; 3: a record longer than its message; 4: an unknown message kind;
-/// 5: a chunk without its start; 6: a well-formed record for an item never issued.
+/// 5: a chunk without its start; 6: a well-formed record for an item never issued; 7–9: a
+/// hostile run (see `hostile_run`).
 pub(crate) fn corrupt_message(kind: u8) -> Vec<u8> {
     let big = |total: u64| {
         let mut m = vec![MSG_BIG_FIRST];
@@ -1346,8 +1351,26 @@ pub(crate) fn corrupt_message(kind: u8) -> Vec<u8> {
             m.extend_from_slice(&[5, 5]);
             m
         }
+        7..=9 => hostile_run(kind),
         _ => vec![MSG_BIG_MORE, 1, 2, 3],
     }
+}
+
+/// A message of one hostile run (see `corrupt_message`): 7: it claims `u32::MAX` items in
+/// six bytes; 8: its entry's length runs past its end; 9: its entry is of an unknown kind.
+fn hostile_run(kind: u8) -> Vec<u8> {
+    let payload: Vec<u8> = match kind {
+        7 => [&u32::MAX.to_le_bytes()[..], &[TAG_ONE, 0]].concat(),
+        8 => [&1u32.to_le_bytes()[..], &[TAG_ONE, 0x7f, 1, 2]].concat(),
+        _ => [&1u32.to_le_bytes()[..], &[0x66, 1, 5]].concat(),
+    };
+    let mut m = vec![MSG_BATCH];
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&10u64.to_le_bytes());
+    m.push(TAG_RUN);
+    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    m.extend_from_slice(&payload);
+    m
 }
 
 /// The death notice the supervisor writes on a dead worker's end of an input link.

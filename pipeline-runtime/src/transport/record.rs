@@ -9,10 +9,11 @@
 //! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
 use crate::error::Error;
-use crate::stage::Body;
+use crate::stage::{Body, Rec};
 use crate::transport::codec;
 use crate::transport::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
-use crate::transport::run::RunWriter;
+use crate::transport::run::{Entries, RunWriter};
+use serde::de::DeserializeOwned;
 
 /// An encoder of one item type.
 pub(crate) type Enc<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
@@ -124,7 +125,11 @@ pub(crate) fn encode_or_fail<T>(
 /// Appends the entry of `body` to run `w` (see [`crate::transport::run`]), or — if it
 /// cannot be encoded, or is too large for a frame — a failure entry for the item made by
 /// `error` from the codec's message (stage index `stage`).
-pub(crate) fn encode_entry<T>(
+///
+/// `GUARDED`: a panic of the item's `Serialize` is caught and fails the item; without, it
+/// unwinds to the caller (who catches it around a whole run, see `Output::send_runs`).
+#[inline]
+pub(crate) fn encode_entry<T, const GUARDED: bool>(
     w: &mut RunWriter,
     out: &mut Vec<u8>,
     body: &Body<T>,
@@ -132,16 +137,20 @@ pub(crate) fn encode_entry<T>(
     (stage, error): (u32, impl FnOnce(String) -> Error),
 ) {
     let mark = RunWriter::begin_entry(out, tag_of(body));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let r = if GUARDED {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encode_payload(body, enc, &mut *out)
+        }))
+        .unwrap_or_else(|p| {
+            Err(format!(
+                "panicked: {}",
+                crate::error::panic_message(p.as_ref())
+            ))
+        })
+    } else {
         encode_payload(body, enc, &mut *out)
-    }))
-    .unwrap_or_else(|p| {
-        Err(format!(
-            "panicked: {}",
-            crate::error::panic_message(p.as_ref())
-        ))
-    })
-    .and_then(|()| {
+    };
+    let r = r.and_then(|()| {
         let len = out.len() - mark - 2;
         if len > ENTRY_LIMIT {
             return Err(format!(
@@ -203,6 +212,43 @@ pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>,
             crate::error::panic_message(p.as_ref())
         ))
     })
+}
+
+/// A run decoder of one item type (see [`decode_run`]).
+pub(crate) type RunDec<T> = fn(&[u8], u64, &mut Vec<Rec<T>>, &dyn Fn(u64, String) -> Body<T>);
+
+/// Decodes every entry of run payload `payload` (items numbered from `first`) into `out`,
+/// with the codec inlined and one `catch_unwind` for the run. `failed(seq, message)` makes
+/// the outcome of an item that cannot be decoded (or whose `Deserialize` panicked); the
+/// items after it are decoded still.
+pub(crate) fn decode_run<T: DeserializeOwned>(
+    payload: &[u8],
+    first: u64,
+    out: &mut Vec<Rec<T>>,
+    failed: &dyn Fn(u64, String) -> Body<T>,
+) {
+    let mut entries = Entries::of(payload);
+    out.reserve(entries.left() as usize);
+    let mut seq = first;
+    loop {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (kind, p) in entries.by_ref() {
+                let body =
+                    decode_inner(kind, p, codec::decode::<T>).unwrap_or_else(|m| failed(seq, m));
+                out.push(Rec { seq, body });
+                seq += 1;
+            }
+        }));
+        let Err(p) = r else {
+            return;
+        };
+        let message = format!("panicked: {}", crate::error::panic_message(p.as_ref()));
+        out.push(Rec {
+            seq,
+            body: failed(seq, message),
+        });
+        seq += 1;
+    }
 }
 
 /// [`decode`] without catching a panic (for a caller that catches it around many).
