@@ -11,7 +11,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{DeterminerPanic, Error, Worker, panic_message};
-use crate::stage::{Body, Emit, WorkerFn};
+use crate::stage::{Body, Emit, Rec, WorkerFn};
 
 /// Runs the stage function on one record, catching panics: the heart of every worker.
 pub(crate) fn apply<In, Out>(
@@ -152,5 +152,73 @@ pub(crate) fn panic_error(
         item: seq,
         worker,
         message,
+    }
+}
+
+/// Runs the stage function on every record of `batch` in order, appending the outcomes to
+/// `out`, under one `catch_unwind` for the batch: a panic fails its item, `on_panic` is
+/// called (a stateful stage makes its function afresh), and the loop resumes at the next
+/// record — no item runs twice. The thread stages' counterpart of `process::runs`.
+pub(crate) fn apply_batch<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    (stage_idx, stage, worker): (u32, &str, Worker),
+    batch: Vec<Rec<In>>,
+    emit: &mut Emit<Out>,
+    out: &mut Vec<Rec<Out>>,
+    mut on_panic: impl FnMut(&mut WorkerFn<In, Out>),
+) {
+    out.reserve(batch.len());
+    let mut recs = batch.into_iter();
+    let mut seq = 0u64;
+    loop {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            for rec in recs.by_ref() {
+                seq = rec.seq;
+                let body = apply_unguarded(f, (stage_idx, stage, worker), rec, emit);
+                out.push(Rec { seq, body });
+            }
+        }));
+        let Err(p) = r else {
+            return;
+        };
+        emit.clear();
+        let e = panic_error(stage, worker, seq, p.as_ref());
+        out.push(Rec {
+            seq,
+            body: Body::Failed(stage_idx, Box::new(e)),
+        });
+        on_panic(f);
+    }
+}
+
+/// One record through the stage function, without a guard (see [`apply_batch`]).
+#[inline(always)]
+fn apply_unguarded<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    (stage_idx, stage, worker): (u32, &str, Worker),
+    rec: Rec<In>,
+    emit: &mut Emit<Out>,
+) -> Body<Out> {
+    let ran = match rec.body {
+        Body::One(x) => f(x, emit),
+        Body::Many(xs) => xs.into_iter().try_for_each(|x| f(x, emit)),
+        Body::Dropped(s) => return Body::Dropped(s),
+        Body::Consumed(s, n) => return Body::Consumed(s, n),
+        Body::Failed(i, e) => return Body::Failed(i, e),
+    };
+    match ran {
+        Ok(()) => take_outputs(emit, stage_idx),
+        Err(message) => {
+            emit.clear();
+            Body::Failed(
+                stage_idx,
+                Box::new(Error::Failed {
+                    stage: stage.to_string(),
+                    item: rec.seq,
+                    worker,
+                    message,
+                }),
+            )
+        }
     }
 }

@@ -315,7 +315,7 @@ pub(crate) enum PipeSide {
 }
 
 /// Default number of items that may wait between a stage and the next.
-pub const DEFAULT_QUEUE: usize = 65536;
+pub const DEFAULT_QUEUE: usize = 4096;
 
 /// A step of a pipeline taking `In` items and producing `Out` items.
 ///

@@ -26,6 +26,7 @@ use crate::process::protocol::{self, ShippedStage, SupMsg};
 use crate::process::state::ProcStage;
 use crate::process::supervisor;
 use crate::stage::PipeSide;
+use crate::transport::run;
 
 /// How long the supervisor may take to say it is alive.
 const ALIVE_WITHIN: Duration = Duration::from_secs(10);
@@ -168,7 +169,7 @@ fn ship_stage(
     ShippedStage {
         idx: i as u32,
         shipment,
-        credit: stages[i].opts().queue,
+        credit: run::link_credit(stages[i].opts().queue),
         timeout: stages[i].opts().timeout,
         workers: workers
             .iter()
@@ -202,7 +203,7 @@ fn proc_plan(stages: &[Arc<dyn AnyStage>], topo: &Topology, procs: &[usize]) -> 
         .map(|&i| ProcStage {
             idx: i as u32,
             stage: Arc::clone(&stages[i]),
-            credit: stages[i].opts().queue,
+            credit: run::link_credit(stages[i].opts().queue),
             timeout: stages[i].opts().timeout,
             workers: topo.stages[i]
                 .workers

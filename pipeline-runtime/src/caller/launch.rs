@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::meter::Sink;
 use crate::process::worker::WorkerCtx;
 use crate::stage::DEFAULT_QUEUE;
+use crate::transport::run;
 
 /// Starts the feeder: (the input feed, if the pipeline takes one; the first piece's
 /// `Output<In>`; the context).
@@ -152,14 +153,14 @@ fn wire(
             let links = std::mem::take(&mut ends.caller_in);
             if i == 0 {
                 let plan = LinkPlan {
-                    credit: DEFAULT_QUEUE,
+                    credit: run::link_credit(DEFAULT_QUEUE),
                     runs: kinds.runs(i),
                 };
                 next = s.link_output(idx, links, plan);
             } else {
                 let (o, rx) = s.input_channel(16);
                 let plan = LinkPlan {
-                    credit: stages[i - 1].opts().queue,
+                    credit: run::link_credit(stages[i - 1].opts().queue),
                     runs: kinds.runs(i),
                 };
                 s.spawn_dispatcher(idx, rx, links, plan, rt)?;

@@ -1,6 +1,7 @@
 //! Thread stages: a stage's workers on threads of the caller's process, each pulling
-//! batches from the stage's channel, applying the stage function item by item (a panic
-//! fails its item; a stateful stage re-runs `init` after one), and sending the outputs on.
+//! batches from the stage's channel, applying the stage function over each batch under one
+//! guard (a panic fails its item; a stateful stage re-runs `init` after one), and sending
+//! the outputs on.
 //! Also the workers of a `pipe_next` half that is not `subprocess`: they run the process
 //! worker's loop on a thread, over the same sockets.
 
@@ -12,10 +13,10 @@ use crossbeam_channel::Receiver;
 use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
-use crate::guard::apply;
+use crate::guard::apply_batch;
 use crate::meter::{Meter, Sink};
 use crate::os::fds::RtFd;
-use crate::stage::{Body, Emit, Rec, Stage};
+use crate::stage::{Emit, Stage};
 use crate::stream::StreamPull;
 
 pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
@@ -56,17 +57,25 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
         let last_sample = Arc::clone(&last_sample);
         rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
             let worker = Worker::Thread(w);
-            let make = || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
-                Ok(r) => r,
-                Err(p) => Err(format!("panicked: {}", crate::error::panic_message(p.as_ref()))),
-            };
+            let make =
+                || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
+                    Ok(r) => r,
+                    Err(p) => Err(format!(
+                        "panicked: {}",
+                        crate::error::panic_message(p.as_ref())
+                    )),
+                };
             let mut f = match make() {
                 Ok(f) => {
                     let _ = inits.send(Ok(()));
                     f
                 }
                 Err(message) => {
-                    let _ = inits.send(Err(Error::Init { stage: me.name.to_string(), worker, message }));
+                    let _ = inits.send(Err(Error::Init {
+                        stage: me.name.to_string(),
+                        worker,
+                        message,
+                    }));
                     return;
                 }
             };
@@ -76,24 +85,21 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
                 let n = batch.len() as u64;
                 meter.sample_queue(rx.len() as u64 * n, &last_sample);
                 meter.begin(n, None);
-                let mut out_batch: Batch<Out> = Vec::with_capacity(batch.len());
-                for r in batch {
-                    let body = apply(&mut f, idx, &me.name, worker, r.seq, r.body, &mut emit);
-                    let panicked = matches!(&body, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));
-                    out_batch.push(Rec { seq: r.seq, body });
-                    if panicked && me.opts.stateful {
+                let mut out_batch: Batch<Out> = Vec::new();
+                let cx = (idx, &*me.name, worker);
+                apply_batch(&mut f, cx, batch, &mut emit, &mut out_batch, |f| {
+                    if me.opts.stateful {
                         // Its state may be half-updated: start afresh.
-                        f = match make() {
-                            Ok(f) => f,
-                            Err(message) => {
-                                let stage = me.name.to_string();
-                                Box::new(move |_: In, _: &mut Emit<Out>| {
-                                    Err(format!("init of stage '{stage}' failed after a panic: {message}"))
-                                })
-                            }
-                        };
+                        *f = make().unwrap_or_else(|message| {
+                            let stage = me.name.to_string();
+                            Box::new(move |_: In, _: &mut Emit<Out>| {
+                                Err(format!(
+                                    "init of stage '{stage}' failed after a panic: {message}"
+                                ))
+                            })
+                        });
                     }
-                }
+                });
                 meter.done();
                 if out.send(out_batch, &stop).is_err() {
                     return;

@@ -40,6 +40,19 @@ pub(crate) const RUN_HEADER: usize = 4;
 /// The most bytes of entries a sender puts in one run: a run then fits one link message.
 pub(crate) const RUN_BYTES: usize = link::MAX_MSG - 64;
 
+/// How many items a link of a stage whose queue is `queue` may hold: runs travel well only
+/// when several are in flight along a chain of stages (a link's sender waits for an ack
+/// that comes once every stage after it acked), so a link's credit is larger than the
+/// queue. What the pipeline holds is still bounded by its window (Σ queue × workers, plus
+/// `DEFAULT_QUEUE`), which the feeder takes room in for each item it pulls, and every link
+/// by its bytes (1 MiB).
+pub(crate) fn link_credit(queue: usize) -> usize {
+    queue.saturating_mul(LINK_CREDIT_FACTOR)
+}
+
+/// See [`link_credit`].
+const LINK_CREDIT_FACTOR: usize = 16;
+
 /// The fewest items a sender puts in a run: fewer go as records of one item each, whose
 /// outputs a worker passes on at once (an item finished before a later one crashes or
 /// hangs is delivered, and not run again).
