@@ -16,7 +16,7 @@ use crate::error::{Error, Worker};
 use crate::guard::apply_batch;
 use crate::meter::{Meter, Sink};
 use crate::os::fds::RtFd;
-use crate::stage::{Emit, Stage};
+use crate::stage::{Emit, Stage, WorkerFn};
 use crate::stream::StreamPull;
 
 pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
@@ -57,14 +57,7 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
         let last_sample = Arc::clone(&last_sample);
         rt.threads.spawn(&format!("{}-{w}", stage.name), move || {
             let worker = Worker::Thread(w);
-            let make =
-                || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (me.make)())) {
-                    Ok(r) => r,
-                    Err(p) => Err(format!(
-                        "panicked: {}",
-                        crate::error::panic_message(p.as_ref())
-                    )),
-                };
+            let make = || make_fn(&me);
             let mut f = match make() {
                 Ok(f) => {
                     let _ = inits.send(Ok(()));
@@ -90,14 +83,7 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
                 apply_batch(&mut f, cx, batch, &mut emit, &mut out_batch, |f| {
                     if me.opts.stateful {
                         // Its state may be half-updated: start afresh.
-                        *f = make().unwrap_or_else(|message| {
-                            let stage = me.name.to_string();
-                            Box::new(move |_: In, _: &mut Emit<Out>| {
-                                Err(format!(
-                                    "init of stage '{stage}' failed after a panic: {message}"
-                                ))
-                            })
-                        });
+                        *f = afresh(&me);
                     }
                 });
                 meter.done();
@@ -108,6 +94,30 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
         })?;
     }
     Ok(())
+}
+
+/// Runs the stage's `init` (a panic is its error): a worker's stage function.
+fn make_fn<In, Out>(stage: &Stage<In, Out>) -> Result<WorkerFn<In, Out>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
+        Ok(r) => r,
+        Err(p) => Err(format!(
+            "panicked: {}",
+            crate::error::panic_message(p.as_ref())
+        )),
+    }
+}
+
+/// The stage function made again after a panic of a stateful stage; if its `init` fails,
+/// a function that fails every item with why.
+fn afresh<In: 'static, Out: 'static>(stage: &Stage<In, Out>) -> WorkerFn<In, Out> {
+    make_fn(stage).unwrap_or_else(|message| {
+        let name = stage.name.to_string();
+        Box::new(move |_: In, _: &mut Emit<Out>| {
+            Err(format!(
+                "init of stage '{name}' failed after a panic: {message}"
+            ))
+        })
+    })
 }
 
 pub(crate) fn spawn_link_worker<In: Send + 'static, Out: Send + 'static>(

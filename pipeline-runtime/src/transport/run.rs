@@ -21,8 +21,11 @@
 //! sent again. A worker answers each run with exactly one run of the same items (the
 //! outcome of each), so the ack of the answer completes the run upstream.
 //!
-//! Runs start where the caller sends items to a chain of ordinary process stages (see
-//! `Output::Links`); a `pipe_next` half or a `stream` stage gets records of one item.
+//! Runs start where the caller sends at least [`RUN_MIN`] consecutive items per worker to a
+//! chain of ordinary process stages (see `Output::send_runs`); a `pipe_next` half or a
+//! `stream` stage gets records of one item, and so do submitted work items. A link's
+//! credit is larger than its stage's queue ([`link_credit`]), so that several runs are in
+//! flight along the chain.
 //!
 //! # Invariants
 //! - A run is checked whole before any entry is used ([`check`]): a count larger than the
