@@ -11,7 +11,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{DeterminerPanic, Error, Worker, panic_message};
-use crate::stage::{Body, Emit, Rec, WorkerFn};
+use crate::item::{Body, Emit, Rec, WorkerFn};
 
 /// Runs the stage function on one record, catching panics: the heart of every worker.
 pub(crate) fn apply<In, Out>(

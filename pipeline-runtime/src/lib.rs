@@ -62,6 +62,7 @@ mod erase;
 mod error;
 mod guard;
 mod handles;
+mod item;
 mod meter;
 mod os;
 mod pipeline;

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::error::DeterminerPanic;
-use crate::error::{Error, panic_message};
+use crate::error::panic_message;
 use crate::os::image;
 use crate::process::runs::RunFn;
 use crate::recipe::{self, Make, MaybeRecipe, Recipe};
@@ -14,75 +14,8 @@ use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
 use crate::transport::record::RunDec;
 
-/// Where a stage sends its zero or more outputs for one item, in order.
-///
-/// A stage function with a `&mut Emit<T>` parameter may call [`Emit::emit`] any number of
-/// times per item; the outputs keep their order and stay together as the item's outputs.
-#[derive(Debug)]
-pub struct Emit<T> {
-    items: Vec<T>,
-}
-
-impl<T> Emit<T> {
-    pub(crate) fn new() -> Self {
-        Emit { items: Vec::new() }
-    }
-
-    /// Sends one output.
-    pub fn emit(&mut self, value: T) {
-        self.items.push(value);
-    }
-
-    /// Outputs emitted so far for the current item.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// True if nothing was emitted yet for the current item.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    pub(crate) fn take_one(&mut self) -> T {
-        self.items.pop().expect("one output")
-    }
-
-    pub(crate) fn as_slice(&self) -> &[T] {
-        &self.items
-    }
-
-    pub(crate) fn take_all(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.items)
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.items.clear();
-    }
-}
-
-/// The body of a record: what one item is at one point of the pipeline.
-#[derive(Debug)]
-pub(crate) enum Body<T> {
-    One(T),
-    Many(Vec<T>),
-    /// Dropped by the stage with this index (a filter returned `None`, or nothing emitted).
-    Dropped(u32),
-    /// Failed at the stage with this index.
-    Failed(u32, Box<Error>),
-    /// Not an item: the `stream` stage with this index consumed this many more items (they
-    /// have no outcome of their own; the collector frees their room in the pipeline).
-    Consumed(u32, u64),
-}
-
-/// One item (by its sequence number) between two stages.
-#[derive(Debug)]
-pub(crate) struct Rec<T> {
-    pub seq: u64,
-    pub body: Body<T>,
-}
-
-/// A worker's own stage function (it may own per-worker state made by `init`).
-pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<(), String>>;
+pub use crate::item::Emit;
+pub(crate) use crate::item::{Body, Rec, WorkerFn};
 
 /// Makes a worker's stage function, in the worker (the child process, or the thread):
 /// runs the stage's `init` if it has one. `Err` is the init's message.
@@ -530,7 +463,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
     /// process stage) and its value is passed as `&mut S` to every call of `f` in that
     /// worker. `f` sends its outputs through [`Emit`] (the general form that `#[stage(init
     /// = ...)]` expands to). If `init` fails when the pipeline starts, `run`/`start` return
-    /// [`Error::Init`]. After a panic the worker's state may be half-updated, so the worker
+    /// [`crate::Error::Init`]. After a panic the worker's state may be half-updated, so the worker
     /// is replaced (a thread re-runs `init`).
     pub fn stateful<S, E1, E2, I, F>(name: impl Into<Cow<'static, str>>, init: I, f: F) -> Self
     where

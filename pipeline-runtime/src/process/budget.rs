@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::os::sys::SlotState;
-use crate::process::worker::GiveUp;
 
 /// Restart budget: at most `max(10, 5 × workers)` replacements per stage within this window.
 pub(super) const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -109,4 +108,12 @@ impl Budget {
             .map(|s| s.done.load(Ordering::Relaxed))
             .sum()
     }
+}
+
+/// Why a stage gave up (see [`crate::Error::GaveUp`]).
+#[derive(Debug, Clone)]
+pub(crate) struct GiveUp {
+    pub restarts: u32,
+    pub secs: f64,
+    pub cause: String,
 }

@@ -1,6 +1,6 @@
 //! What runs in forked processes: the supervisor and the workers it forks.
 
-mod budget;
+pub(crate) mod budget;
 mod death;
 pub(crate) mod fork_server;
 pub(crate) mod protocol;

@@ -34,9 +34,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Worker};
 use crate::guard;
+use crate::item::{Emit, WorkerFn};
 use crate::os::sys::{self, SlotState};
-use crate::process::worker::GiveUp;
-use crate::stage::{Emit, WorkerFn};
+use crate::process::budget::GiveUp;
 use crate::transport::codec;
 use crate::transport::link::{TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 use crate::transport::record;
@@ -218,8 +218,8 @@ fn item<In: DeserializeOwned, Out: Serialize>(
         return failed(w, out, cx.idx, &gave_up(cx.stage, seq, g));
     }
     let ran = match inputs {
-        crate::stage::Body::One(x) => (cx.f)(x, cx.emit),
-        crate::stage::Body::Many(xs) => xs.into_iter().try_for_each(|x| (cx.f)(x, cx.emit)),
+        crate::item::Body::One(x) => (cx.f)(x, cx.emit),
+        crate::item::Body::Many(xs) => xs.into_iter().try_for_each(|x| (cx.f)(x, cx.emit)),
         _ => unreachable!("decode_inner of ONE or MANY"),
     };
     if let Err(message) = ran {

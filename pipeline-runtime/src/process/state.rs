@@ -16,8 +16,8 @@ use crate::erase::AnyStage;
 use crate::os::fds::{Kept, RtFd};
 use crate::os::sys::{self, SlotState};
 use crate::process::budget::Budget;
+use crate::process::budget::GiveUp;
 use crate::process::protocol::{self, CorruptReport, Recv, WorkerMsg};
-use crate::process::worker::GiveUp;
 
 /// A process stage as the supervisor sees it. The caller builds the plan, `ProcStage<RawFd>`:
 /// the numbers of descriptors the supervisor inherits through its fork; the supervisor owns

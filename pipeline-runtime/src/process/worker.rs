@@ -28,6 +28,7 @@ use crate::error::{Error, Worker};
 use crate::guard::apply;
 use crate::meter::{Meter, Sink};
 use crate::os::sys::{self, SlotState};
+use crate::process::budget::GiveUp;
 use crate::process::protocol::{self, WorkerMsg};
 use crate::process::runs::{RunCx, RunPos};
 use crate::stage::{
@@ -80,14 +81,6 @@ pub(crate) enum WorkerEnd {
     Restart,
     /// Its `init` failed (reported on the control socket).
     InitFailed,
-}
-
-/// Why a stage gave up (see [`Error::GaveUp`]).
-#[derive(Debug, Clone)]
-pub(crate) struct GiveUp {
-    pub restarts: u32,
-    pub secs: f64,
-    pub cause: String,
 }
 
 fn tell<F: AsFd>(ctl: &Option<F>, msg: &WorkerMsg) {

@@ -43,10 +43,10 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use crate::os::sys;
 use crate::transport::codec::FRAME_LIMIT;
+pub(crate) use crate::transport::frame::{
+    MAX_MSG, NO_SEQ, REC_HEADER, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE, TAG_RUN,
+};
 use crate::transport::run;
-
-/// Largest message on a link (a batch, or one chunk of a large record).
-pub(crate) const MAX_MSG: usize = 64 * 1024;
 
 const MSG_BATCH: u8 = 1;
 const MSG_BIG_FIRST: u8 = 2;
@@ -72,43 +72,6 @@ const ACK_POLL_EVERY: u64 = 64;
 
 const BATCH_HEADER: usize = 5; // kind u8 + count u32
 const BIG_HEADER: usize = 9; // kind u8 + total u64
-pub(crate) const REC_HEADER: usize = 13; // seq u64 + tag u8 + len u32
-
-/// Record tags.
-pub(crate) const TAG_ONE: u8 = 0;
-pub(crate) const TAG_MANY: u8 = 1;
-pub(crate) const TAG_DROPPED: u8 = 2;
-pub(crate) const TAG_FAILED: u8 = 3;
-pub(crate) const TAG_CONSUMED: u8 = 4;
-/// Many items in one record (see [`crate::transport::run`]).
-pub(crate) const TAG_RUN: u8 = 5;
-
-/// The sequence number of records that are not items (`CONSUMED`).
-pub(crate) const NO_SEQ: u64 = u64::MAX;
-
-/// Starts a record in `out`: header with a length placeholder. Finish with [`end_record`].
-#[inline]
-pub(crate) fn begin_record(out: &mut Vec<u8>, seq: u64, tag: u8) -> usize {
-    let at = out.len();
-    let mut h = [0u8; REC_HEADER];
-    h[..8].copy_from_slice(&seq.to_le_bytes());
-    h[8] = tag;
-    out.extend_from_slice(&h);
-    at
-}
-
-/// Patches the record length; errors if the payload is over the frame limit.
-#[inline]
-pub(crate) fn end_record(out: &mut [u8], at: usize) -> Result<(), String> {
-    let len = out.len() - at - REC_HEADER;
-    if len > FRAME_LIMIT || len > u32::MAX as usize {
-        return Err(format!(
-            "the item is {len} bytes, over the frame limit of {FRAME_LIMIT} bytes"
-        ));
-    }
-    out[at + 9..at + 13].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(())
-}
 
 /// One record as read from a link.
 #[derive(Debug, Clone, Copy)]
@@ -342,7 +305,7 @@ impl<F: AsFd> LinkSender<F> {
         Ok(true)
     }
 
-    /// Appends one record, written by `write` (header and payload, see [`begin_record`]),
+    /// Appends one record, written by `write` (header and payload, see [`crate::transport::frame::begin_record`]),
     /// to the link chosen by the last [`LinkSender::reserve`]. `tag` comes back from
     /// [`LinkSender::take_acked`] once the receiver acked the record ([`NO_TAG`]: don't).
     pub(crate) fn push(&mut self, tag: Tag, write: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
@@ -1385,6 +1348,7 @@ pub(crate) fn dead_notice(epoch: u32, failure: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::frame::{begin_record, end_record};
     use std::os::fd::OwnedFd;
 
     fn pair() -> (OwnedFd, OwnedFd) {

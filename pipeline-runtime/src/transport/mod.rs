@@ -3,6 +3,7 @@
 //! `pipe_next` pairs.
 
 pub(crate) mod codec;
+pub(crate) mod frame;
 pub(crate) mod link;
 pub(crate) mod pipe;
 pub(crate) mod record;

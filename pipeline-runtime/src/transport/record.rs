@@ -9,9 +9,9 @@
 //! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
 use crate::error::Error;
-use crate::stage::{Body, Rec};
+use crate::item::{Body, Rec};
 use crate::transport::codec;
-use crate::transport::link::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
+use crate::transport::frame::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 use crate::transport::run::{Entries, RunWriter};
 use serde::de::DeserializeOwned;
 
@@ -46,9 +46,9 @@ pub(crate) fn encode<T>(
 }
 
 fn encode_inner<T>(seq: u64, body: &Body<T>, enc: Enc<T>, out: &mut Vec<u8>) -> Result<(), String> {
-    let at = link::begin_record(out, seq, tag_of(body));
+    let at = frame::begin_record(out, seq, tag_of(body));
     encode_payload(body, enc, out)?;
-    link::end_record(out, at)
+    frame::end_record(out, at)
 }
 
 /// The tag of a record (or the kind of a run entry) carrying `body`.
@@ -177,9 +177,9 @@ const ENTRY_LIMIT: usize = codec::FRAME_LIMIT - 64;
 /// Encodes a failure record. Errors are plain strings and numbers; a message too long for
 /// a frame is cut.
 pub(crate) fn encode_failed(seq: u64, stage: u32, e: &Error, out: &mut Vec<u8>) {
-    let at = link::begin_record(out, seq, TAG_FAILED);
+    let at = frame::begin_record(out, seq, TAG_FAILED);
     failed_payload(stage, e, out);
-    let _ = link::end_record(out, at);
+    let _ = frame::end_record(out, at);
 }
 
 /// Appends a `FAILED` payload: the stage's index and the error. An error too long for a
@@ -319,7 +319,7 @@ mod tests {
         let mut out = Vec::new();
         encode(9, &b, codec::encode_into::<T>, &mut out).unwrap();
         assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), 9);
-        decode(out[8], &out[link::REC_HEADER..], codec::decode::<T>).unwrap()
+        decode(out[8], &out[frame::REC_HEADER..], codec::decode::<T>).unwrap()
     }
 
     #[test]

@@ -33,7 +33,7 @@
 //!   make the message corrupt, and nothing is allocated from a claimed count.
 //! - `count >= 1`; an entry is at least two bytes (kind, length).
 
-use crate::transport::link::{
+use crate::transport::frame::{
     self, REC_HEADER, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE, TAG_RUN,
 };
 
@@ -41,7 +41,7 @@ use crate::transport::link::{
 pub(crate) const RUN_HEADER: usize = 4;
 
 /// The most bytes of entries a sender puts in one run: a run then fits one link message.
-pub(crate) const RUN_BYTES: usize = link::MAX_MSG - 64;
+pub(crate) const RUN_BYTES: usize = frame::MAX_MSG - 64;
 
 /// How many items a link of a stage whose queue is `queue` may hold: runs travel well only
 /// when several are in flight along a chain of stages (a link's sender waits for an ack
@@ -74,7 +74,7 @@ pub(crate) struct RunWriter {
 impl RunWriter {
     /// Starts a run of items numbered from `first` at the end of `out`.
     pub(crate) fn begin(out: &mut Vec<u8>, first: u64) -> RunWriter {
-        let at = link::begin_record(out, first, TAG_RUN);
+        let at = frame::begin_record(out, first, TAG_RUN);
         out.extend_from_slice(&0u32.to_le_bytes());
         RunWriter { at, count: 0 }
     }
@@ -134,7 +134,7 @@ impl RunWriter {
         let c = self.at + REC_HEADER;
         out[c..c + 4].copy_from_slice(&self.count.to_le_bytes());
         // Runs are bounded by their writers far below the frame limit.
-        link::end_record(out, self.at).expect("a run is far below the frame limit");
+        frame::end_record(out, self.at).expect("a run is far below the frame limit");
     }
 }
 
