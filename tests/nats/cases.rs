@@ -81,6 +81,10 @@ pub fn main() {
         ("segfault_in_a_host_worker", segfault),
         ("broker_killed_mid_run", broker_killed),
         ("no_host_serves_the_stage", no_host),
+        (
+            "host_with_another_fingerprint_refuses",
+            fingerprint_mismatch,
+        ),
         ("item_larger_than_max_payload", too_large),
         (
             "drop_deletes_the_stream_and_leaves_no_process",
@@ -320,6 +324,23 @@ fn no_host() {
         assert!(m.contains("no host serves stage 'square'"), "{m}");
     }
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+fn fingerprint_mismatch() {
+    let s = Server::start();
+    let salt = [("__FORKPIPE_TEST_FINGERPRINT_SALT", " (another build)")];
+    let _h = Host::start_with(&s.url(), "h9", &salt);
+    let b = broker(&s).no_host_wait(Duration::from_secs(1));
+    let all = outcomes(pipeline![numbers(20) | square].on(b).results().unwrap(), 20);
+    for r in &all {
+        let m = r.as_ref().unwrap_err().to_string();
+        assert!(m.contains("no host serves stage 'square'"), "{m}");
+        assert!(
+            m.contains("host 'h9' refused it") && m.contains("(another build)"),
+            "{m}"
+        );
+        assert!(m.contains("nats::cases::square: u64 -> u64"), "{m}");
+    }
 }
 
 fn too_large() {

@@ -104,8 +104,14 @@ pub struct Host {
 impl Host {
     /// Starts host `name` on `url` and waits until it serves.
     pub fn start(url: &str, name: &str) -> Host {
+        Host::start_with(url, name, &[])
+    }
+
+    /// [`Host::start`] with more environment variables.
+    pub fn start_with(url: &str, name: &str, env: &[(&str, &str)]) -> Host {
         let exe = std::env::current_exe().expect("the test binary");
         let mut child = Command::new(exe)
+            .envs(env.iter().copied())
             .env("FORKPIPE_HOST", url)
             .env("FORKPIPE_HOST_NAME", name)
             .stdin(Stdio::null())
