@@ -678,7 +678,7 @@ impl<In: Wire, Out: Wire> Stage<In, Out> {
     }
 
     /// Marks the stage as one that may run on other hosts: when the pipeline runs
-    /// [`on`](crate::Pipeline::on) a broker (cargo feature `nats`), its items go to the
+    /// `on` a broker (`Pipeline::on`, cargo feature `nats`), its items go to the
     /// hosts that serve it; without, it runs here as its other options say. Only stages of
     /// `#[stage(distributed)]` functions can be served by hosts (they find them by name).
     pub fn distributed(mut self) -> Self {

@@ -220,12 +220,13 @@ struct Book {
     ended: bool,
     next_batch: u64,
     last_announce: Option<Instant>,
-    fails: (
-        mpsc::UnboundedSender<(Vec<u64>, String)>,
-        mpsc::UnboundedReceiver<(Vec<u64>, String)>,
-    ),
+    /// Batches the broker did not take, and why (from the publishing tasks).
+    fails: (mpsc::UnboundedSender<Failed>, mpsc::UnboundedReceiver<Failed>),
     permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// A batch the broker did not take: its items, and why.
+type Failed = (Vec<u64>, String);
 
 /// Messages published and not yet acknowledged by the broker, at most.
 const PUBLISHING: usize = 32;
