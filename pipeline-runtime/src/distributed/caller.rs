@@ -221,7 +221,10 @@ struct Book {
     next_batch: u64,
     last_announce: Option<Instant>,
     /// Batches the broker did not take, and why (from the publishing tasks).
-    fails: (mpsc::UnboundedSender<Failed>, mpsc::UnboundedReceiver<Failed>),
+    fails: (
+        mpsc::UnboundedSender<Failed>,
+        mpsc::UnboundedReceiver<Failed>,
+    ),
     permits: Arc<tokio::sync::Semaphore>,
 }
 
