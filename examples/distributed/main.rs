@@ -85,6 +85,9 @@ fn parse_line(line: &str) -> Option<(String, u16)> {
     let (_, rest) = line.split_once("] \"")?;
     let (request, rest) = rest.split_once("\" ")?;
     let status: u16 = rest.split(' ').next()?.parse().ok()?;
+    if !(100..600).contains(&status) {
+        return None;
+    }
     let mut parts = request.split(' ');
     let (method, target) = (parts.next()?, parts.next()?);
     let path = target.split('?').next()?;
