@@ -73,6 +73,9 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    /// The bare async-nats loop W6 compares against (benches only).
+    #[cfg(feature = "nats")]
+    pub use pipeline_runtime::bare_nats_loop;
     /// Fault injection for forkpipe's own tests (writes a corrupt frame on the calling
     /// worker's output links). Not an API.
     pub use pipeline_runtime::inject_corrupt_frame;

@@ -81,6 +81,9 @@ pub use compose::{Append, Chain, Open, Part, Pending, branch, input, items, kind
 #[doc(hidden)]
 pub use ctor::{ByValue, Ctor, Made, NoValue, Probe, attach};
 #[cfg(feature = "nats")]
+#[doc(hidden)]
+pub use distributed::bare::bare_nats_loop;
+#[cfg(feature = "nats")]
 pub use distributed::broker::Broker;
 #[doc(hidden)]
 pub use distributed::registry::{

@@ -47,6 +47,8 @@
 pub(crate) mod registry;
 
 #[cfg(feature = "nats")]
+pub(crate) mod bare;
+#[cfg(feature = "nats")]
 pub(crate) mod broker;
 #[cfg(feature = "nats")]
 pub(crate) mod caller;
