@@ -59,6 +59,11 @@ pub use pipeline_runtime::{
 };
 pub use pipeline_runtime::{fork_server_pid, init};
 
+/// The broker of a pipeline's `distributed` stages (cargo feature `nats`): see
+/// [`Pipeline::on`].
+#[cfg(feature = "nats")]
+pub use pipeline_runtime::Broker;
+
 /// Everything a pipeline author needs: `use forkpipe::prelude::*;`.
 pub mod prelude {
     pub use crate::{
@@ -68,6 +73,9 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    /// The bare async-nats loop W6 compares against (benches only).
+    #[cfg(feature = "nats")]
+    pub use pipeline_runtime::bare_nats_loop;
     /// Fault injection for forkpipe's own tests (writes a corrupt frame on the calling
     /// worker's output links). Not an API.
     pub use pipeline_runtime::inject_corrupt_frame;
@@ -75,6 +83,14 @@ pub mod __private {
         Consumer, Emit, InitResult, Items, PipePending, PipeReader, PipeWriter, Pipeline, Producer,
         Source, Stage, Wire,
     };
+    /// What `#[stage(distributed)]` registers its stage with (see the runtime's
+    /// `distributed::registry`).
+    pub mod distributed {
+        pub use pipeline_runtime::inventory::submit;
+        pub use pipeline_runtime::{
+            DistributedEntry as Entry, TravelingParams, distributed_entry as entry,
+        };
+    }
     /// What `#[stage]` uses to give a stage its recipe (see the runtime's `recipe` module).
     pub mod recipe {
         pub use pipeline_runtime::{ByValue, Ctor, Made, NoValue, Probe, attach};

@@ -74,6 +74,23 @@ pub(crate) trait AnyStage: Send + Sync {
     /// Starts what must run before the pipeline's own supervisor and threads: a fan-out's
     /// branches. Returns what each branch shares (none for any other stage).
     fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error>;
+    /// What hosts make this stage from: its recipe id and encoded bound parameters; `Err`
+    /// says why it cannot run on another host.
+    #[cfg(feature = "nats")]
+    fn remote_part(&self) -> Result<(String, Vec<u8>), String> {
+        Err("it is not a stage of its own".into())
+    }
+    /// The feed thread's typed half, for a group of distributed stages this one starts.
+    #[cfg(feature = "nats")]
+    fn remote_feed(&self) -> Option<Box<dyn crate::distributed::ends::FeedEnd>> {
+        None
+    }
+    /// The collect thread's typed half, for a group of distributed stages this one ends
+    /// (the group is the piece `idx`).
+    #[cfg(feature = "nats")]
+    fn remote_collect(&self, _idx: u32) -> Option<Box<dyn crate::distributed::ends::CollectEnd>> {
+        None
+    }
 }
 
 impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
@@ -154,6 +171,38 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
 
     fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()> {
         thread_stage::spawn_link_worker(self, ctx, rt)
+    }
+
+    #[cfg(feature = "nats")]
+    fn remote_part(&self) -> Result<(String, Vec<u8>), String> {
+        if self.opts.stream {
+            return Err("it is a `stream` stage, which sees the whole stream in one place".into());
+        }
+        if self.pipe.is_some() {
+            return Err(
+                "it is a half of a `pipe_next` pair, which needs its other half beside it".into(),
+            );
+        }
+        let recipe = self.recipe.as_ref().map_err(|why| why.to_string())?;
+        Ok((recipe.id.to_string(), recipe.params.clone()))
+    }
+
+    #[cfg(feature = "nats")]
+    fn remote_feed(&self) -> Option<Box<dyn crate::distributed::ends::FeedEnd>> {
+        let wire = self.wire?;
+        Some(Box::new(crate::distributed::ends::Feed::<In> {
+            encode: wire.encode_in,
+        }))
+    }
+
+    #[cfg(feature = "nats")]
+    fn remote_collect(&self, idx: u32) -> Option<Box<dyn crate::distributed::ends::CollectEnd>> {
+        let wire = self.wire?;
+        Some(Box::new(crate::distributed::ends::Collect::<Out> {
+            decode: wire.decode_out,
+            stage: self.name.to_string(),
+            idx,
+        }))
     }
 }
 

@@ -157,6 +157,28 @@ pub enum Error {
     /// The pipeline is not running any more (submit after shutdown, wait after drop).
     #[error("the pipeline has shut down")]
     Closed,
+    /// An item of a `distributed` stage failed on another host: `error` is what that host's
+    /// own pipeline said (naming the stage, the item and the worker pid there).
+    #[error("{error} (on host '{host}', pid {pid})")]
+    Remote {
+        /// The host's name (`FORKPIPE_HOST_NAME`, else its hostname).
+        host: String,
+        /// The host process's pid.
+        pid: u32,
+        /// The error, as that host saw it (its item number is the caller's).
+        error: Box<Error>,
+    },
+    /// An item of a `distributed` stage could not be run through the broker: no host serves
+    /// the stage, the broker is unreachable, the item is larger than the broker takes, …
+    #[error("stage '{stage}' could not run item {item} through the broker: {message}")]
+    Broker {
+        /// The stage's name.
+        stage: String,
+        /// The item's sequence number.
+        item: u64,
+        /// What went wrong, naming the broker or the host.
+        message: String,
+    },
 }
 
 impl Error {
@@ -171,6 +193,8 @@ impl Error {
             | Error::Init { stage, .. }
             | Error::NoOutput { stage, .. } => Some(stage),
             Error::Input { stage: Some(s), .. } => Some(s),
+            Error::Broker { stage, .. } => Some(stage),
+            Error::Remote { error, .. } => error.stage(),
             _ => None,
         }
     }
@@ -185,7 +209,9 @@ impl Error {
             | Error::GaveUp { item, .. }
             | Error::ShutDown { item }
             | Error::NoOutput { item, .. }
-            | Error::ManyOutputs { item, .. } => Some(*item),
+            | Error::ManyOutputs { item, .. }
+            | Error::Broker { item, .. } => Some(*item),
+            Error::Remote { error, .. } => error.item(),
             _ => None,
         }
     }
@@ -201,7 +227,12 @@ impl Error {
             | Error::GaveUp { item, .. }
             | Error::ShutDown { item }
             | Error::NoOutput { item, .. }
-            | Error::ManyOutputs { item, .. } => *item = seq,
+            | Error::ManyOutputs { item, .. }
+            | Error::Broker { item, .. } => *item = seq,
+            Error::Remote { error, .. } => {
+                let inner = std::mem::replace(&mut **error, Error::Closed);
+                **error = inner.renumbered(seq);
+            }
             _ => {}
         }
         self
@@ -215,6 +246,16 @@ impl Error {
             | Error::Died { worker, .. }
             | Error::Init { worker, .. }
             | Error::Codec { worker, .. } => Some(*worker),
+            Error::Remote { error, .. } => error.worker(),
+            _ => None,
+        }
+    }
+
+    /// The host an item of a `distributed` stage failed on, if it did on one: (its name,
+    /// its pid).
+    pub fn host(&self) -> Option<(&str, u32)> {
+        match self {
+            Error::Remote { host, pid, .. } => Some((host, *pid)),
             _ => None,
         }
     }

@@ -15,6 +15,8 @@
 //! The machinery, one mechanism per module:
 //! - `erase` — type erasure of stages (`dyn AnyStage`), and why; making a shipped stage
 //!   again.
+//! - `distributed` — scale-out (feature `nats`): `distributed` stages on other hosts
+//!   through NATS JetStream; the registry of `#[stage(distributed)]` functions; host mode.
 //! - `recipe` — stage identity: how a process stage is made again in a process that did
 //!   not inherit it (the fork server's supervisors; later, other hosts). `ctor` — the
 //!   recipes `#[stage]` gives its stages.
@@ -58,6 +60,7 @@
 mod caller;
 mod compose;
 mod ctor;
+mod distributed;
 mod erase;
 mod error;
 mod guard;
@@ -78,8 +81,19 @@ mod transport;
 pub use compose::{Append, Chain, Open, Part, Pending, branch, input, items, kind, out};
 #[doc(hidden)]
 pub use ctor::{ByValue, Ctor, Made, NoValue, Probe, attach};
+#[cfg(feature = "nats")]
+#[doc(hidden)]
+pub use distributed::bare::bare_nats_loop;
+#[cfg(feature = "nats")]
+pub use distributed::broker::Broker;
+#[doc(hidden)]
+pub use distributed::registry::{
+    Entry as DistributedEntry, TravelingParams, entry as distributed_entry,
+};
 pub use error::{Error, Worker};
 pub use handles::{Report, Results, Running, Ticket};
+#[doc(hidden)]
+pub use inventory;
 pub use pipeline::{FirstStage, PipePending, Pipeline};
 pub use process::fork_server::{init, pid as fork_server_pid};
 #[doc(hidden)]

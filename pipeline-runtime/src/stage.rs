@@ -222,6 +222,8 @@ pub(crate) struct Opts {
     pub stream: bool,
     /// A half of a `pipe_next` pair.
     pub pipe: Option<PipeSide>,
+    /// May run on other hosts, when the pipeline runs `on` a broker.
+    pub distributed: bool,
 }
 
 impl Default for Opts {
@@ -236,6 +238,7 @@ impl Default for Opts {
             stateful: false,
             stream: false,
             pipe: None,
+            distributed: false,
         }
     }
 }
@@ -604,6 +607,16 @@ impl<In: Wire, Out: Wire> Stage<In, Out> {
     /// `bincode` bytes, so both types must be `Serialize + DeserializeOwned`.
     pub fn subprocess(mut self) -> Self {
         self.opts.process = true;
+        self.set_wire();
+        self
+    }
+
+    /// Marks the stage as one that may run on other hosts: when the pipeline runs
+    /// `on` a broker (`Pipeline::on`, cargo feature `nats`), its items go to the
+    /// hosts that serve it; without, it runs here as its other options say. Only stages of
+    /// `#[stage(distributed)]` functions can be served by hosts (they find them by name).
+    pub fn distributed(mut self) -> Self {
+        self.opts.distributed = true;
         self.set_wire();
         self
     }

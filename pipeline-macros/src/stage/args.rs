@@ -25,12 +25,13 @@ mod kw {
     syn::custom_keyword!(when);
     syn::custom_keyword!(timeout_ms);
     syn::custom_keyword!(pipe_next);
+    syn::custom_keyword!(distributed);
 }
 
 /// The options, as listed in the error for an unknown one.
 const VALID: &str = "`subprocess`, `workers = N`, `unordered`, `queue = N`, `name = \"...\"`, \
                      `source`, `stream`, `init = path`, `when = path`, `timeout_ms = N`, \
-                     `pipe_next`";
+                     `pipe_next`, `distributed`";
 
 /// The options of `#[stage(...)]`, each parsed once.
 ///
@@ -47,6 +48,7 @@ const VALID: &str = "`subprocess`, `workers = N`, `unordered`, `queue = N`, `nam
 ///         | 'when' '=' PATH
 ///         | 'timeout_ms' '=' INTEGER    (at least 1)
 ///         | 'pipe_next'
+///         | 'distributed'
 /// ```
 #[derive(Default)]
 pub struct Args {
@@ -72,6 +74,8 @@ pub struct Args {
     pub timeout_ms: Option<Count>,
     /// `pipe_next`: the span of the keyword.
     pub pipe_next: Option<Span>,
+    /// `distributed`: the span of the keyword.
+    pub distributed: Option<Span>,
 }
 
 /// The value of a `key = path` option.
@@ -171,6 +175,15 @@ impl Parse for Args {
                     key.span,
                     key.span,
                     "pipe_next",
+                    &mut errors,
+                );
+            } else if lookahead.peek(kw::distributed) {
+                let key = input.parse::<kw::distributed>()?;
+                set(
+                    &mut args.distributed,
+                    key.span,
+                    key.span,
+                    "distributed",
                     &mut errors,
                 );
             } else if input.peek(Ident::peek_any) {

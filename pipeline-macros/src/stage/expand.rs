@@ -65,6 +65,7 @@ pub fn stage(item: &TokenStream, plan: &Plan) -> TokenStream {
     if plan.input.is_some() {
         body = with_recipe(plan, &body);
         ctor = ctor_impl(plan, &returns);
+        ctor.extend(registration(plan));
     }
     quote! {
         #item
@@ -121,6 +122,31 @@ fn with_recipe(plan: &Plan, body: &TokenStream) -> TokenStream {
             #recipe,
             ::core::concat!(::core::module_path!(), "::", #id),
         )
+    }
+}
+
+/// For a `distributed` stage, its entry in the registry hosts find stages in (see the
+/// runtime's `distributed::registry`), under a check, spanned at `distributed`, that its
+/// bound parameters can travel.
+fn registration(plan: &Plan) -> TokenStream {
+    let Some(span) = plan.args.distributed else {
+        return TokenStream::new();
+    };
+    if plan.side.is_some() || plan.args.stream.is_some() {
+        return TokenStream::new();
+    }
+    let private = paths::private();
+    let (ident, cfgs) = (&plan.sig.ident, &plan.sig.cfgs);
+    let id = ident.to_string();
+    let entry = quote_spanned! {span=>
+        #private::distributed::entry::<#ident>(
+            ::core::concat!(::core::module_path!(), "::", #id),
+            ::core::concat!(::core::env!("CARGO_PKG_NAME"), " ", ::core::env!("CARGO_PKG_VERSION")),
+        )
+    };
+    quote! {
+        #(#cfgs)*
+        #private::distributed::submit! { #entry }
     }
 }
 
@@ -473,6 +499,9 @@ fn options(plan: &Plan, made: TokenStream) -> TokenStream {
         let at_det = format_ident!("__forkpipe_item", span = at(det.span()));
         let det = quote_spanned!(det.span()=> #det(#at_det));
         stage = quote_spanned!(when.key=> #call(#stage, move |#item: &#input| #det));
+    }
+    if let (Some(span), Some(_), None) = (args.distributed, &plan.input, plan.side) {
+        stage.extend(quote_spanned!(span=> .distributed()));
     }
     if let Some(workers) = &args.workers {
         let n = proc_macro2::Literal::u64_unsuffixed(workers.value);

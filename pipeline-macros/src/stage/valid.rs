@@ -152,6 +152,28 @@ fn options(args: &Args, side: Option<Side>, errors: &mut Errors) {
                        `subprocess` or remove `timeout_ms`";
         errors.push(syn::Error::new(timeout.key, message));
     }
+    distributed_options(args, side, errors);
+}
+
+/// What `distributed` excludes: a stage that must stay beside its neighbours or see the
+/// whole stream.
+fn distributed_options(args: &Args, side: Option<Side>, errors: &mut Errors) {
+    let Some(span) = args.distributed else {
+        return;
+    };
+    let why = if args.source.is_some() {
+        Some("a `source` runs on the feeding thread of the caller")
+    } else if args.stream.is_some() {
+        Some("a `stream` stage sees the whole stream in one place")
+    } else if side.is_some() {
+        Some("the halves of a `pipe_next` pair share a byte stream on one machine")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        let message = format!("`distributed` does not apply here: {why}; remove `distributed`");
+        errors.push(syn::Error::new(span, message));
+    }
 }
 
 /// The span of an option's key, if it was given.

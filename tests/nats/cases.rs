@@ -1,0 +1,406 @@
+//! The cases (see `main.rs`).
+
+use std::time::{Duration, Instant};
+
+use forkpipe::Broker;
+use forkpipe::prelude::*;
+use libtest_mimic::{Arguments, Trial};
+
+use crate::support::{self, Host, Server, hosts, with_deadline};
+
+#[stage(source)]
+fn numbers(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+#[stage]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[stage(subprocess, distributed, workers = 2)]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[stage(subprocess, distributed, workers = 2)]
+fn times(x: u64, k: u64) -> u64 {
+    x * k
+}
+
+/// Sleeps `ms`, then says which host ran the item.
+#[stage(subprocess, distributed, workers = 2)]
+fn on_host(x: u64, ms: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(ms));
+    let host = std::env::var("FORKPIPE_HOST_NAME").unwrap_or_else(|_| "caller".into());
+    (x, host)
+}
+
+#[stage(subprocess, distributed, workers = 2)]
+fn segv_at(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        // SAFETY: a real invalid write in this worker process is what the test is about.
+        unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    }
+    x
+}
+
+#[stage(subprocess, distributed)]
+fn byte_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+pub fn main() {
+    // (Before init: hosts inherit it, and a crashing worker writes no core.)
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer to a local struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    // A host (FORKPIPE_HOST set) serves stages from here on and never returns.
+    forkpipe::init().expect("forkpipe::init");
+    if !support::have_nats_server() {
+        println!(
+            "nats tests skipped: `nats-server` is not on PATH (install it: `apt-get install nats-server` on Debian, or see https://nats.io)"
+        );
+        return;
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests: Vec<(&str, fn())> = vec![
+        ("ordered_100k_through_a_remote_middle_stage", ordered_100k),
+        ("same_pipeline_runs_locally_without_on", local_without_on),
+        (
+            "consecutive_remote_stages_and_bound_parameters",
+            consecutive,
+        ),
+        ("items_spread_over_three_hosts", spread),
+        ("host_killed_mid_stream", host_killed),
+        ("host_stopped_past_ack_wait_then_continued", host_stopped),
+        ("segfault_in_a_host_worker", segfault),
+        ("broker_killed_mid_run", broker_killed),
+        ("no_host_serves_the_stage", no_host),
+        (
+            "host_with_another_fingerprint_refuses",
+            fingerprint_mismatch,
+        ),
+        ("item_larger_than_max_payload", too_large),
+        (
+            "drop_deletes_the_stream_and_leaves_no_process",
+            drop_cleans_up,
+        ),
+        ("unreachable_broker_fails_the_start", unreachable),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                with_deadline(120, f);
+                let stray = support::stray_descendants(&[]);
+                if stray.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("processes left behind: {stray:?}").into())
+                }
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn broker(s: &Server) -> Broker {
+    Broker::nats(s.url()).expect("a broker address")
+}
+
+fn ordered_100k() {
+    let s = Server::start();
+    let _hosts = hosts(&s.url(), 3);
+    let n = 100_000u64;
+    let p = pipeline![numbers(n) | plus_one | square | plus_one].on(broker(&s));
+    let out: Vec<u64> = p.results().unwrap().collect::<Result<_, _>>().unwrap();
+    let want: Vec<u64> = (0..n).map(|x| (x + 1) * (x + 1) + 1).collect();
+    assert_eq!(out.len(), want.len());
+    assert!(out == want, "outputs out of order or wrong");
+}
+
+fn local_without_on() {
+    let out: Vec<u64> = pipeline![numbers(1000) | plus_one | square | plus_one]
+        .results()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        out,
+        (0..1000u64)
+            .map(|x| (x + 1) * (x + 1) + 1)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn consecutive() {
+    let s = Server::start();
+    let _hosts = hosts(&s.url(), 2);
+    let p = pipeline![numbers(5000) | square | times(3) | plus_one].on(broker(&s));
+    let out: Vec<u64> = p.results().unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(out, (0..5000u64).map(|x| x * x * 3 + 1).collect::<Vec<_>>());
+}
+
+fn spread() {
+    let s = Server::start();
+    let _hosts = hosts(&s.url(), 3);
+    let p = pipeline![numbers(600) | on_host(5)].on(broker(&s).batch(8));
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for (i, r) in p.results().unwrap().enumerate() {
+        let (x, host) = r.unwrap();
+        assert_eq!(x, i as u64);
+        *seen.entry(host).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "every host gets items: {seen:?}");
+    assert!(!seen.contains_key("caller"));
+}
+
+/// Reads every outcome; each item (by its number) must have exactly one.
+fn outcomes<T>(
+    results: impl Iterator<Item = Result<T, forkpipe::Error>>,
+    n: u64,
+) -> Vec<Result<T, forkpipe::Error>> {
+    let all: Vec<_> = results.collect();
+    assert_eq!(all.len() as u64, n, "one outcome per item");
+    for (i, r) in all.iter().enumerate() {
+        if let Err(e) = r {
+            assert_eq!(
+                e.item(),
+                Some(i as u64),
+                "outcome {i} is about item {i}: {e}"
+            );
+        }
+    }
+    all
+}
+
+fn host_killed() {
+    let s = Server::start();
+    let mut hs = hosts(&s.url(), 3);
+    let b = broker(&s)
+        .batch(4)
+        .host_timeout(Duration::from_secs(1))
+        .ack_wait(Duration::from_secs(5));
+    let n = 400;
+    let mut results = pipeline![numbers(n) | on_host(20)].on(b).results().unwrap();
+    let mut all = Vec::new();
+    let victim = loop {
+        let r = results.next().expect("an outcome");
+        let host = r.as_ref().unwrap().1.clone();
+        all.push(r);
+        if all.len() == 30 {
+            break host;
+        }
+    };
+    let h = hs.iter_mut().find(|h| h.name == victim).unwrap();
+    h.kill();
+    all.extend(results);
+    let all = outcomes(all.into_iter(), n);
+    let failed: Vec<&forkpipe::Error> = all.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!failed.is_empty(), "the killed host held items");
+    // (What it held: the messages in its submitting and finishing threads, of 4 items.)
+    assert!(
+        failed.len() <= 3 * 4,
+        "only what it held fails: {}",
+        failed.len()
+    );
+    for e in &failed {
+        assert_eq!(e.host().map(|h| h.0), Some(victim.as_str()), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("stopped answering") && m.contains("on_host"),
+            "{m}"
+        );
+    }
+    let after: Vec<&String> = all[30..]
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|x| &x.1)
+        .collect();
+    assert!(after.iter().any(|h| **h != victim), "other hosts took over");
+}
+
+fn host_stopped() {
+    let s = Server::start();
+    let hs = hosts(&s.url(), 3);
+    let b = broker(&s)
+        .batch(4)
+        .host_timeout(Duration::from_secs(20))
+        .ack_wait(Duration::from_secs(1));
+    let n = 300;
+    let mut results = pipeline![numbers(n) | on_host(20)].on(b).results().unwrap();
+    let mut all = Vec::new();
+    while all.len() < 20 {
+        all.push(results.next().expect("an outcome"));
+    }
+    let victim = &hs[0];
+    victim.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    victim.signal(libc::SIGCONT);
+    all.extend(results);
+    assert!(t.elapsed() >= Duration::from_millis(2500));
+    let all = outcomes(all.into_iter(), n);
+    for (i, r) in all.iter().enumerate() {
+        let (x, _) = r.as_ref().unwrap_or_else(|e| panic!("item {i}: {e}"));
+        assert_eq!(*x, i as u64);
+    }
+}
+
+fn segfault() {
+    let s = Server::start();
+    let _hosts = hosts(&s.url(), 2);
+    let all = outcomes(
+        pipeline![numbers(100) | segv_at(17)]
+            .on(broker(&s))
+            .results()
+            .unwrap(),
+        100,
+    );
+    for (i, r) in all.iter().enumerate() {
+        if i == 17 {
+            let e = r.as_ref().unwrap_err();
+            let m = e.to_string();
+            assert!(
+                m.contains("stage 'segv_at'") && m.contains("item 17"),
+                "{m}"
+            );
+            assert!(
+                m.contains("killed by SIGSEGV") && m.contains("on host 'h"),
+                "{m}"
+            );
+            assert!(
+                e.host().is_some() && e.worker().and_then(|w| w.pid()).is_some(),
+                "{m}"
+            );
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+fn broker_killed() {
+    let mut s = Server::start();
+    let _hosts = hosts(&s.url(), 2);
+    let b = broker(&s).host_timeout(Duration::from_secs(1)).batch(4);
+    let n = 2000;
+    let mut results = pipeline![numbers(n) | on_host(5)].on(b).results().unwrap();
+    let mut all = Vec::new();
+    while all.len() < 20 {
+        all.push(results.next().expect("an outcome"));
+    }
+    s.kill();
+    let t = Instant::now();
+    all.extend(results);
+    assert!(t.elapsed() < Duration::from_secs(30), "no hang");
+    let all = outcomes(all.into_iter(), n);
+    let failed: Vec<String> = all
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        failed.len() > 1000,
+        "the unfinished items fail: {}",
+        failed.len()
+    );
+    for m in &failed {
+        assert!(m.contains("unreachable") && m.contains("on_host"), "{m}");
+    }
+}
+
+fn no_host() {
+    let s = Server::start();
+    let b = broker(&s).no_host_wait(Duration::from_secs(1));
+    let t = Instant::now();
+    let all = outcomes(pipeline![numbers(50) | square].on(b).results().unwrap(), 50);
+    for r in &all {
+        let m = r.as_ref().unwrap_err().to_string();
+        assert!(m.contains("no host serves stage 'square'"), "{m}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+fn fingerprint_mismatch() {
+    let s = Server::start();
+    let salt = [("__FORKPIPE_TEST_FINGERPRINT_SALT", " (another build)")];
+    let _h = Host::start_with(&s.url(), "h9", &salt);
+    let b = broker(&s).no_host_wait(Duration::from_secs(1));
+    let all = outcomes(pipeline![numbers(20) | square].on(b).results().unwrap(), 20);
+    for r in &all {
+        let m = r.as_ref().unwrap_err().to_string();
+        assert!(m.contains("no host serves stage 'square'"), "{m}");
+        assert!(
+            m.contains("host 'h9' refused it") && m.contains("(another build)"),
+            "{m}"
+        );
+        assert!(m.contains("nats::cases::square: u64 -> u64"), "{m}");
+    }
+}
+
+fn too_large() {
+    let s = Server::start();
+    let _hosts = hosts(&s.url(), 1);
+    let input = vec![vec![1u8; 10], vec![2u8; 2_000_000], vec![3u8; 10]];
+    let all: Vec<_> = pipeline![byte_len]
+        .on(broker(&s))
+        .run(input)
+        .unwrap()
+        .collect();
+    assert_eq!(*all[0].as_ref().unwrap(), 10);
+    assert_eq!(*all[2].as_ref().unwrap(), 10);
+    let m = all[1].as_ref().unwrap_err().to_string();
+    assert!(
+        m.contains("item 1") && m.contains("2000") && m.contains("1048576"),
+        "{m}"
+    );
+}
+
+fn drop_cleans_up() {
+    let s = Server::start();
+    let hs = hosts(&s.url(), 2);
+    let mut results = pipeline![numbers(1000) | on_host(20)]
+        .on(broker(&s))
+        .results()
+        .unwrap();
+    for _ in 0..10 {
+        results.next().unwrap().unwrap();
+    }
+    assert!(s.jsz().contains("FP_"), "the run has its stream");
+    let t = Instant::now();
+    drop(results);
+    assert!(t.elapsed() < Duration::from_secs(5), "drop is prompt");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.jsz().contains("FP_") {
+        assert!(
+            Instant::now() < deadline,
+            "the stream is deleted: {}",
+            s.jsz()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in &hs {
+        // (What is left of a host: its fork server.)
+        let left = support::settle(h.pid(), 1, 10);
+        assert_eq!(
+            left,
+            1,
+            "host {} reaped its workers: {:?}",
+            h.name,
+            support::descendants(h.pid())
+        );
+    }
+}
+
+fn unreachable() {
+    let b = Broker::nats("nats://127.0.0.1:1").unwrap();
+    let e = pipeline![numbers(10) | square].on(b).results().unwrap_err();
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    assert!(Broker::nats("http://x/y").is_err());
+    let _ = Host::start; // (used by the other tests)
+}
