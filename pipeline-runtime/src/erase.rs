@@ -44,7 +44,10 @@ pub(crate) trait AnyStage: Send + Sync {
         rt: &Rt,
     ) -> io::Result<()>;
     /// An `Output<In>` writing straight to this (process) stage's workers.
-    fn link_output(&self, idx: u32, links: Vec<RtFd>, plan: LinkPlan) -> Box<dyn Any + Send>;
+    fn link_output(&self, idx: u32, links: Vec<RtFd>, plan: LinkPlan) -> Box<dyn Any + Send> {
+        let _ = (idx, links, plan);
+        not_a_process_stage(self.name())
+    }
     /// A thread moving batches from `rx` (`Receiver<Batch<In>>`) into this stage's workers.
     fn spawn_dispatcher(
         &self,
@@ -53,7 +56,10 @@ pub(crate) trait AnyStage: Send + Sync {
         links: Vec<RtFd>,
         plan: LinkPlan,
         rt: &Rt,
-    ) -> io::Result<()>;
+    ) -> io::Result<()> {
+        let _ = (idx, rx, links, plan, rt);
+        not_a_process_stage(self.name())
+    }
     /// A thread moving this (process) stage's outputs from `links` into `out` (`Output<Out>`).
     fn spawn_merger(
         &self,
@@ -61,16 +67,25 @@ pub(crate) trait AnyStage: Send + Sync {
         links: Vec<RtFd>,
         out: Box<dyn Any + Send>,
         rt: &Rt,
-    ) -> io::Result<()>;
+    ) -> io::Result<()> {
+        let _ = (idx, links, out, rt);
+        not_a_process_stage(self.name())
+    }
     /// The body of a worker process of this stage (in the child). Returns when its input
     /// ended and everything it sent was acknowledged.
-    fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd>;
+    fn worker_main(&self, ctx: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
+        let _ = ctx;
+        not_a_process_stage(self.name())
+    }
     /// What this (process) stage is, as data, for the fork server; `Err` says why it
     /// cannot be shipped.
     fn ship(&self) -> Result<Shipment, String>;
     /// Runs a worker of this link stage on a thread of the caller (the halves of a
     /// `pipe_next` pair that are not `subprocess`).
-    fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()>;
+    fn spawn_link_worker(self: Arc<Self>, ctx: WorkerCtx<RtFd>, rt: &Rt) -> io::Result<()> {
+        let _ = (ctx, rt);
+        not_a_process_stage(self.name())
+    }
     /// Starts what must run before the pipeline's own supervisor and threads: a fan-out's
     /// branches. Returns what each branch shares (none for any other stage).
     fn prepare(&self) -> Result<Vec<Arc<Shared>>, Error>;
@@ -204,6 +219,12 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
             idx,
         }))
     }
+}
+
+/// The process-only methods of a piece that runs in the caller (a fan-out, a group of
+/// distributed stages): never called, since the topology gives it no sockets.
+fn not_a_process_stage(name: &str) -> ! {
+    unreachable!("'{name}' runs in the caller: it is no process stage")
 }
 
 /// Makes the stage of a shipment (the typed half, chosen by [`AnyStage::ship`]).

@@ -33,15 +33,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::caller::output::{Batch, LinkPlan, Output, recv_chan};
+use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::handles::{Running, Ticket};
-use crate::os::fds::RtFd;
 use crate::process::protocol::Shipment;
-use crate::process::worker::{WorkerCtx, WorkerEnd};
 use crate::stage::{Body, Opts, Rec};
 
 /// The most items between the dispatcher and the combiner.
@@ -192,33 +190,6 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for FanOut<In, Out> {
 
     fn ship(&self) -> Result<Shipment, String> {
         Err("a fan-out runs in the caller".into())
-    }
-
-    fn link_output(&self, _: u32, _: Vec<RtFd>, _: LinkPlan) -> Box<dyn Any + Send> {
-        unreachable!("a fan-out is no process stage")
-    }
-
-    fn spawn_dispatcher(
-        &self,
-        _: u32,
-        _: Box<dyn Any + Send>,
-        _: Vec<RtFd>,
-        _: LinkPlan,
-        _: &Rt,
-    ) -> io::Result<()> {
-        unreachable!("a fan-out is no process stage")
-    }
-
-    fn spawn_merger(&self, _: u32, _: Vec<RtFd>, _: Box<dyn Any + Send>, _: &Rt) -> io::Result<()> {
-        unreachable!("a fan-out is no process stage")
-    }
-
-    fn worker_main(&self, _: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
-        unreachable!("a fan-out is no process stage")
-    }
-
-    fn spawn_link_worker(self: Arc<Self>, _: WorkerCtx<RtFd>, _: &Rt) -> io::Result<()> {
-        unreachable!("a fan-out is no `pipe_next` half")
     }
 }
 

@@ -18,14 +18,11 @@ use super::ends::{Back, FeedCtx};
 use super::host::HEADROOM;
 use super::registry;
 use super::wire::StageSpec;
-use crate::caller::output::LinkPlan;
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::erase::AnyStage;
 use crate::error::Error;
-use crate::os::fds::RtFd;
 use crate::process::protocol::Shipment;
-use crate::process::worker::{WorkerCtx, WorkerEnd};
 use crate::stage::{DEFAULT_QUEUE, Opts};
 
 /// Replaces each run of consecutive distributed stages of `stages` by one group.
@@ -195,32 +192,5 @@ impl AnyStage for Group {
 
     fn ship(&self) -> Result<Shipment, String> {
         Err("a group of distributed stages runs in the caller".into())
-    }
-
-    fn link_output(&self, _: u32, _: Vec<RtFd>, _: LinkPlan) -> Box<dyn Any + Send> {
-        unreachable!("a group of distributed stages is no process stage")
-    }
-
-    fn spawn_dispatcher(
-        &self,
-        _: u32,
-        _: Box<dyn Any + Send>,
-        _: Vec<RtFd>,
-        _: LinkPlan,
-        _: &Rt,
-    ) -> io::Result<()> {
-        unreachable!("a group of distributed stages is no process stage")
-    }
-
-    fn spawn_merger(&self, _: u32, _: Vec<RtFd>, _: Box<dyn Any + Send>, _: &Rt) -> io::Result<()> {
-        unreachable!("a group of distributed stages is no process stage")
-    }
-
-    fn worker_main(&self, _: WorkerCtx<std::os::fd::OwnedFd>) -> io::Result<WorkerEnd> {
-        unreachable!("a group of distributed stages is no process stage")
-    }
-
-    fn spawn_link_worker(self: Arc<Self>, _: WorkerCtx<RtFd>, _: &Rt) -> io::Result<()> {
-        unreachable!("a group of distributed stages is no `pipe_next` half")
     }
 }
