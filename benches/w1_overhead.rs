@@ -12,20 +12,8 @@
 
 mod bare;
 
-use forkpipe::{Pipeline, Stage};
-
 fn forkpipe_run(items: u64) -> bare::Rates {
-    let mut clock = bare::Clock::start(items);
-    let inc = || Stage::map("inc", |x: u64| x + 1).subprocess();
-    let p = Pipeline::new(inc()).then(inc()).then(inc());
-    let mut got = 0u64;
-    for r in p.run(0..items).expect("start") {
-        assert_eq!(r.expect("item"), got + 3, "forkpipe out of order");
-        got += 1;
-        clock.tick(got);
-    }
-    assert_eq!(got, items);
-    clock.finish()
+    bare::w1_forkpipe(items, |s| s.subprocess())
 }
 
 fn main() {

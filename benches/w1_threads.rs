@@ -13,7 +13,6 @@
 mod bare;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use forkpipe::{Pipeline, Stage};
 
 /// Items per batch of the bare chain.
 const BATCH: u64 = 1024;
@@ -21,17 +20,7 @@ const BATCH: u64 = 1024;
 const CAP: usize = 16;
 
 fn forkpipe_run(items: u64) -> bare::Rates {
-    let mut clock = bare::Clock::start(items);
-    let inc = || Stage::map("inc", |x: u64| x + 1);
-    let p = Pipeline::new(inc()).then(inc()).then(inc());
-    let mut got = 0u64;
-    for r in p.run(0..items).expect("start") {
-        assert_eq!(r.expect("item"), got + 3, "forkpipe out of order");
-        got += 1;
-        clock.tick(got);
-    }
-    assert_eq!(got, items);
-    clock.finish()
+    bare::w1_forkpipe(items, |s| s)
 }
 
 fn bare_stage(rx: Receiver<Vec<u64>>, tx: Sender<Vec<u64>>) {

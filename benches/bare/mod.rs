@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use forkpipe::{Pipeline, Stage};
+
 pub const FRAME: usize = 64 * 1024;
 
 fn cfg() -> bincode::config::Configuration {
@@ -349,4 +351,20 @@ pub fn calibrate(target: Duration) -> u64 {
         .min()
         .expect("tries");
     ((PROBE as f64) * target.as_secs_f64() / best.as_secs_f64()).max(1.0) as u64
+}
+
+/// W1's forkpipe side: `items` `u64` through 3 stages of `x + 1` (each made by `how` from a
+/// thread stage), every output checked in order, timed as [`Rates`].
+pub fn w1_forkpipe(items: u64, how: fn(Stage<u64, u64>) -> Stage<u64, u64>) -> Rates {
+    let mut clock = Clock::start(items);
+    let inc = || how(Stage::map("inc", |x: u64| x + 1));
+    let p = Pipeline::new(inc()).then(inc()).then(inc());
+    let mut got = 0u64;
+    for r in p.run(0..items).expect("start") {
+        assert_eq!(r.expect("item"), got + 3, "forkpipe out of order");
+        got += 1;
+        clock.tick(got);
+    }
+    assert_eq!(got, items);
+    clock.finish()
 }

@@ -132,10 +132,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
         out: Box<dyn Any + Send>,
         rt: &Rt,
     ) -> io::Result<()> {
-        let rx = *rx
-            .downcast::<Receiver<Batch<In>>>()
-            .expect("input channel of this stage");
-        let out = *out.downcast::<Output<Out>>().expect("output of this stage");
+        let (rx, out) = unbox::<In, Out>(rx, out, "stage");
         thread_stage::spawn_workers(self, idx, rx, out, rt)
     }
 
@@ -218,6 +215,22 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for Stage<In, Out> {
             stage: self.name.to_string(),
             idx,
         }))
+    }
+}
+
+/// The typed ends a piece in the caller runs between: its input channel (from
+/// [`AnyStage::input_channel`]) and its output, as the boxes its neighbours made them
+/// (`what` names the piece, for the downcast that cannot fail, see the module docs).
+pub(crate) fn unbox<In: 'static, Out: 'static>(
+    rx: Box<dyn Any + Send>,
+    out: Box<dyn Any + Send>,
+    what: &str,
+) -> (Receiver<Batch<In>>, Output<Out>) {
+    let rx = rx.downcast::<Receiver<Batch<In>>>();
+    let out = out.downcast::<Output<Out>>();
+    match (rx, out) {
+        (Ok(rx), Ok(out)) => (*rx, *out),
+        _ => unreachable!("the ends of this {what} are of its types"),
     }
 }
 

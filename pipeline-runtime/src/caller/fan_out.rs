@@ -175,12 +175,7 @@ impl<In: Send + 'static, Out: Send + 'static> AnyStage for FanOut<In, Out> {
         out: Box<dyn Any + Send>,
         rt: &Rt,
     ) -> io::Result<()> {
-        let rx = *rx
-            .downcast::<Receiver<Batch<In>>>()
-            .expect("input channel of this fan-out");
-        let out = *out
-            .downcast::<Output<Out>>()
-            .expect("output of this fan-out");
+        let (rx, out) = crate::erase::unbox::<In, Out>(rx, out, "fan-out");
         self.spawn(idx, rx, out, rt)
     }
 

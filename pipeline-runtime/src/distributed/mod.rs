@@ -15,16 +15,16 @@
 //! (`fp.<run>.in.<pos>`, results on `fp.<run>.out`) and one durable pull consumer per
 //! stage (`s<pos>`), shared by every host serving it (each message goes to one), with
 //! explicit acks, `ack_wait` redelivery, `max_deliver`, and `max_ack_pending` as the
-//! stage's credit. A broker message carries a batch of records ([`wire`]).
+//! stage's credit. A broker message carries a batch of records (`wire`).
 //!
 //! - Hosts run the user's binary; `init()` turns a process started with
-//!   `FORKPIPE_HOST=nats://…` into a host ([`host`]) that serves the stages of announced
+//!   `FORKPIPE_HOST=nats://…` into a host (`host`) that serves the stages of announced
 //!   runs, found by name in the registry of `#[stage(distributed)]` functions
 //!   ([`registry`]) and checked by fingerprint, each as a local pipeline of worker
-//!   processes ([`served`]).
-//! - In the caller, [`Pipeline::on`](crate::Pipeline::on) replaces each run of
-//!   consecutive distributed stages by one piece ([`group`]): a feed thread batches the
-//!   items, a broker task ([`caller`]) owns the run on the broker and its book, a collect
+//!   processes (`served`).
+//! - In the caller, `Pipeline::on` replaces each run of
+//!   consecutive distributed stages by one piece (`group`): a feed thread batches the
+//!   items, a broker task (`caller`) owns the run on the broker and its book, a collect
 //!   thread hands the results on. Between the stages of a group, items go host to host.
 //!
 //! # When a host dies
