@@ -11,11 +11,11 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{DeterminerPanic, Error, Worker, panic_message};
-use crate::item::{Body, Emit, Rec, WorkerFn};
+use crate::item::{Body, Emit, Rec};
 
 /// Runs the stage function on one record, catching panics: the heart of every worker.
 pub(crate) fn apply<In, Out>(
-    f: &mut WorkerFn<In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
     stage_idx: u32,
     stage: &str,
     worker: Worker,
@@ -98,7 +98,7 @@ fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
 }
 
 fn run_one<In, Out>(
-    f: &mut WorkerFn<In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
     stage: &str,
     worker: Worker,
     seq: u64,
@@ -155,46 +155,32 @@ pub(crate) fn panic_error(
     }
 }
 
-/// Runs the stage function on every record of `batch` in order, appending the outcomes to
-/// `out`, under one `catch_unwind` for the batch: a panic fails its item, `on_panic` is
-/// called (a stateful stage makes its function afresh), and the loop resumes at the next
-/// record — no item runs twice. The thread stages' counterpart of `process::runs`.
-pub(crate) fn apply_batch<In, Out>(
-    f: &mut WorkerFn<In, Out>,
-    (stage_idx, stage, worker): (u32, &str, Worker),
-    batch: Vec<Rec<In>>,
-    emit: &mut Emit<Out>,
+/// What a batch loop says of its stage: index, name, the worker.
+pub(crate) type Who<'a> = (u32, &'a str, Worker);
+
+/// The records left in `recs` through `f` into `out`, without a guard: the loop of
+/// `kernel::apply_batch`, which catches a panic around it and resumes it. `seq` is the
+/// record being applied.
+#[inline(always)]
+pub(crate) fn batch_loop<In, Out>(
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+    recs: &mut std::vec::IntoIter<Rec<In>>,
     out: &mut Vec<Rec<Out>>,
-    mut on_panic: impl FnMut(&mut WorkerFn<In, Out>),
+    emit: &mut Emit<Out>,
+    who: Who<'_>,
+    seq: &mut u64,
 ) {
-    out.reserve(batch.len());
-    let mut recs = batch.into_iter();
-    let mut seq = 0u64;
-    loop {
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            for rec in recs.by_ref() {
-                seq = rec.seq;
-                let body = apply_unguarded(f, (stage_idx, stage, worker), rec, emit);
-                out.push(Rec { seq, body });
-            }
-        }));
-        let Err(p) = r else {
-            return;
-        };
-        emit.clear();
-        let e = panic_error(stage, worker, seq, p.as_ref());
-        out.push(Rec {
-            seq,
-            body: Body::Failed(stage_idx, Box::new(e)),
-        });
-        on_panic(f);
+    for rec in recs.by_ref() {
+        *seq = rec.seq;
+        let body = apply_unguarded(f, who, rec, emit);
+        out.push(Rec { seq: *seq, body });
     }
 }
 
-/// One record through the stage function, without a guard (see [`apply_batch`]).
+/// One record through the stage function, without a guard (see [`batch_loop`]).
 #[inline(always)]
 fn apply_unguarded<In, Out>(
-    f: &mut WorkerFn<In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
     (stage_idx, stage, worker): (u32, &str, Worker),
     rec: Rec<In>,
     emit: &mut Emit<Out>,

@@ -15,7 +15,7 @@ use crate::caller::output::Batch;
 use crate::caller::shared::Shared;
 use crate::error::Error;
 use crate::progress::{self, Display};
-use crate::stage::Body;
+use crate::stage::{Body, Rec};
 use crate::stats::{Stats, stats_of};
 
 /// How results come out of a pipeline.
@@ -40,6 +40,8 @@ pub struct Results<Out> {
     stream_first: Option<u32>,
     ring: Ring<Out>,
     ready: VecDeque<Result<Out, Error>>,
+    /// The batch being read (see [`Results::take`]).
+    batch: std::vec::IntoIter<Rec<Out>>,
     release: usize,
     ended: bool,
 }
@@ -77,6 +79,7 @@ impl<Out: Send + 'static> Results<Out> {
                 reach,
             },
             ready: VecDeque::new(),
+            batch: Vec::new().into_iter(),
             release: 0,
             ended: false,
         }
@@ -143,64 +146,86 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
             if let Some(r) = self.ready.pop_front() {
                 return Some(r);
             }
+            if let Some(rec) = self.batch.next() {
+                if let Some(r) = self.take(rec) {
+                    return Some(r);
+                }
+                continue;
+            }
             if self.ended {
                 return None;
             }
             self.give_back();
             match self.rx.recv() {
-                Ok(batch) => {
-                    for rec in batch {
-                        if let Body::Consumed(stage, n) = rec.body {
-                            self.consumed(stage, n);
-                        } else if self.ordered
-                            && rec.seq == self.ring.base
-                            && self.ring.slots.is_empty()
-                        {
-                            // The next item in order, nothing waiting: no trip through the
-                            // ring.
-                            self.ring.base += 1;
-                            self.deliver(rec.body);
-                        } else if self.ordered {
-                            self.ring.put(rec.seq, Slot::Ready(rec.body));
-                        } else if self.stream_first.is_some() || self.ring.put(rec.seq, Slot::Taken)
-                        {
-                            // (After a stream stage, numbers are the stream's: no ring.)
-                            self.deliver(rec.body);
-                        }
-                    }
-                    self.advance();
+                Ok(batch) => self.batch = batch.into_iter(),
+                Err(_) => self.end_of_results(),
+            }
+        }
+    }
+}
+
+impl<Out: Send + 'static> Results<Out> {
+    /// One record of the batch being read. The next output in order, with nothing waiting
+    /// in the ring, is returned as it is (the common case, and the cheap one); anything
+    /// else goes through the ring or `ready`.
+    #[inline]
+    fn take(&mut self, rec: Rec<Out>) -> Option<Result<Out, Error>> {
+        let next_in_order = self.ordered && rec.seq == self.ring.base && self.ring.slots.is_empty();
+        match rec.body {
+            Body::One(v) if next_in_order => {
+                self.ring.base += 1;
+                if self.stream_first.is_none() {
+                    self.release += 1;
                 }
-                Err(_) => {
-                    // Every producer is gone: what is still unfinished gets its cause.
-                    self.ended = true;
-                    self.engine.shared.end();
-                    let issued = if self.stream_first.is_some() {
-                        0 // outputs of a stream stage: nothing is known to be missing
-                    } else {
-                        self.engine.shared.issued.load(Ordering::Acquire)
-                    };
-                    let end = issued.max(self.ring.base + self.ring.slots.len() as u64);
-                    let mut seq = self.ring.base;
-                    while seq < end {
-                        let slot = self.ring.slots.pop_front().unwrap_or(Slot::Pending);
-                        match slot {
-                            Slot::Ready(b) => self.deliver(b),
-                            Slot::Pending => {
-                                let e = self.engine.shared.unfinished(seq);
-                                self.deliver(Body::Failed(u32::MAX, Box::new(e)));
-                            }
-                            Slot::Taken => {}
-                        }
-                        seq += 1;
-                    }
-                    self.ring.base = end;
-                    self.give_back();
-                    let graceful = self.engine.wait(Instant::now() + Duration::from_secs(5));
-                    finished(&self.engine.shared, graceful);
-                    self.progress = None;
+                return Some(Ok(v));
+            }
+            Body::Consumed(stage, n) => self.consumed(stage, n),
+            body if next_in_order => {
+                self.ring.base += 1;
+                self.deliver(body);
+            }
+            body if self.ordered => {
+                self.ring.put(rec.seq, Slot::Ready(body));
+            }
+            body => {
+                // (After a stream stage, numbers are the stream's: no ring.)
+                if self.stream_first.is_some() || self.ring.put(rec.seq, Slot::Taken) {
+                    self.deliver(body);
                 }
             }
         }
+        self.advance();
+        None
+    }
+
+    /// Every producer is gone: what is still unfinished gets its cause.
+    fn end_of_results(&mut self) {
+        self.ended = true;
+        self.engine.shared.end();
+        let issued = if self.stream_first.is_some() {
+            0 // outputs of a stream stage: nothing is known to be missing
+        } else {
+            self.engine.shared.issued.load(Ordering::Acquire)
+        };
+        let end = issued.max(self.ring.base + self.ring.slots.len() as u64);
+        let mut seq = self.ring.base;
+        while seq < end {
+            let slot = self.ring.slots.pop_front().unwrap_or(Slot::Pending);
+            match slot {
+                Slot::Ready(b) => self.deliver(b),
+                Slot::Pending => {
+                    let e = self.engine.shared.unfinished(seq);
+                    self.deliver(Body::Failed(u32::MAX, Box::new(e)));
+                }
+                Slot::Taken => {}
+            }
+            seq += 1;
+        }
+        self.ring.base = end;
+        self.give_back();
+        let graceful = self.engine.wait(Instant::now() + Duration::from_secs(5));
+        finished(&self.engine.shared, graceful);
+        self.progress = None;
     }
 }
 

@@ -72,6 +72,3 @@ pub(crate) struct Rec<T> {
     pub seq: u64,
     pub body: Body<T>,
 }
-
-/// A worker's own stage function (it may own per-worker state made by `init`).
-pub(crate) type WorkerFn<In, Out> = Box<dyn FnMut(In, &mut Emit<Out>) -> Result<(), String>>;

@@ -59,6 +59,8 @@
 
 mod caller;
 mod compose;
+#[cfg(test)]
+mod cost;
 mod ctor;
 mod distributed;
 mod erase;
@@ -66,6 +68,7 @@ mod error;
 mod guard;
 mod handles;
 mod item;
+mod kernel;
 mod meter;
 mod os;
 mod pipeline;

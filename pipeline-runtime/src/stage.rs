@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use crate::error::DeterminerPanic;
 use crate::error::panic_message;
+use crate::kernel::{RunFn, worker_fn};
 use crate::os::image;
-use crate::process::runs::RunFn;
 use crate::recipe::{self, Make, MaybeRecipe, Recipe};
 use crate::transport::codec::{self, Wire};
 use crate::transport::pipe::{PipeReader, PipeWriter};
 use crate::transport::record::RunDec;
 
 pub use crate::item::Emit;
-pub(crate) use crate::item::{Body, Rec, WorkerFn};
+pub(crate) use crate::item::{Body, Rec};
+pub(crate) use crate::kernel::WorkerFn;
 
 /// Makes a worker's stage function, in the worker (the child process, or the thread):
 /// runs the stage's `init` if it has one. `Err` is the init's message.
@@ -313,6 +314,8 @@ pub(crate) struct WireOps<In, Out> {
     pub decode_in: fn(&[u8]) -> Result<In, String>,
     pub encode_out: fn(&Out, &mut Vec<u8>) -> Result<(), String>,
     pub decode_out: fn(&[u8]) -> Result<Out, String>,
+    /// The caller's runs of inputs, encoded with the codec inlined (`record::encode_run`).
+    pub encode_run_in: crate::transport::record::RunEnc<In>,
     /// The outputs of a run, decoded with the codec inlined (see `record::decode_run`).
     pub decode_run_out: RunDec<Out>,
     /// The stage function over a run, with the codec inlined (see [`crate::process::runs`]).
@@ -339,7 +342,7 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         let f = Arc::new(f);
         let make = move || {
             let f = Arc::clone(&f);
-            Ok(Box::new(move |x: In, e: &mut Emit<Out>| f(x, e)) as WorkerFn<In, Out>)
+            Ok(worker_fn(move |x: In, e: &mut Emit<Out>| f(x, e)))
         };
         Stage {
             name: name.into(),
@@ -480,9 +483,9 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         let make = move || {
             let mut state = init().map_err(|e| e.to_string())?;
             let f = Arc::clone(&f);
-            Ok(Box::new(move |x: In, e: &mut Emit<Out>| {
+            Ok(worker_fn(move |x: In, e: &mut Emit<Out>| {
                 f(x, &mut state, e).map_err(|err| err.to_string())
-            }) as WorkerFn<In, Out>)
+            }))
         };
         let mut stage = Self::from_fn(name, |_: In, _: &mut Emit<Out>| Ok(()));
         stage.make = Arc::new(make);
@@ -580,7 +583,7 @@ impl<T: Send + 'static> Stage<T, T> {
         self.make = Arc::new(move || {
             let mut f = inner()?;
             let det = Arc::clone(&det);
-            Ok(Box::new(move |x: T, e: &mut Emit<T>| {
+            Ok(worker_fn(move |x: T, e: &mut Emit<T>| {
                 let pass = match catch_unwind(AssertUnwindSafe(|| det(&x))) {
                     Ok(pass) => pass,
                     // Still a panic of this item (a stage with `init` state is replaced),
@@ -591,12 +594,12 @@ impl<T: Send + 'static> Stage<T, T> {
                     )))),
                 };
                 if pass {
-                    f(x, e)
+                    f.call(x, e)
                 } else {
                     e.emit(x);
                     Ok(())
                 }
-            }) as WorkerFn<T, T>)
+            }))
         });
         self
     }
@@ -634,8 +637,9 @@ fn wire_ops<In: Wire, Out: Wire>() -> WireOps<In, Out> {
         decode_in: codec::decode::<In>,
         encode_out: codec::encode_into::<Out>,
         decode_out: codec::decode::<Out>,
+        encode_run_in: crate::transport::record::encode_run::<In>,
         decode_run_out: crate::transport::record::decode_run::<Out>,
-        run: crate::process::runs::apply::<In, Out>,
+        run: crate::kernel::run_via::<In, Out>,
         ops: wire_ops::<In, Out>,
     }
 }

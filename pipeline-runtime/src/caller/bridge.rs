@@ -47,6 +47,7 @@ pub(crate) fn link_output<In: Send + 'static, Out: Send + 'static>(
     Output::Links {
         tx: Box::new(LinkSender::new(links, plan.credit)),
         enc: wire.encode_in,
+        enc_run: wire.encode_run_in,
         stage_idx: idx,
         stage: Arc::from(&*stage.name),
         runs: plan.runs,

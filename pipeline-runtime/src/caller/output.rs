@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::error::{Error, Worker};
 use crate::os::fds::RtFd;
-use crate::stage::{Body, Rec};
+use crate::stage::Rec;
 use crate::transport::link::{Commit, LinkSender, NO_TAG};
-use crate::transport::record::{self, Enc};
-use crate::transport::run::{ENTRY_ALONE, RUN_BYTES, RUN_MIN, RunWriter};
+use crate::transport::record::{self, Enc, RunEnc};
+use crate::transport::run::RUN_MIN;
 
 /// How often an idle sender reads death notices (see [`Output::service`]).
 pub(crate) const IDLE_SERVICE: Duration = Duration::from_millis(20);
@@ -35,6 +34,8 @@ pub(crate) enum Output<T> {
     Links {
         tx: Box<LinkSender<RtFd>>,
         enc: Enc<T>,
+        /// `enc` over a run, inlined (see [`record::encode_run`]).
+        enc_run: RunEnc<T>,
         stage_idx: u32,
         stage: Arc<str>,
         /// Consecutive items travel as runs (see [`crate::transport::run`]).
@@ -99,7 +100,7 @@ impl<T> Output<T> {
                 for rec in batch {
                     ready(tx)?;
                     tx.push(NO_TAG, |out| {
-                        let e = input_error(stage, rec.seq);
+                        let e = record::input_error(stage, rec.seq);
                         record::encode_or_fail(rec.seq, &rec.body, *enc, out, *stage_idx, e);
                     })
                     .map_err(|_| Stopped)?;
@@ -115,6 +116,7 @@ impl<T> Output<T> {
         let Output::Links {
             tx,
             enc,
+            enc_run,
             stage_idx,
             stage,
             ..
@@ -129,13 +131,13 @@ impl<T> Output<T> {
             ready(tx)?;
             let recs = &batch[i..];
             let mut took = 1;
-            if runnable(&recs[0].body) {
+            if record::runnable(&recs[0].body) {
                 let room = tx.room().min(share);
-                let cx = (*enc, *stage_idx, &**stage);
-                tx.push(NO_TAG, |out| took = write_run(out, recs, room, cx))
+                let cx = (*stage_idx, &**stage);
+                tx.push(NO_TAG, |out| took = enc_run(out, recs, room, cx))
             } else {
                 tx.push(NO_TAG, |out| {
-                    let (r, e) = (&recs[0], input_error(stage, recs[0].seq));
+                    let (r, e) = (&recs[0], record::input_error(stage, recs[0].seq));
                     record::encode_or_fail(r.seq, &r.body, *enc, out, *stage_idx, e);
                 })
             }
@@ -176,49 +178,6 @@ impl<T> Output<T> {
     }
 }
 
-/// Writes a run of the first items of `recs` (as many as are consecutive, up to `room`
-/// and [`RUN_BYTES`]; a large item only alone) at the end of `out`; returns how many. The
-/// items are encoded under one `catch_unwind`; if a `Serialize` panics, the run is written
-/// again with a guard per item, so that the panic fails its item only.
-fn write_run<T>(out: &mut Vec<u8>, recs: &[Rec<T>], room: usize, cx: (Enc<T>, u32, &str)) -> usize {
-    let start = out.len();
-    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        fill_run::<T, false>(&mut *out, recs, room, cx)
-    }));
-    fast.unwrap_or_else(|_| {
-        out.truncate(start);
-        fill_run::<T, true>(out, recs, room, cx)
-    })
-}
-
-/// [`write_run`]'s loop; `GUARDED`: each item's encoding under its own `catch_unwind`.
-fn fill_run<T, const GUARDED: bool>(
-    out: &mut Vec<u8>,
-    recs: &[Rec<T>],
-    room: usize,
-    (enc, stage_idx, stage): (Enc<T>, u32, &str),
-) -> usize {
-    let mut w = RunWriter::begin(out, recs[0].seq);
-    for (k, rec) in recs.iter().enumerate() {
-        if k > 0 && (rec.seq != recs[k - 1].seq + 1 || !runnable(&rec.body)) {
-            break;
-        }
-        let mark = out.len();
-        let e = (stage_idx, input_error(stage, rec.seq));
-        record::encode_entry::<T, GUARDED>(&mut w, out, &rec.body, enc, e);
-        if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
-            w.undo(out, mark);
-            break;
-        }
-        if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
-            break;
-        }
-    }
-    let n = w.count() as usize;
-    w.end(out);
-    n
-}
-
 /// Waits until a link has credit for the next record.
 fn ready(tx: &mut LinkSender<RtFd>) -> Result<(), Stopped> {
     loop {
@@ -229,22 +188,6 @@ fn ready(tx: &mut LinkSender<RtFd>) -> Result<(), Stopped> {
                 tx.wait_credit(&mut Vec::new()).map_err(|_| Stopped)?;
             }
         }
-    }
-}
-
-/// An item's body that can be a run's entry (all but a `stream` stage's count).
-fn runnable<T>(body: &Body<T>) -> bool {
-    !matches!(body, Body::Consumed(..))
-}
-
-/// The error of an item the caller could not encode for stage `stage`.
-fn input_error(stage: &str, item: u64) -> impl FnOnce(String) -> Error + '_ {
-    move |message| Error::Codec {
-        stage: stage.to_string(),
-        item,
-        worker: Worker::Process(std::process::id()),
-        what: "encode the input of".into(),
-        message,
     }
 }
 

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use crate::caller::output::{Batch, Output, recv_chan};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
-use crate::guard::apply_batch;
+use crate::kernel::{apply_batch, worker_fn};
 use crate::meter::{Meter, Sink};
 use crate::os::fds::RtFd;
 use crate::stage::{Emit, Stage, WorkerFn};
@@ -112,7 +112,7 @@ fn make_fn<In, Out>(stage: &Stage<In, Out>) -> Result<WorkerFn<In, Out>, String>
 fn afresh<In: 'static, Out: 'static>(stage: &Stage<In, Out>) -> WorkerFn<In, Out> {
     make_fn(stage).unwrap_or_else(|message| {
         let name = stage.name.to_string();
-        Box::new(move |_: In, _: &mut Emit<Out>| {
+        worker_fn(move |_: In, _: &mut Emit<Out>| {
             Err(format!(
                 "init of stage '{name}' failed after a panic: {message}"
             ))

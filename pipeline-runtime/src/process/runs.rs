@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Worker};
 use crate::guard;
-use crate::item::{Emit, WorkerFn};
+use crate::item::{Body, Emit};
 use crate::os::sys::{self, SlotState};
 use crate::process::budget::GiveUp;
 use crate::transport::codec;
@@ -43,8 +43,7 @@ use crate::transport::record;
 use crate::transport::run::{Entries, RUN_BYTES, RunWriter};
 
 /// What a worker lends [`apply`] for one run.
-pub(crate) struct RunCx<'a, In, Out> {
-    pub f: &'a mut WorkerFn<In, Out>,
+pub(crate) struct RunCx<'a, Out> {
     pub emit: &'a mut Emit<Out>,
     pub stage: &'a str,
     pub idx: u32,
@@ -98,9 +97,6 @@ impl RunPos {
     }
 }
 
-/// The monomorphized [`apply`] of a stage (kept in its `WireOps`).
-pub(crate) type RunFn<In, Out> = fn(&mut RunCx<'_, In, Out>, &[u8], &mut RunPos, &mut Vec<u8>);
-
 /// What the loop was doing when a panic unwound it.
 #[derive(Clone, Copy)]
 enum Phase {
@@ -112,7 +108,8 @@ enum Phase {
 /// Answers the entries of run `payload` from `pos` on, appending one run record to `out`
 /// (see the module docs).
 pub(crate) fn apply<In: DeserializeOwned, Out: Serialize>(
-    cx: &mut RunCx<'_, In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+    cx: &mut RunCx<'_, Out>,
     payload: &[u8],
     pos: &mut RunPos,
     out: &mut Vec<u8>,
@@ -123,7 +120,9 @@ pub(crate) fn apply<In: DeserializeOwned, Out: Serialize>(
     let mut mark = out.len();
     while !pos.over() && pos.done < pos.stop && out.len() - base < RUN_BYTES {
         let caught = catch_unwind(AssertUnwindSafe(|| {
-            each(cx, payload, pos, &mut w, out, &mut phase, &mut mark, base);
+            each(
+                f, cx, payload, pos, &mut w, out, &mut phase, &mut mark, base,
+            );
         }));
         let Err(p) = caught else {
             break;
@@ -163,7 +162,8 @@ fn skip_entry(payload: &[u8], pos: &mut RunPos) {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn each<In: DeserializeOwned, Out: Serialize>(
-    cx: &mut RunCx<'_, In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+    cx: &mut RunCx<'_, Out>,
     payload: &[u8],
     pos: &mut RunPos,
     w: &mut RunWriter,
@@ -184,7 +184,7 @@ fn each<In: DeserializeOwned, Out: Serialize>(
             cx.slot.since.store(sys::now_ns(), Ordering::Relaxed);
         }
         match kind {
-            TAG_ONE | TAG_MANY => item(cx, (kind, bytes), seq, w, out, phase, pos),
+            TAG_ONE | TAG_MANY => item(f, cx, (kind, bytes), seq, w, out, phase, pos),
             _ => w.copy_entry(out, kind, bytes),
         }
         pos.off = entries.offset();
@@ -199,7 +199,8 @@ fn each<In: DeserializeOwned, Out: Serialize>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn item<In: DeserializeOwned, Out: Serialize>(
-    cx: &mut RunCx<'_, In, Out>,
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+    cx: &mut RunCx<'_, Out>,
     (kind, bytes): (u8, &[u8]),
     seq: u64,
     w: &mut RunWriter,
@@ -208,7 +209,11 @@ fn item<In: DeserializeOwned, Out: Serialize>(
     pos: &mut RunPos,
 ) {
     *phase = Phase::Decode;
-    let body = record::decode_inner(kind, bytes, codec::decode::<In>);
+    let body = if kind == TAG_ONE {
+        codec::decode::<In>(bytes).map(Body::One)
+    } else {
+        decode_many(kind, bytes)
+    };
     *phase = Phase::Run;
     let inputs = match body {
         Err(message) => return failed(w, out, cx.idx, &codec_error(cx, seq, "decode", message)),
@@ -218,9 +223,9 @@ fn item<In: DeserializeOwned, Out: Serialize>(
         return failed(w, out, cx.idx, &gave_up(cx.stage, seq, g));
     }
     let ran = match inputs {
-        crate::item::Body::One(x) => (cx.f)(x, cx.emit),
-        crate::item::Body::Many(xs) => xs.into_iter().try_for_each(|x| (cx.f)(x, cx.emit)),
-        _ => unreachable!("decode_inner of ONE or MANY"),
+        Body::One(x) => f(x, cx.emit),
+        Body::Many(xs) => xs.into_iter().try_for_each(|x| f(x, cx.emit)),
+        _ => unreachable!("decode of ONE or MANY"),
     };
     if let Err(message) = ran {
         cx.emit.clear();
@@ -243,11 +248,17 @@ fn item<In: DeserializeOwned, Out: Serialize>(
     *phase = Phase::Run;
 }
 
+/// The inputs of a `MANY` entry (out of line: the loop keeps to one input per item).
+#[inline(never)]
+fn decode_many<In: DeserializeOwned>(kind: u8, bytes: &[u8]) -> Result<Body<In>, String> {
+    record::decode_inner(kind, bytes, codec::decode::<In>)
+}
+
 /// Writes the entry of what the stage function emitted for one item; on an encoding
 /// error nothing is written.
 #[inline(always)]
-fn outputs<In, Out: Serialize>(
-    cx: &mut RunCx<'_, In, Out>,
+fn outputs<Out: Serialize>(
+    cx: &mut RunCx<'_, Out>,
     w: &mut RunWriter,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
@@ -291,7 +302,7 @@ fn gave_up(stage: &str, seq: u64, g: &GiveUp) -> Error {
     }
 }
 
-fn codec_error<In, Out>(cx: &RunCx<'_, In, Out>, item: u64, what: &str, message: String) -> Error {
+fn codec_error<Out>(cx: &RunCx<'_, Out>, item: u64, what: &str, message: String) -> Error {
     Error::Codec {
         stage: cx.stage.to_string(),
         item,
@@ -320,11 +331,12 @@ mod tests {
     }
 
     /// Answers the whole of `rec` with `f`; the answer's entries and the final position.
-    fn answer(rec: &[u8], f: WorkerFn<u64, u64>, stateful: bool) -> (Vec<(u8, Vec<u8>)>, RunPos) {
+    type TestFn = Box<dyn FnMut(u64, &mut Emit<u64>) -> Result<(), String>>;
+
+    fn answer(rec: &[u8], mut f: TestFn, stateful: bool) -> (Vec<(u8, Vec<u8>)>, RunPos) {
         let slot: &'static SlotState = Box::leak(Box::default());
-        let (mut f, mut emit) = (f, Emit::new());
+        let mut emit = Emit::new();
         let mut cx = RunCx {
-            f: &mut f,
             emit: &mut emit,
             stage: "s",
             idx: 0,
@@ -339,14 +351,14 @@ mod tests {
         let mut entries = Vec::new();
         while !pos.over() {
             let mut out = Vec::new();
-            apply(&mut cx, &rec[REC_HEADER..], &mut pos, &mut out);
+            apply(&mut f, &mut cx, &rec[REC_HEADER..], &mut pos, &mut out);
             let got = Entries::of(&out[REC_HEADER..]).map(|(k, p)| (k, p.to_vec()));
             entries.extend(got);
         }
         (entries, pos)
     }
 
-    fn counting(at: u64, calls: std::rc::Rc<std::cell::Cell<u64>>) -> WorkerFn<u64, u64> {
+    fn counting(at: u64, calls: std::rc::Rc<std::cell::Cell<u64>>) -> TestFn {
         Box::new(move |x: u64, e: &mut Emit<u64>| {
             calls.set(calls.get() + 1);
             if x == at {
@@ -399,7 +411,7 @@ mod tests {
     #[test]
     fn large_outputs_are_answered_in_pieces_of_every_item() {
         let rec = run_of(100);
-        let big: WorkerFn<u64, u64> = Box::new(|x: u64, e: &mut Emit<u64>| {
+        let big: TestFn = Box::new(|x: u64, e: &mut Emit<u64>| {
             for _ in 0..1_000 {
                 e.emit(x);
             }

@@ -161,7 +161,7 @@ fn make_fn<In, Out, F>(
     ctx: &WorkerCtx<F>,
 ) -> Result<WorkerFn<In, Out>, String> {
     if ctx.give_up.is_some() || stage.pipe.is_some() {
-        return Ok(Box::new(|_: In, _: &mut Emit<Out>| Ok(())));
+        return Ok(crate::kernel::worker_fn(|_: In, _: &mut Emit<Out>| Ok(())));
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.make)())) {
         Ok(r) => r,
@@ -418,7 +418,6 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     fn answer_piece(&mut self, r: &RecRef, pos: &mut RunPos) {
         self.scratch.clear();
         let mut cx = RunCx {
-            f: &mut self.f,
             emit: &mut self.emit,
             stage: &self.stage.name,
             idx: self.idx,
@@ -428,7 +427,13 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
             give_up: self.give_up.as_ref(),
             stateful: self.stage.opts.stateful,
         };
-        (self.wire.run)(&mut cx, self.rx.payload(r), pos, &mut self.scratch);
+        (self.wire.run)(
+            &mut self.f,
+            &mut cx,
+            self.rx.payload(r),
+            pos,
+            &mut self.scratch,
+        );
     }
 
     /// Lets record `r` (of `items` items) go, and flushes and acks when it is time.
@@ -504,7 +509,18 @@ impl<'s, In, Out, F: AsFd> Loop<'s, In, Out, F> {
     fn apply_fn(&mut self, r: &RecRef) -> io::Result<Handled> {
         let (name, idx, me) = (&self.stage.name, self.idx, self.me);
         let out = match record::decode(r.tag, self.rx.payload(r), self.wire.decode_in) {
-            Ok(body) => apply(&mut self.f, idx, name, me, r.seq, body, &mut self.emit),
+            Ok(body) => {
+                let f = &mut self.f;
+                apply(
+                    &mut |x, e| f.call(x, e),
+                    idx,
+                    name,
+                    me,
+                    r.seq,
+                    body,
+                    &mut self.emit,
+                )
+            }
             Err(message) => self.undecodable(r, message),
         };
         let panicked = matches!(&out, Body::Failed(_, e) if matches!(**e, Error::Panicked { .. }));

@@ -30,7 +30,21 @@ struct VecWriter<'a>(&'a mut Vec<u8>);
 impl bincode::enc::write::Writer for VecWriter<'_> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
+        // (The sizes bincode writes most — a byte, a varint's 2, 4 or 8 — as fixed-size
+        // copies, not a call to memcpy.)
+        match bytes.len() {
+            1 => self.0.push(bytes[0]),
+            2 => self
+                .0
+                .extend_from_slice(&<[u8; 2]>::try_from(bytes).expect("2 bytes")),
+            4 => self
+                .0
+                .extend_from_slice(&<[u8; 4]>::try_from(bytes).expect("4 bytes")),
+            8 => self
+                .0
+                .extend_from_slice(&<[u8; 8]>::try_from(bytes).expect("8 bytes")),
+            _ => self.0.extend_from_slice(bytes),
+        }
         Ok(())
     }
 }
@@ -38,8 +52,14 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
 /// Appends the encoding of `value` to `out`.
 #[inline]
 pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| match e {
-        // A `Serialize` impl's own error: its text, not bincode's wrapping of it.
+    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(encode_error::<T>)
+}
+
+/// The message of an encoding error (out of line: the happy path inlines).
+#[cold]
+#[inline(never)]
+fn encode_error<T>(e: bincode::error::EncodeError) -> String {
+    match e {
         bincode::error::EncodeError::OtherString(s) => s,
         bincode::error::EncodeError::Serde(bincode::serde::EncodeError::SequenceMustHaveLength) => {
             format!(
@@ -49,10 +69,9 @@ pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<
             )
         }
         e => format!("`{}`: {e}", std::any::type_name::<T>()),
-    })
+    }
 }
 
-/// Why bincode refused a serde feature, in words (`None`: not such a refusal).
 fn unsupported(e: &bincode::error::DecodeError) -> Option<&'static str> {
     use bincode::serde::DecodeError as D;
     match e {
@@ -74,14 +93,24 @@ fn unsupported(e: &bincode::error::DecodeError) -> Option<&'static str> {
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((v, n)) if n == bytes.len() => Ok(v),
-        Ok((_, n)) => Err(format!(
-            "{} trailing bytes after the value",
-            bytes.len() - n
-        )),
-        Err(e) => Err(match unsupported(&e) {
-            Some(why) => format!("`{}`: {why}", std::any::type_name::<T>()),
-            None => e.to_string(),
-        }),
+        Ok((_, n)) => Err(trailing(bytes.len() - n)),
+        Err(e) => Err(decode_error::<T>(e)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn trailing(n: usize) -> String {
+    format!("{n} trailing bytes after the value")
+}
+
+/// The message of a decoding error (out of line: the happy path inlines).
+#[cold]
+#[inline(never)]
+fn decode_error<T>(e: bincode::error::DecodeError) -> String {
+    match unsupported(&e) {
+        Some(why) => format!("`{}`: {why}", std::any::type_name::<T>()),
+        None => e.to_string(),
     }
 }
 

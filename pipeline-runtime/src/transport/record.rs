@@ -8,11 +8,12 @@
 //! | `FAILED` | index `u32` of the failing stage, then the [`Error`]'s bincode bytes |
 //! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
-use crate::error::Error;
+use crate::error::{Error, Worker};
 use crate::item::{Body, Rec};
 use crate::transport::codec;
 use crate::transport::frame::{self, TAG_CONSUMED, TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
-use crate::transport::run::{Entries, RunWriter};
+use crate::transport::run::{ENTRY_ALONE, Entries, RUN_BYTES, RunWriter};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// An encoder of one item type.
@@ -66,7 +67,7 @@ pub(crate) fn tag_of<T>(body: &Body<T>) -> u8 {
 /// and in a run's entry.
 pub(crate) fn encode_payload<T>(
     body: &Body<T>,
-    enc: Enc<T>,
+    enc: impl Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     match body {
@@ -133,7 +134,7 @@ pub(crate) fn encode_entry<T, const GUARDED: bool>(
     w: &mut RunWriter,
     out: &mut Vec<u8>,
     body: &Body<T>,
-    enc: Enc<T>,
+    enc: impl Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
     (stage, error): (u32, impl FnOnce(String) -> Error),
 ) {
     let mark = RunWriter::begin_entry(out, tag_of(body));
@@ -147,6 +148,8 @@ pub(crate) fn encode_entry<T, const GUARDED: bool>(
                 crate::error::panic_message(p.as_ref())
             ))
         })
+    } else if let Body::One(v) = body {
+        enc(v, &mut *out) // (the common case, inline)
     } else {
         encode_payload(body, enc, &mut *out)
     };
@@ -214,6 +217,90 @@ pub(crate) fn decode<T>(tag: u8, payload: &[u8], dec: Dec<T>) -> Result<Body<T>,
     })
 }
 
+/// An item's body that can be a run's entry (all but a `stream` stage's count).
+pub(crate) fn runnable<T>(body: &Body<T>) -> bool {
+    !matches!(body, Body::Consumed(..))
+}
+
+/// [`write_run`] of one item type with its codec inlined, for the caller's output to a
+/// process stage (kept in the stage's `WireOps`): `(out, recs, room, (stage_idx, stage))`.
+pub(crate) type RunEnc<T> = fn(&mut Vec<u8>, &[Rec<T>], usize, (u32, &str)) -> usize;
+
+/// See [`RunEnc`].
+pub(crate) fn encode_run<T: Serialize>(
+    out: &mut Vec<u8>,
+    recs: &[Rec<T>],
+    room: usize,
+    (stage_idx, stage): (u32, &str),
+) -> usize {
+    write_run(out, recs, room, (codec::encode_into::<T>, stage_idx, stage))
+}
+
+/// Writes a run of the first items of `recs` (as many as are consecutive, up to `room`
+/// and [`RUN_BYTES`]; a large item only alone) at the end of `out`; returns how many. The
+/// items are encoded under one `catch_unwind`; if a `Serialize` panics, the run is written
+/// again with a guard per item, so that the panic fails its item only.
+pub(crate) fn write_run<T, E>(
+    out: &mut Vec<u8>,
+    recs: &[Rec<T>],
+    room: usize,
+    cx: (E, u32, &str),
+) -> usize
+where
+    E: Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
+{
+    let start = out.len();
+    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fill_run::<T, E, false>(&mut *out, recs, room, cx)
+    }));
+    fast.unwrap_or_else(|_| {
+        out.truncate(start);
+        fill_run::<T, E, true>(out, recs, room, cx)
+    })
+}
+
+/// [`write_run`]'s loop; `GUARDED`: each item's encoding under its own `catch_unwind`.
+fn fill_run<T, E, const GUARDED: bool>(
+    out: &mut Vec<u8>,
+    recs: &[Rec<T>],
+    room: usize,
+    (enc, stage_idx, stage): (E, u32, &str),
+) -> usize
+where
+    E: Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
+{
+    let mut w = RunWriter::begin(out, recs[0].seq);
+    for (k, rec) in recs.iter().enumerate() {
+        if k > 0 && (rec.seq != recs[k - 1].seq + 1 || !runnable(&rec.body)) {
+            break;
+        }
+        let mark = out.len();
+        let e = (stage_idx, input_error(stage, rec.seq));
+        encode_entry::<T, GUARDED>(&mut w, out, &rec.body, enc, e);
+        if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
+            w.undo(out, mark);
+            break;
+        }
+        if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
+            break;
+        }
+    }
+    let n = w.count() as usize;
+    w.end(out);
+    n
+}
+
+/// The error of an item the caller could not encode for stage `stage`.
+pub(crate) fn input_error(stage: &str, item: u64) -> impl FnOnce(String) -> Error + '_ {
+    move |message| Error::Codec {
+        stage: stage.to_string(),
+        item,
+        worker: Worker::Process(std::process::id()),
+        what: "encode the input of".into(),
+        message,
+    }
+}
+
 /// A run decoder of one item type (see [`decode_run`]).
 pub(crate) type RunDec<T> = fn(&[u8], u64, &mut Vec<Rec<T>>, &dyn Fn(u64, String) -> Body<T>);
 
@@ -233,8 +320,12 @@ pub(crate) fn decode_run<T: DeserializeOwned>(
     loop {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for (kind, p) in entries.by_ref() {
-                let body =
-                    decode_inner(kind, p, codec::decode::<T>).unwrap_or_else(|m| failed(seq, m));
+                let body = if kind == TAG_ONE {
+                    codec::decode::<T>(p).map(Body::One) // (the common case, inline)
+                } else {
+                    decode_inner(kind, p, codec::decode::<T>)
+                };
+                let body = body.unwrap_or_else(|m| failed(seq, m));
                 out.push(Rec { seq, body });
                 seq += 1;
             }

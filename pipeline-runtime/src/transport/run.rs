@@ -99,15 +99,12 @@ impl RunWriter {
     }
 
     /// Ends the entry begun at `mark` (its payload is what follows the mark's two bytes).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn end_entry(&mut self, out: &mut Vec<u8>, mark: usize) {
         let len = out.len() - mark - 2;
-        if len < 0x80 {
-            out[mark + 1] = len as u8;
-        } else {
-            let mut v = [0u8; 5];
-            let n = put_varint(&mut v, len as u32);
-            out.splice(mark + 1..mark + 2, v[..n].iter().copied());
+        match out.get_mut(mark + 1) {
+            Some(b) if len < 0x80 => *b = len as u8,
+            _ => long_length(out, mark, len),
         }
         self.count += 1;
     }
@@ -150,6 +147,14 @@ fn put_varint(out: &mut [u8; 5], mut v: u32) -> usize {
         out[n] = b | 0x80;
         n += 1;
     }
+}
+
+/// Writes the length of an entry of 128 bytes or more (in place of its one-byte length).
+#[cold]
+fn long_length(out: &mut Vec<u8>, mark: usize, len: usize) {
+    let mut v = [0u8; 5];
+    let n = put_varint(&mut v, len as u32);
+    out.splice(mark + 1..mark + 2, v[..n].iter().copied());
 }
 
 /// Reads a LEB128 length of at most five bytes.
@@ -238,35 +243,71 @@ fn split_count(payload: &[u8]) -> Option<(u32, &[u8])> {
 /// Checks a run record's payload whole (see the module docs): `Ok(count)`, or what is
 /// wrong with it.
 pub(crate) fn check(payload: &[u8]) -> Result<u32, String> {
+    match split_count(payload) {
+        Some((count, p)) if count > 0 && count as usize <= p.len() / 2 && well_formed(p, count) => {
+            Ok(count)
+        }
+        _ => Err(what_is_wrong(payload)),
+    }
+}
+
+/// True if `p` is exactly `count` entries of known kinds: [`check`]'s loop, kept tight
+/// (one-byte lengths inline); [`what_is_wrong`] says why when it is false.
+#[inline]
+fn well_formed(p: &[u8], count: u32) -> bool {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let (Some(&kind), Some(&b)) = (p.get(at), p.get(at + 1)) else {
+            return false;
+        };
+        if kind > TAG_FAILED {
+            return false;
+        }
+        let len = if b < 0x80 {
+            at += 2;
+            b as usize
+        } else {
+            let mut rest = &p[at + 1..];
+            let Some(len) = take_varint(&mut rest) else {
+                return false;
+            };
+            at = p.len() - rest.len();
+            len as usize
+        };
+        at = match at.checked_add(len) {
+            Some(end) if end <= p.len() => end,
+            _ => return false,
+        };
+    }
+    at == p.len()
+}
+
+/// Why [`check`] refused a run (slow, only for a corrupt one).
+#[cold]
+fn what_is_wrong(payload: &[u8]) -> String {
     let Some((count, mut p)) = split_count(payload) else {
-        return Err("run without its count".into());
+        return "run without its count".into();
     };
     if count == 0 || count as usize > p.len() / 2 {
-        return Err(format!(
-            "run claims {count} items in {} bytes of entries",
-            p.len()
-        ));
+        return format!("run claims {count} items in {} bytes of entries", p.len());
     }
     for i in 0..count {
         let Some((&kind, rest)) = p.split_first() else {
-            return Err(format!("run entry {i} of {count} is missing"));
+            return format!("run entry {i} of {count} is missing");
         };
         if !matches!(kind, TAG_ONE | TAG_MANY | TAG_DROPPED | TAG_FAILED) {
-            return Err(format!("run entry {i} has an unknown kind {kind}"));
+            return format!("run entry {i} has an unknown kind {kind}");
         }
         p = rest;
-        let len = take_varint(&mut p).ok_or_else(|| format!("run entry {i}: bad length"))?;
+        let Some(len) = take_varint(&mut p) else {
+            return format!("run entry {i}: bad length");
+        };
         if len as usize > p.len() {
-            return Err(format!(
-                "run entry {i}: length {len} runs past the end of the run"
-            ));
+            return format!("run entry {i}: length {len} runs past the end of the run");
         }
         p = &p[len as usize..];
     }
-    if !p.is_empty() {
-        return Err(format!("{} bytes after the run's last entry", p.len()));
-    }
-    Ok(count)
+    format!("{} bytes after the run's last entry", p.len())
 }
 
 /// The number of items of a record (header and payload): its run's count, or 1.

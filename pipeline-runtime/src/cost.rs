@@ -1,0 +1,103 @@
+//! Instruction counts of the data path's loops, for callgrind (process stages cannot run
+//! under valgrind: it lacks `pidfd_open`, so their loops are driven here without forks).
+//!
+//! Each step of one item's way through `numbers | inc | inc | inc` with process stages is
+//! a function of its own, so that callgrind's inclusive counts split the cost by actor:
+//! the feeder encoding runs (`feed`), a worker answering a run (`work`, three times), the
+//! collector decoding the answer (`collect`). Run it as
+//!
+//! ```text
+//! cargo test -p pipeline-runtime --release --lib cost -- --ignored --nocapture  # builds it
+//! valgrind --tool=callgrind target/release/deps/pipeline_runtime-<hash> cost -- --ignored
+//! callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep cost::
+//! ```
+//!
+//! and divide by [`ITEMS`] (`work` by 3 × [`ITEMS`]).
+
+use crate::error::Worker;
+use crate::item::{Body, Emit, Rec};
+use crate::kernel::{WorkerFn, run_via, worker_fn};
+use crate::os::sys::SlotState;
+use crate::process::runs::{RunCx, RunPos};
+use crate::transport::frame::REC_HEADER;
+use crate::transport::record;
+use crate::transport::run::weight;
+
+/// Items through the loops.
+pub(crate) const ITEMS: u64 = 1 << 20;
+
+/// Items per run (the feeder's chunk).
+const RUN: u64 = 4096;
+
+#[inline(never)]
+fn feed(first: u64, out: &mut Vec<u8>) {
+    let recs: Vec<Rec<u64>> = (first..first + RUN)
+        .map(|seq| Rec {
+            seq,
+            body: Body::One(seq),
+        })
+        .collect();
+    let n = record::encode_run::<u64>(out, &recs, RUN as usize, (0, "inc"));
+    assert_eq!(n as u64, RUN);
+}
+
+#[inline(never)]
+fn work(f: &mut WorkerFn<u64, u64>, slot: &'static SlotState, rec: &[u8], out: &mut Vec<u8>) {
+    crate::transport::run::check(&rec[REC_HEADER..]).expect("a run");
+    let mut emit = Emit::new();
+    let mut cx = RunCx {
+        emit: &mut emit,
+        stage: "inc",
+        idx: 0,
+        me: Worker::Thread(0),
+        slot,
+        timed: false,
+        give_up: None,
+        stateful: false,
+    };
+    let mut pos = RunPos::new(seq_of(rec), weight(rec));
+    run_via(f, &mut cx, &rec[REC_HEADER..], &mut pos, out);
+    assert!(pos.over());
+}
+
+#[inline(never)]
+fn collect(rec: &[u8], out: &mut Vec<Rec<u64>>) {
+    crate::transport::run::check(&rec[REC_HEADER..]).expect("a run");
+    let first = seq_of(rec);
+    record::decode_run::<u64>(&rec[REC_HEADER..], first, out, &|_, m| panic!("{m}"));
+}
+
+fn seq_of(rec: &[u8]) -> u64 {
+    u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"))
+}
+
+#[test]
+#[ignore = "a harness for callgrind (see the module docs)"]
+fn cost() {
+    let mut f: WorkerFn<u64, u64> = worker_fn(|x: u64, e: &mut Emit<u64>| {
+        e.emit(x + 1);
+        Ok(())
+    });
+    let slot: &'static SlotState = Box::leak(Box::default());
+    let (mut a, mut b, mut got) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sum = 0u64;
+    for first in (0..ITEMS).step_by(RUN as usize) {
+        a.clear();
+        feed(first, &mut a);
+        for _ in 0..3 {
+            b.clear();
+            work(&mut f, slot, &a, &mut b);
+            std::mem::swap(&mut a, &mut b);
+        }
+        got.clear();
+        collect(&a, &mut got);
+        sum += got
+            .iter()
+            .map(|r| match r.body {
+                Body::One(v) => v,
+                _ => unreachable!(),
+            })
+            .sum::<u64>();
+    }
+    assert_eq!(sum, (0..ITEMS).map(|x| x + 3).sum::<u64>());
+}

@@ -1,0 +1,146 @@
+//! A worker's stage function, and its loops over many items built where its type is known.
+//!
+//! # The problem
+//! A stage function reaches the runtime boxed (its closure type is erased where stages are
+//! composed). Called item by item through the box, every item pays an indirect call, and
+//! the loops around it (the process workers' run loop, the thread stages' batch loop)
+//! cannot inline it: for `x + 1` the call and its `Emit` bookkeeping are most of the work.
+//!
+//! # The approach
+//! The box holds a [`StageFn`], whose loops over a run or a batch are methods: each is
+//! instantiated for the concrete function ([`FnStage`]) when the stage is made, so the
+//! function inlines into them and a whole run or batch costs one indirect call. The loops
+//! themselves live with their mechanisms (`process::runs::apply`, `guard::batch_loop`),
+//! generic over any `FnMut`; this module only ties them to the box.
+//!
+//! A process worker's run loop needs the item types' codec, which the stage function
+//! does not have where it is made (`Stage::map` has no serde bounds): [`StageFn::run`]
+//! is bounded on it, and [`run_via`], instantiated in the stage's `WireOps` (where the
+//! bounds hold), calls it.
+//!
+//! # Invariants
+//! - `call`, `batch` and `run` apply the same function; the loops are the only place a
+//!   batch or run of items meets it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Worker;
+use crate::guard::{self, Who};
+use crate::item::{Body, Emit, Rec};
+use crate::process::runs::{self, RunCx, RunPos};
+
+/// A stage function as a worker holds it (it may own per-worker state made by `init`).
+pub(crate) type WorkerFn<In, Out> = Box<dyn StageFn<In, Out>>;
+
+/// The stage function over a run, through a worker's box: `run_via::<In, Out>`.
+pub(crate) type RunFn<In, Out> =
+    fn(&mut WorkerFn<In, Out>, &mut RunCx<'_, Out>, &[u8], &mut RunPos, &mut Vec<u8>);
+
+/// A stage function and its loops (see the module docs).
+pub(crate) trait StageFn<In, Out> {
+    /// One item.
+    fn call(&mut self, x: In, emit: &mut Emit<Out>) -> Result<(), String>;
+
+    /// The records left in `recs` into `out` (`guard::batch_loop`); `seq` is the one being
+    /// applied (for a panic that unwinds out of it).
+    fn batch(
+        &mut self,
+        recs: &mut std::vec::IntoIter<Rec<In>>,
+        out: &mut Vec<Rec<Out>>,
+        emit: &mut Emit<Out>,
+        who: Who<'_>,
+        seq: &mut u64,
+    );
+
+    /// The entries of a run (`process::runs::apply`).
+    fn run(&mut self, cx: &mut RunCx<'_, Out>, payload: &[u8], pos: &mut RunPos, out: &mut Vec<u8>)
+    where
+        In: DeserializeOwned,
+        Out: Serialize;
+}
+
+/// A stage function of closure type `G`.
+pub(crate) struct FnStage<G>(pub G);
+
+impl<In, Out, G> StageFn<In, Out> for FnStage<G>
+where
+    G: FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+{
+    #[inline]
+    fn call(&mut self, x: In, emit: &mut Emit<Out>) -> Result<(), String> {
+        (self.0)(x, emit)
+    }
+
+    fn batch(
+        &mut self,
+        recs: &mut std::vec::IntoIter<Rec<In>>,
+        out: &mut Vec<Rec<Out>>,
+        emit: &mut Emit<Out>,
+        who: Who<'_>,
+        seq: &mut u64,
+    ) {
+        guard::batch_loop(&mut self.0, recs, out, emit, who, seq);
+    }
+
+    fn run(&mut self, cx: &mut RunCx<'_, Out>, payload: &[u8], pos: &mut RunPos, out: &mut Vec<u8>)
+    where
+        In: DeserializeOwned,
+        Out: Serialize,
+    {
+        runs::apply(&mut self.0, cx, payload, pos, out);
+    }
+}
+
+/// Boxes closure `g` as a worker's stage function.
+pub(crate) fn worker_fn<In, Out>(
+    g: impl FnMut(In, &mut Emit<Out>) -> Result<(), String> + 'static,
+) -> WorkerFn<In, Out> {
+    Box::new(FnStage(g))
+}
+
+/// [`StageFn::run`] where the codec's bounds hold (kept in the stage's `WireOps`).
+pub(crate) fn run_via<In: DeserializeOwned, Out: Serialize>(
+    f: &mut WorkerFn<In, Out>,
+    cx: &mut RunCx<'_, Out>,
+    payload: &[u8],
+    pos: &mut RunPos,
+    out: &mut Vec<u8>,
+) {
+    f.run(cx, payload, pos, out);
+}
+
+/// Applies `f` to every record of `batch`, appending one record per input record to
+/// `out`, under one `catch_unwind` for the batch: a panic fails its item, `on_panic` is
+/// called (a stateful stage makes its function afresh), and the loop resumes at the next
+/// record — no item runs twice. The thread stages' counterpart of `process::runs`.
+pub(crate) fn apply_batch<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    (stage_idx, stage, worker): (u32, &str, Worker),
+    batch: Vec<Rec<In>>,
+    emit: &mut Emit<Out>,
+    out: &mut Vec<Rec<Out>>,
+    mut on_panic: impl FnMut(&mut WorkerFn<In, Out>),
+) {
+    out.reserve(batch.len());
+    let mut recs = batch.into_iter();
+    let mut seq = 0u64;
+    loop {
+        let who = (stage_idx, stage, worker);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            f.batch(&mut recs, out, emit, who, &mut seq);
+        }));
+        let Err(p) = r else {
+            return;
+        };
+        emit.clear();
+        let e = guard::panic_error(stage, worker, seq, p.as_ref());
+        out.push(Rec {
+            seq,
+            body: Body::Failed(stage_idx, Box::new(e)),
+        });
+        on_panic(f);
+    }
+}
