@@ -255,31 +255,30 @@ pub(crate) fn check(payload: &[u8]) -> Result<u32, String> {
 /// (one-byte lengths inline); [`what_is_wrong`] says why when it is false.
 #[inline]
 fn well_formed(p: &[u8], count: u32) -> bool {
-    let mut at = 0usize;
+    let n = p.len();
+    let mut at = 0usize; // (never beyond `n` + 129 while lengths are one byte)
     for _ in 0..count {
-        let (Some(&kind), Some(&b)) = (p.get(at), p.get(at + 1)) else {
+        if at + 1 >= n {
             return false;
-        };
+        }
+        let (kind, b) = (p[at], p[at + 1]);
         if kind > TAG_FAILED {
             return false;
         }
-        let len = if b < 0x80 {
-            at += 2;
-            b as usize
-        } else {
-            let mut rest = &p[at + 1..];
-            let Some(len) = take_varint(&mut rest) else {
-                return false;
-            };
-            at = p.len() - rest.len();
-            len as usize
+        if b < 0x80 {
+            at += 2 + b as usize;
+            continue;
+        }
+        let mut rest = &p[at + 1..];
+        let Some(len) = take_varint(&mut rest) else {
+            return false;
         };
-        at = match at.checked_add(len) {
-            Some(end) if end <= p.len() => end,
+        match (n - rest.len()).checked_add(len as usize) {
+            Some(end) if end <= n => at = end,
             _ => return false,
-        };
+        }
     }
-    at == p.len()
+    at == n
 }
 
 /// Why [`check`] refused a run (slow, only for a corrupt one).
