@@ -54,8 +54,8 @@
 pub use pipeline_macros::{main, pipeline, stage};
 pub use pipeline_runtime::{
     Consumer, DEFAULT_QUEUE, Emit, Error, FRAME_LIMIT, FirstStage, Items, PipePending, PipeReader,
-    PipeWriter, Pipeline, Producer, Report, Results, Running, Source, Stage, StageStats, Stats,
-    Ticket, Wire, Worker,
+    PipeWriter, Pipeline, Producer, RUN_AHEAD, Report, Results, Running, Source, Stage, StageStats,
+    Stats, Ticket, Wire, Worker,
 };
 pub use pipeline_runtime::{fork_server_pid, init};
 

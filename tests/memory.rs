@@ -38,9 +38,9 @@ fn flat_over_ten_million() {
             .queue(QUEUE),
         )
     };
-    // The pipeline's own bound: the window (sum of queue × workers, plus one default
-    // queue for the input) and one feeding chunk.
-    let bound = (QUEUE * 2 + forkpipe::DEFAULT_QUEUE + 512) as u64;
+    // The pipeline's own bound: the window (sum of queue × workers — the process stage's
+    // times 1 + RUN_AHEAD —, plus one default queue for the input) and one feeding chunk.
+    let bound = (QUEUE * (2 + forkpipe::RUN_AHEAD) + forkpipe::DEFAULT_QUEUE + 512) as u64;
     let mut delivered = 0u64;
     let mut worst = 0u64;
     let mut rss_at_1m = 0;

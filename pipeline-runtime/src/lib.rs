@@ -101,7 +101,9 @@ pub use pipeline::{FirstStage, PipePending, Pipeline};
 pub use process::fork_server::{init, pid as fork_server_pid};
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
-pub use stage::{Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, Source, Stage};
+pub use stage::{
+    Consumer, DEFAULT_QUEUE, Emit, InitResult, Items, Producer, RUN_AHEAD, Source, Stage,
+};
 pub use stats::{StageStats, Stats};
 pub use transport::codec::{FRAME_LIMIT, Wire};
 pub use transport::pipe::{PipeReader, PipeWriter};

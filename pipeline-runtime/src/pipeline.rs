@@ -381,7 +381,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         }
         let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input)));
         let shape = self.shape();
-        let (engine, rx) = launch(self.stages, self.feeder, Some(feed))?;
+        let (engine, rx) = launch(self.stages, self.feeder, Some(feed), true)?;
         Ok(Results::new(engine, rx, shape, progress))
     }
 
@@ -397,7 +397,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         let (tx, rx) = crossbeam_channel::unbounded::<(u64, In)>();
         let feed: Box<dyn Any + Send> = Box::new(Feed::Chan(rx));
         let progress = self.progress;
-        let (engine, final_rx) = launch(self.stages, self.feeder, Some(feed))?;
+        let (engine, final_rx) = launch(self.stages, self.feeder, Some(feed), false)?;
         Running::new(engine, tx, final_rx, progress)
     }
 
@@ -476,7 +476,7 @@ impl<Out: Send + 'static> Pipeline<(), Out> {
             ));
         }
         let (shape, progress) = (self.shape(), self.progress);
-        let (engine, rx) = launch(self.stages, self.feeder, None)?;
+        let (engine, rx) = launch(self.stages, self.feeder, None, true)?;
         Ok(Results::new(engine, rx, shape, progress))
     }
 }

@@ -254,6 +254,15 @@ pub(crate) enum PipeSide {
 /// Default number of items that may wait between a stage and the next.
 pub const DEFAULT_QUEUE: usize = 4096;
 
+/// How many times its queue a process stage may hold besides it when items stream through
+/// it in runs (a pipeline fed by `run` or `results`, the stage in a chain of ordinary
+/// process stages; not submitted work items): runs travel well only when every hop of the
+/// chain has a run to work on while the next one travels. So such a pipeline holds at most
+/// Σ queue × workers × (1 + `RUN_AHEAD`) over those stages, plus the other stages' queues
+/// and [`DEFAULT_QUEUE`]. Proportional to the queue: a stage of large items given a small
+/// `queue` stays small.
+pub const RUN_AHEAD: usize = 4;
+
 /// A step of a pipeline taking `In` items and producing `Out` items.
 ///
 /// Made with [`Stage::map`], [`Stage::try_map`], [`Stage::filter_map`], [`Stage::emit`] or

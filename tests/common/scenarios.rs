@@ -710,13 +710,25 @@ fn shape_workers(k: usize) -> u64 {
     }
 }
 
+/// Workers of the process stages of `shape(k)` (each may hold `RUN_AHEAD` times its queue
+/// more while items stream through in runs).
+fn shape_run_workers(k: usize) -> u64 {
+    let (w, w2) = ((1 + k % 3) as u64, (1 + (k / 3) % 3) as u64);
+    match k % 4 {
+        0 | 1 => w,
+        2 => w2,
+        _ => w + w2,
+    }
+}
+
 /// Drops 100 pipelines mid-stream over an endless input, then checks that everything is
 /// clean: no child (zombies included), no descendant, fds within ±2 and (if `check_threads`)
 /// threads back to the baseline. Asserts on the *whole* process: callers must make sure no
 /// other test forks meanwhile.
 ///
 /// Also checks that the endless input is pulled only as far as the pipeline's bounded queues
-/// allow (E2): at most 50 + `DEFAULT_QUEUE` × (workers + 1) items, plus some slack.
+/// allow (E2): at most 50 + `DEFAULT_QUEUE` × (workers + 1 + `RUN_AHEAD` × process
+/// workers) items, plus some slack.
 pub fn drop_midstream_x100(check_threads: bool) {
     let base = Baseline::now();
     for k in 0..100 {
@@ -737,7 +749,8 @@ pub fn drop_midstream_x100(check_threads: bool) {
             // Give the feeder time to run into the bound.
             thread::sleep(Duration::from_millis(100));
         }
-        let bound = 50 + forkpipe::DEFAULT_QUEUE as u64 * (shape_workers(k) + 1) + 1024;
+        let queues = shape_workers(k) + 1 + forkpipe::RUN_AHEAD as u64 * shape_run_workers(k);
+        let bound = 50 + forkpipe::DEFAULT_QUEUE as u64 * queues + 1024;
         let n = pulled.load(Ordering::Relaxed);
         assert!(
             n <= bound,

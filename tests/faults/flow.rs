@@ -73,10 +73,11 @@ fn read_pid(name: &str) -> u32 {
 fn e04() {
     const N: u64 = 20_000;
     const QUEUE: usize = 256;
-    // The runtime's window (pipeline.rs `launch`): Σ queue × workers over the stages, plus
-    // one DEFAULT_QUEUE for the results; the feeder takes room in it before it pulls an
-    // item, and room comes back only for results handed to the reader.
-    const BOUND: u64 = (QUEUE + DEFAULT_QUEUE) as u64; // 4352
+    // The runtime's window (launch.rs `window`): Σ queue × workers over the stages (a
+    // process stage fed by `run`: times 1 + RUN_AHEAD), plus one DEFAULT_QUEUE for the
+    // results; the feeder takes room in it before it pulls an item, and room comes back
+    // only for results handed to the reader.
+    const BOUND: u64 = (QUEUE * (1 + forkpipe::RUN_AHEAD) + DEFAULT_QUEUE) as u64; // 5376
     let pulled = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&pulled);
     let p = Pipeline::new(

@@ -285,7 +285,8 @@ fn b07_head_of_line() {
     const N: u64 = 40_000;
     const QUEUE: usize = 64;
     const WORKERS: usize = 4;
-    let window = (QUEUE * WORKERS + forkpipe::DEFAULT_QUEUE) as u64;
+    // (A process stage fed by `run` holds `RUN_AHEAD` times its queues more: see the docs.)
+    let window = (QUEUE * WORKERS * (1 + forkpipe::RUN_AHEAD) + forkpipe::DEFAULT_QUEUE) as u64;
     let bound = window + 512; // + one feeder chunk
     let pulled = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));

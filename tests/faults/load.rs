@@ -76,7 +76,9 @@ fn e02_infinite() {
         t.elapsed()
     );
     let n = pulled.load(Ordering::Relaxed);
-    let bound = 50 + (DEFAULT_QUEUE + DEFAULT_QUEUE) as u64 + 512;
+    // The window: the process stage's queue (and RUN_AHEAD times it for runs) plus the
+    // feeder's.
+    let bound = 50 + (DEFAULT_QUEUE * (1 + forkpipe::RUN_AHEAD) + DEFAULT_QUEUE) as u64 + 512;
     assert!(n <= bound, "pulled {n} of an endless input (bound {bound})");
 }
 

@@ -22,7 +22,7 @@ use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::meter::Sink;
 use crate::process::worker::WorkerCtx;
-use crate::stage::DEFAULT_QUEUE;
+use crate::stage::{DEFAULT_QUEUE, RUN_AHEAD};
 use crate::transport::run;
 
 /// Starts the feeder: (the input feed, if the pipeline takes one; the first piece's
@@ -36,6 +36,7 @@ pub(crate) fn launch<Out: Send + 'static>(
     stages: Vec<Arc<dyn AnyStage>>,
     feeder: FeederFn,
     feed: Option<Box<dyn Any + Send>>,
+    streamed: bool,
 ) -> Result<(Engine, Receiver<Batch<Out>>), Error> {
     let names = stages.iter().map(|s| Arc::from(s.name())).collect();
     // (Before the supervisor and any thread of this pipeline: see `fan_out`.)
@@ -44,7 +45,12 @@ pub(crate) fn launch<Out: Send + 'static>(
         .map(|s| s.prepare())
         .collect::<Result<Vec<_>, _>>()?;
     let workers = stages.iter().map(|s| s.opts().workers).collect();
-    let shared = Arc::new(Shared::new(names, workers, window(&stages), branches));
+    let shared = Arc::new(Shared::new(
+        names,
+        workers,
+        window(&stages, streamed),
+        branches,
+    ));
     let _in = shared.span.clone().entered();
     let mut topo =
         Topology::plan(&stages).map_err(|e| Error::Start(format!("socketpair failed: {e}")))?;
@@ -106,13 +112,17 @@ fn describe_workers(stages: &[Arc<dyn AnyStage>], pids: &[(u32, Vec<u32>)]) -> S
         .join("; ")
 }
 
-/// The most items the pipeline holds at once: every stage's queues, plus the feeder's.
-fn window(stages: &[Arc<dyn AnyStage>]) -> usize {
-    stages
-        .iter()
-        .map(|s| s.opts().queue * s.opts().workers)
-        .sum::<usize>()
-        + DEFAULT_QUEUE
+/// The most items the pipeline holds at once: every stage's queues, plus the feeder's. In
+/// a `streamed` pipeline (`run`, `results`: not submitted work items) a stage that takes
+/// runs holds [`RUN_AHEAD`] times its queues more.
+fn window(stages: &[Arc<dyn AnyStage>], streamed: bool) -> usize {
+    let kinds = Kinds(stages);
+    let share = |i: usize| {
+        let o = stages[i].opts();
+        let runs = streamed && kinds.link(i) && kinds.runs(i);
+        o.queue * o.workers * if runs { 1 + RUN_AHEAD } else { 1 }
+    };
+    (0..stages.len()).map(share).sum::<usize>() + DEFAULT_QUEUE
 }
 
 /// Starts the caller's threads from the last stage to the first, each piece given the

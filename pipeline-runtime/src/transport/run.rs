@@ -46,8 +46,8 @@ pub(crate) const RUN_BYTES: usize = frame::MAX_MSG - 64;
 /// How many items a link of a stage whose queue is `queue` may hold: runs travel well only
 /// when several are in flight along a chain of stages (a link's sender waits for an ack
 /// that comes once every stage after it acked), so a link's credit is larger than the
-/// queue. What the pipeline holds is still bounded by its window (Σ queue × workers, plus
-/// `DEFAULT_QUEUE`), which the feeder takes room in for each item it pulls, and every link
+/// queue. What the pipeline holds is still bounded by its window (Σ queue × workers, a run
+/// stage's times `1 + RUN_AHEAD`, plus `DEFAULT_QUEUE`), which the feeder takes room in for each item it pulls, and every link
 /// by its bytes (1 MiB).
 pub(crate) fn link_credit(queue: usize) -> usize {
     queue.saturating_mul(LINK_CREDIT_FACTOR)
