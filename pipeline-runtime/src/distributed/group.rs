@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::broker::Broker;
 use super::caller::{self, CallerCtx};
 use super::ends::{Back, FeedCtx};
-use super::host::HEADROOM;
+use super::book::HEADROOM;
 use super::registry;
 use super::wire::StageSpec;
 use crate::caller::shared::Shared;

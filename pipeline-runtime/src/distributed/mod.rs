@@ -49,6 +49,8 @@ pub(crate) mod registry;
 #[cfg(feature = "nats")]
 pub(crate) mod bare;
 #[cfg(feature = "nats")]
+pub(crate) mod book;
+#[cfg(feature = "nats")]
 pub(crate) mod broker;
 #[cfg(feature = "nats")]
 pub(crate) mod caller;
@@ -61,7 +63,11 @@ pub(crate) mod host;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
+mod seqset;
+#[cfg(feature = "nats")]
 pub(crate) mod served;
+#[cfg(feature = "nats")]
+pub(crate) mod serving;
 #[cfg(feature = "nats")]
 pub(crate) mod wire;
 
