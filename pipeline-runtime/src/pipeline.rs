@@ -10,16 +10,16 @@ use crate::caller::fan_in;
 use crate::caller::fan_out::{Branch, FanOut};
 use crate::caller::feeder::{self, Feed};
 use crate::caller::launch::{FeederFn, launch};
-use crate::caller::output::Output;
 #[cfg(feature = "nats")]
 use crate::caller::output::Batch;
-#[cfg(feature = "nats")]
-use crossbeam_channel::Receiver;
+use crate::caller::output::Output;
 use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::handles::{Results, Running, Shape};
 use crate::progress;
 use crate::stage::{Consumer, Producer, Source, Stage};
+#[cfg(feature = "nats")]
+use crossbeam_channel::Receiver;
 
 /// A typed chain of stages taking `In` items and producing `Out` items.
 ///

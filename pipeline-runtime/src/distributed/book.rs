@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::wire::{self, BatchWriter, RECORD_OVERHEAD, RecAt, Spans, TAG_MANY, TAG_ONE, WBody, WRec};
+use super::wire::{
+    self, BatchWriter, RECORD_OVERHEAD, RecAt, Spans, TAG_MANY, TAG_ONE, WBody, WRec,
+};
 use crate::error::Error;
 
 /// How far ahead of its workers a host claims items: what they finish in this time, at the
@@ -251,7 +253,10 @@ impl Book {
 
     fn finish_if_done(&self, g: &mut Inner, no: u64) {
         let slot = g.msgs.get_mut((no - g.first_msg) as usize);
-        let Some(slot) = slot.filter(|m| m.as_ref().is_some_and(|m| m.left == 0 && m.next == m.recs.len())) else {
+        let Some(slot) = slot.filter(|m| {
+            m.as_ref()
+                .is_some_and(|m| m.left == 0 && m.next == m.recs.len())
+        }) else {
             return;
         };
         let Some(m) = slot.take() else { return };
@@ -317,7 +322,10 @@ impl Inner {
                 }
             };
             if values.is_empty() {
-                m.parts.push(WRec { seq: r.seq, body: WBody::Dropped(idx) });
+                m.parts.push(WRec {
+                    seq: r.seq,
+                    body: WBody::Dropped(idx),
+                });
                 m.left -= 1;
                 continue;
             }
@@ -405,12 +413,17 @@ impl Outcomes<'_> {
             let body = body_of(outcome.map(|v| vec![v]), idx);
             return m.parts.push(WRec { seq: o.seq, body });
         }
-        let Some(vals) = m.many.get_mut(&o.rec) else { return };
+        let Some(vals) = m.many.get_mut(&o.rec) else {
+            return;
+        };
         vals[o.val as usize] = Some(outcome);
         if vals.iter().all(Option::is_some) {
             let vals = m.many.remove(&o.rec).unwrap_or_default();
             let gathered: Result<Vec<Vec<Vec<u8>>>, _> = vals.into_iter().flatten().collect();
-            m.parts.push(WRec { seq: o.seq, body: body_of(gathered, idx) });
+            m.parts.push(WRec {
+                seq: o.seq,
+                body: body_of(gathered, idx),
+            });
         }
     }
 
@@ -520,8 +533,15 @@ impl Parts {
             "its output is {size} bytes encoded, more than the broker's max_payload of {} bytes",
             self.limit
         );
-        let e = Error::Broker { stage: self.stage.clone(), item: seq, message };
-        WRec { seq, body: WBody::Failed(self.idx, Box::new(e)) }
+        let e = Error::Broker {
+            stage: self.stage.clone(),
+            item: seq,
+            message,
+        };
+        WRec {
+            seq,
+            body: WBody::Failed(self.idx, Box::new(e)),
+        }
     }
 
     fn push_one(
@@ -546,7 +566,11 @@ impl Parts {
 
     fn push(&mut self, rec: WRec) {
         let size = record_size(&rec);
-        let rec = if size + 4 > self.room { self.too_large(rec.seq, size) } else { rec };
+        let rec = if size + 4 > self.room {
+            self.too_large(rec.seq, size)
+        } else {
+            rec
+        };
         self.make_room(record_size(&rec));
         self.w.push(&rec);
     }

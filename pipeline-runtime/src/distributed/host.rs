@@ -236,4 +236,3 @@ async fn listen_abandon(
         }
     }
 }
-

@@ -79,7 +79,9 @@ impl SeqSet {
     pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         (self.words.iter().enumerate()).flat_map(move |(i, &w)| {
             let at = self.base + 64 * i as u64;
-            (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| at + b)
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| at + b)
         })
     }
 }

@@ -172,7 +172,12 @@ impl<In> Feed<In> {
                 }
                 continue;
             }
-            (self.f.claim)(units.iter().map(|u| (u.key.clone(), u.claim.clone())).collect());
+            (self.f.claim)(
+                units
+                    .iter()
+                    .map(|u| (u.key.clone(), u.claim.clone()))
+                    .collect(),
+            );
             for u in units {
                 let batch: Batch<In> = (u.vals.iter().enumerate())
                     .map(|(k, r)| self.rec(u.base + k as u64, &u.payload[r.clone()]))

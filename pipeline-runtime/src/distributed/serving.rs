@@ -73,7 +73,12 @@ pub(crate) async fn serve_stage(mut ctx: StageCtx) {
         .get_consumer_from_stream(format!("s{}", ctx.spec.pos), wire::stream_name(&ctx.run))
         .await;
     let messages = match consumer {
-        Ok(c) => c.stream().max_messages_per_batch(PULL_BATCH).messages().await,
+        Ok(c) => {
+            c.stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .messages()
+                .await
+        }
         Err(_) => return serve.kill(),
     };
     let Ok(mut messages) = messages else {

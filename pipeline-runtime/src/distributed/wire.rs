@@ -485,7 +485,10 @@ mod tests {
         assert_eq!(at[1].values(&b), [&[1u8][..], &[2, 3][..]]);
         let mut again = BatchWriter::new();
         again.push_raw(at[2].raw(&b));
-        assert!(matches!(read_batch(&again.finish()).unwrap()[0].body, WBody::Dropped(2)));
+        assert!(matches!(
+            read_batch(&again.finish()).unwrap()[0].body,
+            WBody::Dropped(2)
+        ));
         assert!(index(&b[..b.len() - 1]).is_err());
     }
 
