@@ -304,7 +304,7 @@ fn host_killed_started_only() {
         match r {
             Ok((x, host)) => {
                 assert_eq!(*x, i as u64);
-                assert_eq!(ran, [host.clone()], "item {i} ran where its result says");
+                assert_eq!(ran, [host.as_str()], "item {i} ran where its result says");
             }
             Err(e) => {
                 failed += 1;
@@ -312,7 +312,7 @@ fn host_killed_started_only() {
                 // Only what the dead host had started fails.
                 assert_eq!(
                     ran,
-                    [victim.clone()],
+                    [victim.as_str()],
                     "item {i} failed but had not started: {e}"
                 );
             }

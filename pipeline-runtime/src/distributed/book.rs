@@ -75,7 +75,7 @@ pub(crate) struct Unit {
     pub base: u64,
 }
 
-/// Who a local value belongs to (see [`Book::owner`]).
+/// Who a local value belongs to (see [`Outcomes::owner`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Owner {
     msg: u64,

@@ -70,8 +70,11 @@ pub(crate) trait Serve: Send + Sync {
 pub(crate) struct Feeding {
     pub jobs: Receiver<Job>,
     pub book: Arc<Book>,
-    pub claim: Box<dyn Fn(Vec<(String, Spans)>) + Send>,
+    pub claim: Claim,
 }
+
+/// Claims the units of a round: per message key, its records' numbers.
+pub(crate) type Claim = Box<dyn Fn(Vec<(String, Spans)>) + Send>;
 
 /// Starts serving a stage made by its registry entry (a boxed `Stage<In, Out>`).
 pub(crate) type StartFn =

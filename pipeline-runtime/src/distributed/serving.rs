@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::book::{Book, Finished, Job};
 use super::nats::publish_acked;
 use super::registry::Entry;
-use super::served::{Feeding, HostId, Serve};
+use super::served::{Claim, Feeding, HostId, Serve};
 use super::wire::{self, Ctl, ID_HEADER, Spans, StageSpec};
 
 /// Messages a host holds that it has not handed over whole yet, at most (besides those the
@@ -159,7 +159,7 @@ fn job(ctx: &StageCtx, msg: jetstream::Message) -> Job {
 
 /// How the feed thread claims items: one control message for a round's units, flushed
 /// (the feed thread waits for the broker's answer to the flush before it starts them).
-fn claimer(ctx: &StageCtx) -> Box<dyn Fn(Vec<(String, Spans)>) + Send> {
+fn claimer(ctx: &StageCtx) -> Claim {
     let (client, me) = (ctx.client.clone(), ctx.me.clone());
     let ctl = format!("{}.ctl", ctx.run);
     let handle = tokio::runtime::Handle::current();
