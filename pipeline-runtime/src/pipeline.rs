@@ -10,12 +10,16 @@ use crate::caller::fan_in;
 use crate::caller::fan_out::{Branch, FanOut};
 use crate::caller::feeder::{self, Feed};
 use crate::caller::launch::{FeederFn, launch};
+#[cfg(feature = "nats")]
+use crate::caller::output::Batch;
 use crate::caller::output::Output;
 use crate::erase::AnyStage;
 use crate::error::Error;
 use crate::handles::{Results, Running, Shape};
 use crate::progress;
 use crate::stage::{Consumer, Producer, Source, Stage};
+#[cfg(feature = "nats")]
+use crossbeam_channel::Receiver;
 
 /// A typed chain of stages taking `In` items and producing `Out` items.
 ///
@@ -399,6 +403,17 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         let progress = self.progress;
         let (engine, final_rx) = launch(self.stages, self.feeder, Some(feed), false)?;
         Running::new(engine, tx, final_rx, progress)
+    }
+
+    /// Starts the pipeline with `feeder` in place of its own (a host feeds a distributed
+    /// stage's local pipeline from the broker): the engine, and the last stage's batches
+    /// as they come (in completion order; after a worker's death an outcome may come twice).
+    #[cfg(feature = "nats")]
+    pub(crate) fn launch_fed(
+        self,
+        feeder: FeederFn,
+    ) -> Result<(crate::caller::engine::Engine, Receiver<Batch<Out>>), Error> {
+        launch(self.stages, feeder, None, false)
     }
 
     fn shape(&self) -> Shape {

@@ -36,6 +36,35 @@ fn on_host(x: u64, ms: u64) -> (u64, String) {
     (x, host)
 }
 
+/// Notes in `dir/marks` that this host started the item (one line, one `O_APPEND`
+/// write), sleeps `ms`, then says which host ran it.
+#[stage(subprocess, distributed, workers = 2)]
+fn marked(x: u64, ms: u64, dir: String) -> (u64, String) {
+    use std::io::Write;
+    let host = std::env::var("FORKPIPE_HOST_NAME").unwrap_or_else(|_| "caller".into());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(format!("{dir}/marks"))
+        .expect("the marks file");
+    f.write_all(format!("{x} {host}\n").as_bytes())
+        .expect("a mark");
+    std::thread::sleep(Duration::from_millis(ms));
+    (x, host)
+}
+
+/// An item of `kib` KiB that comes back as it went, after `us` µs.
+#[stage(subprocess, distributed, workers = 2)]
+fn slow_echo(v: Vec<u8>, us: u64) -> Vec<u8> {
+    std::thread::sleep(Duration::from_micros(us));
+    v
+}
+
+#[stage(source)]
+fn blobs(n: u64, kib: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..n).map(move |i| vec![i as u8; kib << 10])
+}
+
 #[stage(subprocess, distributed, workers = 2)]
 fn segv_at(x: u64, bad: u64) -> u64 {
     if x == bad {
@@ -77,6 +106,11 @@ pub fn main() {
         ),
         ("items_spread_over_three_hosts", spread),
         ("host_killed_mid_stream", host_killed),
+        (
+            "host_killed_fails_only_what_it_started",
+            host_killed_started_only,
+        ),
+        ("memory_flat_on_caller_hosts_and_broker", memory_flat),
         ("host_stopped_past_ack_wait_then_continued", host_stopped),
         ("segfault_in_a_host_worker", segfault),
         ("broker_killed_mid_run", broker_killed),
@@ -203,7 +237,8 @@ fn host_killed() {
     let all = outcomes(all.into_iter(), n);
     let failed: Vec<&forkpipe::Error> = all.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(!failed.is_empty(), "the killed host held items");
-    // (What it held: the messages in its submitting and finishing threads, of 4 items.)
+    // (What it had started: an item per worker, and the items of a message done before
+    // its last one.)
     assert!(
         failed.len() <= 3 * 4,
         "only what it held fails: {}",
@@ -223,6 +258,178 @@ fn host_killed() {
         .map(|x| &x.1)
         .collect();
     assert!(after.iter().any(|h| **h != victim), "other hosts took over");
+}
+
+/// The marks file of [`marked`]: each item's hosts, in the order they started it.
+fn marks(dir: &std::path::Path) -> std::collections::HashMap<u64, Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("marks")).unwrap_or_default();
+    let mut m = std::collections::HashMap::<u64, Vec<String>>::new();
+    for line in text.lines() {
+        let (x, host) = line.split_once(' ').expect("a mark line");
+        m.entry(x.parse().unwrap())
+            .or_default()
+            .push(host.to_string());
+    }
+    m
+}
+
+fn host_killed_started_only() {
+    let s = Server::start();
+    let mut hs = hosts(&s.url(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&s)
+        .batch(4)
+        .host_timeout(Duration::from_secs(1))
+        .ack_wait(Duration::from_secs(5));
+    let n = 300;
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut results = pipeline![numbers(n) | marked(50, d)]
+        .on(b)
+        .results()
+        .unwrap();
+    let mut all = Vec::new();
+    while all.len() < 30 {
+        all.push(results.next().expect("an outcome"));
+    }
+    let victim = all[29].as_ref().unwrap().1.clone();
+    hs.iter_mut().find(|h| h.name == victim).unwrap().kill();
+    all.extend(results);
+    let all = outcomes(all.into_iter(), n);
+    let marks = marks(dir.path());
+    let mut failed = 0;
+    for (i, r) in all.iter().enumerate() {
+        let ran = marks.get(&(i as u64)).cloned().unwrap_or_default();
+        // Nothing runs twice: not a crashed item, nor one a redelivery brought back.
+        assert!(ran.len() <= 1, "item {i} ran on {ran:?}");
+        match r {
+            Ok((x, host)) => {
+                assert_eq!(*x, i as u64);
+                assert_eq!(ran, [host.as_str()], "item {i} ran where its result says");
+            }
+            Err(e) => {
+                failed += 1;
+                assert_eq!(e.host().map(|h| h.0), Some(victim.as_str()), "{e}");
+                // Only what the dead host had started fails.
+                assert_eq!(
+                    ran,
+                    [victim.as_str()],
+                    "item {i} failed but had not started: {e}"
+                );
+            }
+        }
+    }
+    // (Two workers run an item each; a message's outputs wait for its last item.)
+    assert!(
+        (1..=8).contains(&failed),
+        "the items it was running fail: {failed}"
+    );
+    let later = (all[30..].iter()).filter(|r| matches!(r, Ok((_, h)) if *h != victim));
+    assert!(
+        later.count() > 100,
+        "other hosts ran the rest, its queued items too"
+    );
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, KiB.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        (status.lines().find(|l| l.starts_with(name)))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The messages and bytes of the run's stream, from the server's `/jsz` report.
+fn stream_state(s: &Server) -> (u64, u64) {
+    let jsz = s.jsz();
+    let Some(at) = jsz.find("\"FP_") else {
+        return (0, 0);
+    };
+    let state = &jsz[at..];
+    let num = |name: &str| -> u64 {
+        let i = state.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+        let digits: String = state[i..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a number")
+    };
+    (num("messages"), num("bytes"))
+}
+
+/// A sample of memory: the caller's `VmRSS`, each host's (its process and every process
+/// below it, summed) and `VmHWM`, and the stream's messages and bytes.
+fn sample(s: &Server, hs: &[Host]) -> (u64, Vec<(u64, u64)>, (u64, u64)) {
+    let caller = rss(std::process::id()).0;
+    let hosts = (hs.iter())
+        .map(|h| {
+            let below: u64 = support::descendants(h.pid())
+                .iter()
+                .map(|&p| rss(p).0)
+                .sum();
+            (rss(h.pid()).0 + below, rss(h.pid()).1)
+        })
+        .collect();
+    (caller, hosts, stream_state(s))
+}
+
+fn memory_flat() {
+    let s = Server::start();
+    let hs = hosts(&s.url(), 2);
+    let (n, kib) = (60_000u64, 1);
+    // (The remote stage is the bottleneck: the source could go 100 times faster.)
+    let mut results = pipeline![blobs(n, kib) | slow_echo(200)]
+        .on(broker(&s))
+        .results()
+        .unwrap();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let v = results.next().expect("an outcome").expect("an item");
+        assert_eq!(v.len(), kib << 10);
+        if i == 10_000 || i == n - 10_000 {
+            samples.push(sample(&s, &hs));
+        }
+    }
+    assert!(results.next().is_none());
+    let (a, b) = (&samples[0], &samples[1]);
+    println!(
+        "memory at outputs 10,000 and 50,000 (caller KiB, hosts (KiB, peak KiB), stream (messages, bytes)): {a:?} -> {b:?}"
+    );
+    // 40 MiB went through between the samples; what each side holds does not grow with it.
+    let mib = 1024;
+    assert!(b.0 < a.0 + 16 * mib, "caller VmRSS {} -> {} KiB", a.0, b.0);
+    for (h, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(
+            y.0 < x.0 + 16 * mib,
+            "host {h} VmRSS {} -> {} KiB",
+            x.0,
+            y.0
+        );
+        assert!(
+            y.1 < x.1 + 16 * mib,
+            "host {h} VmHWM {} -> {} KiB",
+            x.1,
+            y.1
+        );
+    }
+    for (m, bytes) in [a.2, b.2] {
+        // (At most the pipeline's window of items, ~12 MiB here, in batches of up to
+        // 1 MiB; a stream that kept what was acked would hold 40 MiB by the second sample.)
+        assert!(
+            m <= 64 && bytes <= 24 << 20,
+            "stream: {m} messages, {bytes} bytes"
+        );
+    }
+    assert!(
+        a.2.0 + b.2.0 > 0,
+        "the samples saw the run's stream: {:?} {:?}",
+        a.2,
+        b.2
+    );
 }
 
 fn host_stopped() {

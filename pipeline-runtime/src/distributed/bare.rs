@@ -60,9 +60,9 @@ async fn run(url: &str, items: u64, batch: usize) -> Result<Duration, String> {
             .await
             .ok_or("no more messages")?
             .map_err(|e| e.to_string())?;
-        for r in wire::read_batch(&m.payload)? {
-            if let wire::WBody::One(v) = r.body {
-                let _: u64 = codec::decode(&v)?;
+        for r in wire::index(&m.payload)? {
+            if r.tag == wire::TAG_ONE {
+                let _: u64 = codec::decode(r.one(&m.payload))?;
             }
             got += 1;
         }

@@ -26,6 +26,8 @@
 //!   stops; either way it deletes the stream, which ends the run on every host.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::seqset::SeqSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ use tokio::sync::mpsc;
 use super::broker::Broker;
 use super::ends::{Back, ToBroker};
 use super::nats::{connect, publish_acked};
-use super::wire::{self, Abandon, Announce, Ctl, ID_HEADER, StageSpec, WBody, WRec};
+use super::wire::{self, Abandon, Announce, Ctl, ID_HEADER, Spans, StageSpec, WBody, WRec};
 use crate::error::{Error, Worker};
 
 /// What the broker task is started with.
@@ -184,8 +186,8 @@ async fn setup(ctx: &CallerCtx) -> Result<Conn, String> {
 struct HostState {
     last: Instant,
     stages: Vec<u32>,
-    /// Message key (`<pos>:<id>`) → the items it holds.
-    claims: HashMap<String, Vec<u64>>,
+    /// Message key (`<pos>:<id>`) → the items of it the host started.
+    claims: HashMap<String, Spans>,
 }
 
 /// The host `(h, pid)`, heard from `now`.
@@ -208,7 +210,7 @@ fn heard(
 struct Book {
     ctx: CallerCtx,
     conn: Conn,
-    unfinished: HashSet<u64>,
+    unfinished: SeqSet,
     hosts: HashMap<(String, u32), HostState>,
     refusals: HashMap<u32, BTreeMap<String, String>>,
     last_served: Vec<Instant>,
@@ -240,7 +242,7 @@ impl Book {
         Book {
             ctx,
             conn,
-            unfinished: HashSet::new(),
+            unfinished: SeqSet::default(),
             hosts: HashMap::new(),
             refusals: HashMap::new(),
             last_served: vec![Instant::now(); n],
@@ -303,7 +305,7 @@ impl Book {
         let idx = self.ctx.idx;
         let recs: Vec<WRec> = seqs
             .into_iter()
-            .filter(|s| self.unfinished.remove(s))
+            .filter(|&s| self.unfinished.remove(s))
             .map(|seq| WRec {
                 seq,
                 body: WBody::Failed(idx, Box::new(err(seq))),
@@ -319,7 +321,9 @@ impl Book {
     fn publish(&mut self, seqs: Vec<u64>, payload: Vec<u8>) {
         if let Some(why) = self.refusal_now() {
             let (stage, seqs2) = (self.ctx.specs[0].name.clone(), seqs.clone());
-            self.unfinished.extend(seqs);
+            seqs.iter().for_each(|&s| {
+                self.unfinished.insert(s);
+            });
             let stage = self
                 .unserved
                 .map_or(stage, |p| self.ctx.specs[p as usize].name.clone());
@@ -329,7 +333,9 @@ impl Book {
                 message: why.clone(),
             });
         }
-        self.unfinished.extend(seqs.iter().copied());
+        for &s in &seqs {
+            self.unfinished.insert(s);
+        }
         let id = format!("b{}", self.next_batch);
         self.next_batch += 1;
         let mut headers = HeaderMap::new();
@@ -370,15 +376,15 @@ impl Book {
         m
     }
 
+    /// Passes on the records of a result message whose items have no outcome yet (the
+    /// collector's dedup), in place: the collect thread decodes them from the message.
     async fn on_result(&mut self, m: jetstream::Message) {
-        match wire::read_batch(&m.payload) {
-            Ok(recs) => {
-                let fresh: Vec<WRec> = recs
-                    .into_iter()
-                    .filter(|r| self.unfinished.remove(&r.seq))
-                    .collect();
-                if !fresh.is_empty() {
-                    let _ = self.ctx.back.send(Back::Recs(fresh));
+        match wire::index(&m.payload) {
+            Ok(mut recs) => {
+                recs.retain(|r| self.unfinished.remove(r.seq));
+                if !recs.is_empty() {
+                    let payload = m.payload.clone();
+                    let _ = self.ctx.back.send(Back::Batch(payload, recs));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "forkpipe: a corrupt result message was dropped"),
@@ -407,10 +413,12 @@ impl Book {
             Ctl::Claim {
                 host: h,
                 pid,
-                key,
-                seqs,
+                units,
             } => {
-                heard(&mut self.hosts, h, pid, now).claims.insert(key, seqs);
+                let claims = &mut heard(&mut self.hosts, h, pid, now).claims;
+                for (key, seqs) in units {
+                    claims.entry(key).or_default().extend(seqs);
+                }
             }
             Ctl::Done { host: h, pid, key } => {
                 heard(&mut self.hosts, h, pid, now).claims.remove(&key);
@@ -470,7 +478,7 @@ impl Book {
                 since.elapsed().as_secs_f64()
             );
             let stage = self.ctx.specs[0].name.clone();
-            let all: Vec<u64> = self.unfinished.iter().copied().collect();
+            let all: Vec<u64> = self.unfinished.iter().collect();
             self.fail(all, |item| Error::Broker {
                 stage: stage.clone(),
                 item,
@@ -500,7 +508,7 @@ impl Book {
             tracing::warn!(host = %name, pid, "forkpipe: a host stopped answering");
             for (key, seqs) in h.claims {
                 let stage = self.stage_of(&key);
-                self.fail(seqs, |item| Error::Remote {
+                self.fail(wire::seqs(&seqs), |item| Error::Remote {
                     host: name.clone(),
                     pid,
                     error: Box::new(Error::Died {
@@ -510,7 +518,7 @@ impl Book {
                         cause: cause.clone(),
                     }),
                 });
-                keys.push(key);
+                keys.push((key, seqs));
             }
         }
         if !keys.is_empty() {
@@ -548,11 +556,10 @@ impl Book {
             }
             self.unserved = Some(pos);
             let held: HashSet<u64> = (self.hosts.values())
-                .flat_map(|h| h.claims.values().flatten().copied())
+                .flat_map(|h| h.claims.values().flat_map(|s| wire::seqs(s)))
                 .collect();
             let waiting: Vec<u64> = (self.unfinished.iter())
                 .filter(|s| !held.contains(s))
-                .copied()
                 .collect();
             let (why, stage) = (self.no_host(pos), self.ctx.specs[pos as usize].name.clone());
             self.fail(waiting, |item| Error::Broker {

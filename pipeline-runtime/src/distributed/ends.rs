@@ -7,7 +7,7 @@ use std::any::Any;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::wire::{BatchWriter, RECORD_OVERHEAD, WBody, WRec};
+use super::wire::{BatchWriter, RECORD_OVERHEAD, RecAt, TAG_ONE, WBody, WRec};
 use crate::caller::output::{Batch, Output, recv_chan};
 use crate::error::{Error, Worker};
 use crate::stage::{Body, Rec};
@@ -24,6 +24,8 @@ pub(crate) enum ToBroker {
 #[derive(Debug)]
 pub(crate) enum Back {
     Recs(Vec<WRec>),
+    /// Records of a result message, read in place.
+    Batch(bytes::Bytes, Vec<RecAt>),
     Consumed(u64, u32, u64),
 }
 
@@ -210,6 +212,7 @@ impl<Out: Send + 'static> CollectEnd for Collect<Out> {
             };
             let batch: Batch<Out> = match back {
                 Back::Recs(recs) => recs.into_iter().map(|r| self.rec(r)).collect(),
+                Back::Batch(b, recs) => recs.iter().map(|r| self.rec_at(&b, r)).collect(),
                 Back::Consumed(seq, i, n) => vec![Rec {
                     seq,
                     body: Body::Consumed(i, n),
@@ -240,6 +243,24 @@ impl<Out> Collect<Out> {
             WBody::Failed(i, e) => Body::Failed(i, e),
         };
         Rec { seq, body }
+    }
+
+    /// Record `r` of the result message `b`; a value is decoded where it is.
+    fn rec_at(&self, b: &[u8], r: &RecAt) -> Rec<Out> {
+        if r.tag != TAG_ONE {
+            return match r.read(b) {
+                Ok(rec) => self.rec(rec),
+                Err(m) => Rec {
+                    seq: r.seq,
+                    body: self.undecodable(r.seq, m),
+                },
+            };
+        }
+        let body = match (self.decode)(r.one(b)) {
+            Ok(x) => Body::One(x),
+            Err(m) => self.undecodable(r.seq, m),
+        };
+        Rec { seq: r.seq, body }
     }
 
     fn undecodable(&self, seq: u64, message: String) -> Body<Out> {

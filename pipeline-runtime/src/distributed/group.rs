@@ -12,10 +12,10 @@ use std::any::Any;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use super::book::HEADROOM;
 use super::broker::Broker;
 use super::caller::{self, CallerCtx};
 use super::ends::{Back, FeedCtx};
-use super::host::HEADROOM;
 use super::registry;
 use super::wire::StageSpec;
 use crate::caller::shared::Shared;

@@ -21,33 +21,41 @@
 //!   `FORKPIPE_HOST=nats://…` into a host (`host`) that serves the stages of announced
 //!   runs, found by name in the registry of `#[stage(distributed)]` functions
 //!   ([`registry`]) and checked by fingerprint, each as a local pipeline of worker
-//!   processes (`served`).
+//!   processes: its broker side (`serving`: pull, claim, forward), its book of the
+//!   messages in hand (`book`) and its typed feed and collect threads (`served`), which
+//!   stream the items through the local pipeline.
 //! - In the caller, `Pipeline::on` replaces each run of
 //!   consecutive distributed stages by one piece (`group`): a feed thread batches the
-//!   items, a broker task (`caller`) owns the run on the broker and its book, a collect
-//!   thread hands the results on. Between the stages of a group, items go host to host.
+//!   items, a broker task (`caller`) owns the run on the broker and its book (the items
+//!   without an outcome: `seqset`), a collect thread hands the results on. Between the
+//!   stages of a group, items go host to host.
 //!
 //! # When a host dies
-//! A host claims a message's items before it runs them and says when it passed them on;
-//! it beats every 100 ms. A host silent for `host_timeout` is taken for dead: the items it
-//! claimed fail, naming it (a crashed item is not run again, as locally), and the hosts are
-//! told to drop the broker's later redelivery of those messages. Messages it had pulled but
-//! not claimed never ran: the broker gives them to other hosts after `ack_wait`. A host
-//! that only stalled and comes back publishes results that are dropped twice over: by the
-//! stream's dedup (same `Nats-Msg-Id` as the redelivered copy's) and by the caller's
-//! per-item book, which lets one outcome per item out.
+//! A host claims the items it is about to start (a control message, flushed to the
+//! broker before they start; as many ahead as its workers finish in a few milliseconds)
+//! and says when it passed a message on; it beats every 100 ms. A host silent for
+//! `host_timeout` is taken for dead: the items it claimed fail, naming it (a crashed item
+//! is not run again, as locally), and the hosts are told to skip those items when the
+//! broker gives their messages again. The rest of those messages, and the messages it had
+//! pulled but not started, never ran: the broker gives them to other hosts after
+//! `ack_wait`. A host that only stalled and comes back publishes results that are dropped
+//! twice over: by the stream's dedup (same `Nats-Msg-Id` as the redelivered copy's) and by
+//! the caller's per-item book, which lets one outcome per item out.
 //!
 //! # Invariants
 //! - Nothing of tokio or async-nats is built without the `nats` feature; the registry is
 //!   (it is tiny, and `#[stage(distributed)]` fills it either way).
 //! - Each tokio runtime lives on a thread started after every fork of its pipeline.
 //! - Memory is bounded: the pipeline's window bounds the items in the group; the stream is
-//!   bounded; a host holds at most `max_ack_pending` messages of a stage with the others.
+//!   bounded; a host holds at most a few messages of a stage it has not handed over (and
+//!   `max_ack_pending` with the other hosts), and its room of items in its workers.
 
 pub(crate) mod registry;
 
 #[cfg(feature = "nats")]
 pub(crate) mod bare;
+#[cfg(feature = "nats")]
+pub(crate) mod book;
 #[cfg(feature = "nats")]
 pub(crate) mod broker;
 #[cfg(feature = "nats")]
@@ -61,7 +69,11 @@ pub(crate) mod host;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
+mod seqset;
+#[cfg(feature = "nats")]
 pub(crate) mod served;
+#[cfg(feature = "nats")]
+pub(crate) mod serving;
 #[cfg(feature = "nats")]
 pub(crate) mod wire;
 

@@ -141,9 +141,20 @@ impl BatchWriter {
 }
 
 /// Reads a batch; `Err` says how it is corrupt.
+#[cfg(test)]
 pub(crate) fn read_batch(b: &[u8]) -> Result<Vec<WRec>, String> {
     let mut r = Reader { b, at: 0 };
     let count = r.u32()?;
+    read_records(&mut r, count)
+}
+
+/// Reads `count` records from the start of `b` (no count before them).
+fn read_batch_n(b: &[u8], count: u32) -> Result<Vec<WRec>, String> {
+    read_records(&mut Reader { b, at: 0 }, count)
+}
+
+fn read_records(r: &mut Reader<'_>, count: u32) -> Result<Vec<WRec>, String> {
+    let b = r.b;
     let mut out = Vec::with_capacity((count as usize).min(b.len() / 9));
     for _ in 0..count {
         let seq = r.u64()?;
@@ -171,8 +182,129 @@ pub(crate) fn read_batch(b: &[u8]) -> Result<Vec<WRec>, String> {
 }
 
 /// The sequence numbers of a batch's records, without its values.
+#[cfg(test)]
 pub(crate) fn seqs_of(recs: &[WRec]) -> Vec<u64> {
     recs.iter().map(|r| r.seq).collect()
+}
+
+/// Where one record of a batch is, for reading it in place (no copy of its values).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecAt {
+    pub seq: u64,
+    pub tag: u8,
+    /// The record's first byte (its `seq`), its body's first byte (after the tag), its end.
+    start: u32,
+    body: u32,
+    end: u32,
+}
+
+/// Tag of a record with one value, and of one with several (see the module docs).
+pub(crate) const TAG_ONE: u8 = 0;
+pub(crate) const TAG_MANY: u8 = 1;
+
+impl RecAt {
+    /// The record's bytes as they are in the batch `b` (for [`BatchWriter::push_raw`]).
+    pub(crate) fn raw<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        &b[self.start as usize..self.end as usize]
+    }
+
+    /// The values of a one- or several-value record of `b` (none for another tag).
+    pub(crate) fn values<'a>(&self, b: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut r = Reader {
+            b: &b[..self.end as usize],
+            at: self.body as usize,
+        };
+        let n = match self.tag {
+            TAG_ONE => 1,
+            TAG_MANY => r.u32().unwrap_or(0),
+            _ => 0,
+        };
+        (0..n).map_while(|_| r.bytes().ok()).collect()
+    }
+
+    /// The record of `b`, its values copied out.
+    pub(crate) fn read(&self, b: &[u8]) -> Result<WRec, String> {
+        let mut recs = read_batch_n(&b[self.start as usize..self.end as usize], 1)?;
+        recs.pop().ok_or_else(|| "no record".to_string())
+    }
+
+    /// The only value of a one-value record of `b`.
+    pub(crate) fn one<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        &b[self.body as usize + 4..self.end as usize]
+    }
+}
+
+/// Indexes a batch: where each record is (checked whole, so reading them later cannot
+/// fail); `Err` says how it is corrupt.
+pub(crate) fn index(b: &[u8]) -> Result<Vec<RecAt>, String> {
+    if b.len() > u32::MAX as usize {
+        return Err("batch larger than 4 GiB".into());
+    }
+    let mut r = Reader { b, at: 0 };
+    let count = r.u32()?;
+    let mut out = Vec::with_capacity((count as usize).min(b.len() / 9));
+    for _ in 0..count {
+        let start = r.at as u32;
+        let seq = r.u64()?;
+        let tag = r.u8()?;
+        let body = r.at as u32;
+        match tag {
+            TAG_ONE => {
+                r.bytes()?;
+            }
+            TAG_MANY => {
+                for _ in 0..r.u32()? {
+                    r.bytes()?;
+                }
+            }
+            2 => {
+                r.u32()?;
+            }
+            3 => {
+                r.u32()?;
+                r.bytes()?;
+            }
+            t => return Err(format!("unknown record tag {t}")),
+        }
+        let end = r.at as u32;
+        out.push(RecAt {
+            seq,
+            tag,
+            start,
+            body,
+            end,
+        });
+    }
+    Ok(out)
+}
+
+/// Sequence numbers as runs of consecutive ones: `(first, count)`.
+pub(crate) type Spans = Vec<(u64, u32)>;
+
+/// `seqs` as [`Spans`].
+pub(crate) fn spans(seqs: impl IntoIterator<Item = u64>) -> Spans {
+    let mut out: Spans = Vec::new();
+    for s in seqs {
+        match out.last_mut() {
+            Some((first, n)) if *first + u64::from(*n) == s && *n < u32::MAX => *n += 1,
+            _ => out.push((s, 1)),
+        }
+    }
+    out
+}
+
+/// Every sequence number of `spans`.
+pub(crate) fn seqs(spans: &[(u64, u32)]) -> impl Iterator<Item = u64> + '_ {
+    spans
+        .iter()
+        .flat_map(|&(first, n)| first..first + u64::from(n))
+}
+
+/// Whether `seq` is in `spans`.
+pub(crate) fn contains(spans: &[(u64, u32)], seq: u64) -> bool {
+    spans
+        .iter()
+        .any(|&(first, n)| seq >= first && seq < first + u64::from(n))
 }
 
 struct Reader<'a> {
@@ -245,12 +377,12 @@ pub(crate) enum Ctl {
         pid: u32,
         stages: Vec<u32>,
     },
-    /// Starting the records `seqs` of message `key` (`<pos>:<id>`).
+    /// About to start these items: per message `key` (`<pos>:<id>`), its records `seqs`
+    /// (sent, and flushed to the broker, before any of them starts).
     Claim {
         host: String,
         pid: u32,
-        key: String,
-        seqs: Vec<u64>,
+        units: Vec<(String, Spans)>,
     },
     /// The message `key` is passed on (its outputs published, its input acked).
     Done { host: String, pid: u32, key: String },
@@ -263,10 +395,11 @@ pub(crate) enum Ctl {
     },
 }
 
-/// Messages whose items already have an outcome: hosts drop redeliveries of them.
+/// Items of messages that a host which died had claimed (they have an outcome now): a
+/// host that gets such a message again skips them, and runs only its other records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Abandon {
-    pub keys: Vec<String>,
+    pub keys: Vec<(String, Spans)>,
 }
 
 /// The subject runs are announced on.
@@ -330,5 +463,40 @@ mod tests {
             matches!(&recs[3].body, WBody::Failed(1, e) if **e == Error::ShutDown { item: 10 })
         );
         assert!(read_batch(&[5, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn index_reads_in_place() {
+        let mut w = BatchWriter::new();
+        w.push_one(7, |b| codec::encode_into(&5u64, b)).unwrap();
+        w.push(&WRec {
+            seq: 8,
+            body: WBody::Many(vec![vec![1], vec![2, 3]]),
+        });
+        w.push(&WRec {
+            seq: 9,
+            body: WBody::Dropped(2),
+        });
+        let b = w.finish();
+        let at = index(&b).unwrap();
+        assert_eq!(at.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8, 9]);
+        let five: u64 = codec::decode(at[0].one(&b)).unwrap();
+        assert_eq!(five, 5);
+        assert_eq!(at[1].values(&b), [&[1u8][..], &[2, 3][..]]);
+        let mut again = BatchWriter::new();
+        again.push_raw(at[2].raw(&b));
+        assert!(matches!(
+            read_batch(&again.finish()).unwrap()[0].body,
+            WBody::Dropped(2)
+        ));
+        assert!(index(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn spans_of_seqs() {
+        let s = spans([3, 4, 5, 9, 10, 2]);
+        assert_eq!(s, [(3, 3), (9, 2), (2, 1)]);
+        assert_eq!(seqs(&s).collect::<Vec<_>>(), [3, 4, 5, 9, 10, 2]);
+        assert!(contains(&s, 10) && !contains(&s, 6));
     }
 }
