@@ -111,7 +111,7 @@ impl<T> Output<T> {
     }
 
     /// Sends `batch` to a process stage as runs of consecutive items, each as long as the
-    /// chosen link's credit and [`RUN_BYTES`] allow; a large item goes in a run of its own.
+    /// chosen link's credit and [`RUN_BYTES`](crate::transport::run::RUN_BYTES) allow; a large item goes in a run of its own.
     fn send_runs(&mut self, batch: Batch<T>) -> Result<(), Stopped> {
         let Output::Links {
             tx,

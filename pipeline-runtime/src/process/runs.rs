@@ -7,8 +7,10 @@
 //! all of the work.
 //!
 //! # The approach
-//! [`apply`] is built where the item types are known (`wire_ops::<In, Out>`, so the codec
-//! inlines) and walks a run's entries in one loop under **one** `catch_unwind`. A panic
+//! [`apply`] is generic over the item types and the stage function's own closure type:
+//! it is instantiated for each stage function (through `kernel::StageFn::run`), so the
+//! codec and the function inline into it, and a run costs one indirect call. It walks the
+//! run's entries in one loop under **one** `catch_unwind`. A panic
 //! unwinds out of the loop: the item it hit fails (with what it was doing: decoding,
 //! running the stage function, encoding), its partial output is cut off, and the loop
 //! resumes at the next item — no item runs twice. A stage that keeps `init` state stops
