@@ -12,13 +12,16 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep cost::
 //! ```
 //!
-//! and divide by [`ITEMS`] (`work` by 3 × [`ITEMS`]).
+//! and divide by [`ITEMS`] (`work` by 3 × [`ITEMS`]). `bare_feed`, `bare_work` and
+//! `bare_collect` are the same steps of W1's bare chain (bincode values back to back in a
+//! frame, as `benches/bare` sends them), for the same tool's count of the bare mechanism.
 
 use crate::error::Worker;
 use crate::item::{Body, Emit, Rec};
 use crate::kernel::{WorkerFn, run_via, worker_fn};
 use crate::os::sys::SlotState;
 use crate::process::runs::{RunCx, RunPos};
+use crate::transport::codec;
 use crate::transport::frame::REC_HEADER;
 use crate::transport::record;
 use crate::transport::run::weight;
@@ -67,6 +70,35 @@ fn collect(rec: &[u8], out: &mut Vec<Rec<u64>>) {
     record::decode_run::<u64>(&rec[REC_HEADER..], first, out, &|_, m| panic!("{m}"));
 }
 
+#[inline(never)]
+fn bare_feed(first: u64, out: &mut Vec<u8>) {
+    for x in first..first + RUN {
+        codec::encode_into(&x, out).expect("a u64");
+    }
+}
+
+/// Decodes the values of a bare frame one after the other.
+fn bare_values(mut p: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let cfg = bincode::config::standard();
+    std::iter::from_fn(move || {
+        let (x, n): (u64, usize) = bincode::serde::decode_from_slice(p, cfg).ok()?;
+        p = &p[n..];
+        Some(x)
+    })
+}
+
+#[inline(never)]
+fn bare_work(frame: &[u8], out: &mut Vec<u8>) {
+    for x in bare_values(frame) {
+        codec::encode_into(&(x + 1), out).expect("a u64");
+    }
+}
+
+#[inline(never)]
+fn bare_collect(frame: &[u8]) -> u64 {
+    bare_values(frame).sum()
+}
+
 fn seq_of(rec: &[u8]) -> u64 {
     u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"))
 }
@@ -100,4 +132,22 @@ fn cost() {
             .sum::<u64>();
     }
     assert_eq!(sum, (0..ITEMS).map(|x| x + 3).sum::<u64>());
+    assert_eq!(bare(), sum);
+}
+
+/// W1's bare chain through the same steps.
+fn bare() -> u64 {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut sum = 0u64;
+    for first in (0..ITEMS).step_by(RUN as usize) {
+        a.clear();
+        bare_feed(first, &mut a);
+        for _ in 0..3 {
+            b.clear();
+            bare_work(&a, &mut b);
+            std::mem::swap(&mut a, &mut b);
+        }
+        sum += bare_collect(&a);
+    }
+    sum
 }
