@@ -98,7 +98,7 @@ pub use handles::{Report, Results, Running, Ticket};
 #[doc(hidden)]
 pub use inventory;
 pub use pipeline::{FirstStage, PipePending, Pipeline};
-pub use process::fork_server::{init, pid as fork_server_pid};
+pub use process::fork_server::pid as fork_server_pid;
 #[doc(hidden)]
 pub use process::worker::inject_corrupt_frame;
 pub use stage::{
@@ -107,3 +107,17 @@ pub use stage::{
 pub use stats::{StageStats, Stats};
 pub use transport::codec::{FRAME_LIMIT, Wire};
 pub use transport::pipe::{PipeReader, PipeWriter};
+
+/// Starts the fork server; see the crate docs of `forkpipe::init`. Calling it again is a
+/// no-op.
+///
+/// In a process started as a worker host (`FORKPIPE_HOST=nats://…`, or the argument
+/// `--forkpipe-host nats://…`), it then serves the program's distributed stages from that
+/// broker and never returns (cargo feature `nats`; without it, that is an error).
+pub fn init() -> Result<(), Error> {
+    let first = process::fork_server::start_once()?;
+    match distributed::host_url() {
+        Some(url) if first => distributed::host_mode(&url),
+        _ => Ok(()),
+    }
+}

@@ -38,7 +38,7 @@ use crossbeam_channel::Receiver;
 /// # Ok::<(), pipeline_runtime::Error>(())
 /// ```
 pub struct Pipeline<In, Out> {
-    stages: Vec<Arc<dyn AnyStage>>,
+    pub(crate) stages: Vec<Arc<dyn AnyStage>>,
     source: Option<String>,
     feeder: FeederFn,
     progress: progress::Options,
@@ -287,24 +287,6 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             .map(|b| Box::new(b) as Box<dyn Branch<Out, N>>)
             .collect();
         self.push(Arc::new(FanOut::new(name, branches, Out::clone)))
-    }
-
-    /// Runs this pipeline's `distributed` stages on the hosts that serve them through
-    /// `broker` (cargo feature `nats`); the other stages run here as usual. Consecutive
-    /// distributed stages pass their items host to host through the broker. Without
-    /// `on`, the same pipeline runs everything locally.
-    ///
-    /// Hosts are processes of this same program whose `main` begins with
-    /// `forkpipe::init()`, started with `FORKPIPE_HOST=nats://…` in their environment (or
-    /// `--forkpipe-host nats://…` as an argument): `init()` then serves stages and never
-    /// returns. Every guarantee of a local run holds (one outcome per item, order,
-    /// backpressure), and an item that fails on a host names it ([`Error::Remote`]).
-    /// Starting fails if the broker cannot be reached, or if a distributed stage is not a
-    /// `#[stage(distributed)]` function (hosts find stages by name).
-    #[cfg(feature = "nats")]
-    pub fn on(mut self, broker: crate::distributed::broker::Broker) -> Self {
-        self.stages = crate::distributed::group::place(self.stages, &broker);
-        self
     }
 
     /// The pipeline as `pipeline!` writes it: `a | b | c`.

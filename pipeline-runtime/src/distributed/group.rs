@@ -22,6 +22,7 @@ use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::erase::AnyStage;
 use crate::error::Error;
+use crate::pipeline::Pipeline;
 use crate::process::protocol::Shipment;
 use crate::stage::{DEFAULT_QUEUE, Opts};
 
@@ -192,5 +193,24 @@ impl AnyStage for Group {
 
     fn ship(&self) -> Result<Shipment, String> {
         Err("a group of distributed stages runs in the caller".into())
+    }
+}
+
+impl<In, Out> Pipeline<In, Out> {
+    /// Runs this pipeline's `distributed` stages on the hosts that serve them through
+    /// `broker` (cargo feature `nats`); the other stages run here as usual. Consecutive
+    /// distributed stages pass their items host to host through the broker. Without
+    /// `on`, the same pipeline runs everything locally.
+    ///
+    /// Hosts are processes of this same program whose `main` begins with
+    /// `forkpipe::init()`, started with `FORKPIPE_HOST=nats://…` in their environment (or
+    /// `--forkpipe-host nats://…` as an argument): `init()` then serves stages and never
+    /// returns. Every guarantee of a local run holds (one outcome per item, order,
+    /// backpressure), and an item that fails on a host names it ([`Error::Remote`]).
+    /// Starting fails if the broker cannot be reached, or if a distributed stage is not a
+    /// `#[stage(distributed)]` function (hosts find stages by name).
+    pub fn on(mut self, broker: Broker) -> Self {
+        self.stages = place(self.stages, &broker);
+        self
     }
 }

@@ -77,6 +77,22 @@ pub(crate) mod serving;
 #[cfg(feature = "nats")]
 pub(crate) mod wire;
 
+/// Serves this program's distributed stages from `url`, never returning (see
+/// `forkpipe::init`).
+#[cfg(feature = "nats")]
+pub(crate) fn host_mode(url: &str) -> Result<(), crate::Error> {
+    host::serve_forever(url)
+}
+
+/// Without the `nats` feature a process started as a host cannot be one.
+#[cfg(not(feature = "nats"))]
+pub(crate) fn host_mode(url: &str) -> Result<(), crate::Error> {
+    Err(crate::Error::Start(format!(
+        "this process was started as a worker host of {url} (FORKPIPE_HOST or \
+         --forkpipe-host), but the program was built without forkpipe's `nats` feature"
+    )))
+}
+
 /// Where this process should serve as a host: `FORKPIPE_HOST`, or the argument after
 /// `--forkpipe-host` (or `--forkpipe-host=URL`).
 pub(crate) fn host_url() -> Option<String> {

@@ -60,32 +60,12 @@ fn server() -> MutexGuard<'static, Option<Client>> {
     SERVER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts the fork server; see the crate docs of `forkpipe::init`. Calling it again is a
-/// no-op.
-///
-/// In a process started as a worker host (`FORKPIPE_HOST=nats://…`, or the argument
-/// `--forkpipe-host nats://…`), it then serves the program's distributed stages from that
-/// broker and never returns (cargo feature `nats`; without it, that is an error).
-pub fn init() -> Result<(), Error> {
+/// Starts the fork server (see `forkpipe::init`); calling it again is a no-op. True if
+/// this call started it.
+pub(crate) fn start_once() -> Result<bool, Error> {
     let first = server().is_none();
     start()?;
-    match crate::distributed::host_url() {
-        Some(url) if first => host_mode(&url),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(feature = "nats")]
-fn host_mode(url: &str) -> Result<(), Error> {
-    crate::distributed::host::serve_forever(url)
-}
-
-#[cfg(not(feature = "nats"))]
-fn host_mode(url: &str) -> Result<(), Error> {
-    Err(Error::Start(format!(
-        "this process was started as a worker host of {url} (FORKPIPE_HOST or \
-         --forkpipe-host), but the program was built without forkpipe's `nats` feature"
-    )))
+    Ok(first)
 }
 
 fn start() -> Result<(), Error> {
