@@ -1,4 +1,4 @@
-//! The fork server: a small single-threaded process, forked by [`init`] while the program
+//! The fork server: a small single-threaded process, forked by [`init`](crate::init) while the program
 //! still has one thread, that forks every pipeline's supervisor from then on.
 //!
 //! # The problem
@@ -10,7 +10,7 @@
 //! prints — in 5 runs of 5, the very first pipeline hung.
 //!
 //! # The approach
-//! [`init`] checks that the process is single-threaded (race-free: `unshare(CLONE_VM)`
+//! [`init`](crate::init) checks that the process is single-threaded (race-free: `unshare(CLONE_VM)`
 //! fails in a process with threads) and forks this server. It owns nothing but its request
 //! socket, and never runs a second thread, so what it forks inherits no lock. To start a
 //! pipeline, the caller makes every socket as in direct mode, then sends a
@@ -111,7 +111,7 @@ fn start() -> Result<(), Error> {
     }
 }
 
-/// The fork server's pid, if [`init`] started one.
+/// The fork server's pid, if [`init`](crate::init) started one.
 pub fn pid() -> Option<u32> {
     server().as_ref().map(|c| c.pid.as_raw() as u32)
 }
