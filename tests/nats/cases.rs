@@ -220,19 +220,19 @@ fn host_killed() {
         .batch(4)
         .host_timeout(Duration::from_secs(1))
         .ack_wait(Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
     let n = 400;
-    let mut results = pipeline![numbers(n) | on_host(20)].on(b).results().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut results = pipeline![numbers(n) | marked(20, d)]
+        .on(b)
+        .results()
+        .unwrap();
     let mut all = Vec::new();
-    let victim = loop {
-        let r = results.next().expect("an outcome");
-        let host = r.as_ref().unwrap().1.clone();
-        all.push(r);
-        if all.len() == 30 {
-            break host;
-        }
-    };
-    let h = hs.iter_mut().find(|h| h.name == victim).unwrap();
-    h.kill();
+    while all.len() < 30 {
+        all.push(results.next().expect("an outcome"));
+    }
+    let victim = all[29].as_ref().unwrap().1.clone();
+    kill_while_running(&mut hs, &victim, dir.path());
     all.extend(results);
     let all = outcomes(all.into_iter(), n);
     let failed: Vec<&forkpipe::Error> = all.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -248,7 +248,7 @@ fn host_killed() {
         assert_eq!(e.host().map(|h| h.0), Some(victim.as_str()), "{e}");
         let m = e.to_string();
         assert!(
-            m.contains("stopped answering") && m.contains("on_host"),
+            m.contains("stopped answering") && m.contains("marked"),
             "{m}"
         );
     }
@@ -258,6 +258,29 @@ fn host_killed() {
         .map(|x| &x.1)
         .collect();
     assert!(after.iter().any(|h| **h != victim), "other hosts took over");
+}
+
+/// SIGKILLs host `victim` just after it started an item (a new line of its in the marks
+/// file of [`marked`]), so it dies holding that item whatever the machine's load: mid-stream,
+/// a host can be between messages, holding nothing.
+fn kill_while_running(hs: &mut [Host], victim: &str, dir: &std::path::Path) {
+    let path = dir.join("marks");
+    let seen = std::fs::read_to_string(&path).unwrap_or_default().len();
+    let tail = format!(" {victim}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let new = text.get(seen..).unwrap_or_default();
+        if new.lines().any(|l| l.ends_with(&tail)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {victim} started no item in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    hs.iter_mut().find(|h| h.name == victim).unwrap().kill();
 }
 
 /// The marks file of [`marked`]: each item's hosts, in the order they started it.
@@ -292,11 +315,11 @@ fn host_killed_started_only() {
         all.push(results.next().expect("an outcome"));
     }
     let victim = all[29].as_ref().unwrap().1.clone();
-    hs.iter_mut().find(|h| h.name == victim).unwrap().kill();
+    kill_while_running(&mut hs, &victim, dir.path());
     all.extend(results);
     let all = outcomes(all.into_iter(), n);
     let marks = marks(dir.path());
-    let mut failed = 0;
+    let (mut failed, mut unstarted) = (0, 0);
     for (i, r) in all.iter().enumerate() {
         let ran = marks.get(&(i as u64)).cloned().unwrap_or_default();
         // Nothing runs twice: not a crashed item, nor one a redelivery brought back.
@@ -309,15 +332,22 @@ fn host_killed_started_only() {
             Err(e) => {
                 failed += 1;
                 assert_eq!(e.host().map(|h| h.0), Some(victim.as_str()), "{e}");
-                // Only what the dead host had started fails.
-                assert_eq!(
-                    ran,
-                    [victim.as_str()],
-                    "item {i} failed but had not started: {e}"
+                // Only what the dead host had claimed fails: it ran there, or nowhere.
+                assert!(
+                    ran.is_empty() || ran == [victim.as_str()],
+                    "item {i} failed but ran on {ran:?}: {e}"
                 );
+                // A claim reaches the broker before its item starts, so a host killed in
+                // between fails an item whose function had not begun: at most one per
+                // worker (the room for 50 ms items); its queued items are not failed.
+                unstarted += usize::from(ran.is_empty());
             }
         }
     }
+    assert!(
+        unstarted <= 2,
+        "only the items in its workers' hands fail: {unstarted} had not started"
+    );
     // (Two workers run an item each; a message's outputs wait for its last item.)
     assert!(
         (1..=8).contains(&failed),
