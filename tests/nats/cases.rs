@@ -608,7 +608,15 @@ fn drop_cleans_up() {
     for _ in 0..10 {
         results.next().unwrap().unwrap();
     }
-    assert!(s.jsz().contains("FP_"), "the run has its stream");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.jsz().contains("FP_") {
+        assert!(
+            Instant::now() < deadline,
+            "the run has its stream: {}",
+            s.jsz()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let t = Instant::now();
     drop(results);
     assert!(t.elapsed() < Duration::from_secs(5), "drop is prompt");

@@ -4,7 +4,7 @@
 //! stages and never returns). Both are killed and reaped on drop.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,12 @@ pub fn have_nats_server() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("its address").port()
+/// The port of the first `scheme` URL in a server's ports file
+/// (`{"nats":["nats://127.0.0.1:40757"],"monitoring":["http://127.0.0.1:43083"]}`).
+fn port_in(ports: &str, scheme: &str) -> Option<u16> {
+    let url = &ports[ports.find(scheme)? + scheme.len()..];
+    let url = &url[..url.find('"')?];
+    url.rsplit_once(':')?.1.parse().ok()
 }
 
 /// A `nats-server -js` of one test.
@@ -32,34 +35,41 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a server on ports it picks itself (`-1`) and reads them from its ports file:
+    /// numbers picked here and handed over could be taken meanwhile by the other tests'
+    /// servers or connections, and a test would then talk to another test's server.
     pub fn start() -> Server {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (port, http) = (free_port(), free_port());
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-m",
-                &http.to_string(),
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", "-1"])
             .arg("-sd")
+            .arg(dir.path())
+            .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
-        let s = Server {
+        let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let mut s = Server {
             child: Some(child),
-            port,
-            http,
+            port: 0,
+            http: 0,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            let text = std::fs::read_to_string(&ports).unwrap_or_default();
+            if let (Some(port), Some(http)) = (port_in(&text, "nats://"), port_in(&text, "http://"))
+            {
+                (s.port, s.http) = (port, http);
+                break;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server does not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
         s
@@ -79,6 +89,26 @@ impl Server {
 
     /// The server's JetStream report (`/jsz?streams=true`), for what streams exist.
     pub fn jsz(&self) -> String {
+        // (A loaded machine can refuse or cut a request: asked again, up to 5 s.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.jsz_once();
+            if out.starts_with("HTTP/1.")
+                && out.contains(" 200 ")
+                && out.contains("\r\n\r\n{")
+                && out.trim_end().ends_with('}')
+            {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server's /jsz answered: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn jsz_once(&self) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http)) else {
             return String::new();
         };
