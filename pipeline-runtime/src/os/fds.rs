@@ -144,7 +144,9 @@ impl Inherited {
             unsafe { close_run(lo, hi) };
         }
         let mut reg = lock();
-        reg.clear();
+        // (The inherited registry's nodes are left where they are, not freed: they are the
+        // parent's pages, and freeing them would copy each one into this child.)
+        std::mem::forget(std::mem::take(&mut *reg));
         reg.extend(keep.iter().copied());
         Kept(keep.iter().copied().collect())
     }
