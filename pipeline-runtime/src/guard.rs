@@ -177,11 +177,36 @@ pub(crate) fn batch_loop<In, Out>(
     }
 }
 
+/// The values left in `items` (item `first` is `out`'s first) through `f` into `out`,
+/// without a guard, while each gives exactly one output: the loop of a dense batch in
+/// `kernel::apply_batch`. Returns the body of the first item that does not (its outputs,
+/// none, or its failure), or `None` if every item did. An item's number is `first` plus
+/// the outputs before it, also when `f` panics on it.
+#[inline(always)]
+pub(crate) fn dense_loop<In, Out>(
+    f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
+    items: &mut std::vec::IntoIter<In>,
+    out: &mut Vec<Out>,
+    emit: &mut Emit<Out>,
+    who: Who<'_>,
+    first: u64,
+) -> Option<Body<Out>> {
+    for x in items.by_ref() {
+        let ran = f(x, emit);
+        if ran.is_ok() && emit.len() == 1 {
+            out.push(emit.take_one());
+            continue;
+        }
+        return Some(outcome(ran, emit, who, first + out.len() as u64));
+    }
+    None
+}
+
 /// One record through the stage function, without a guard (see [`batch_loop`]).
 #[inline(always)]
 fn apply_unguarded<In, Out>(
     f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
-    (stage_idx, stage, worker): (u32, &str, Worker),
+    who: Who<'_>,
     rec: Rec<In>,
     emit: &mut Emit<Out>,
 ) -> Body<Out> {
@@ -192,6 +217,18 @@ fn apply_unguarded<In, Out>(
         Body::Consumed(s, n) => return Body::Consumed(s, n),
         Body::Failed(i, e) => return Body::Failed(i, e),
     };
+    outcome(ran, emit, who, rec.seq)
+}
+
+/// Item `seq`'s body once the stage function ran (`ran`) on its inputs: what it emitted,
+/// or its failure.
+#[inline(always)]
+fn outcome<Out>(
+    ran: Result<(), String>,
+    emit: &mut Emit<Out>,
+    (stage_idx, stage, worker): Who<'_>,
+    seq: u64,
+) -> Body<Out> {
     match ran {
         Ok(()) => take_outputs(emit, stage_idx),
         Err(message) => {
@@ -200,7 +237,7 @@ fn apply_unguarded<In, Out>(
                 stage_idx,
                 Box::new(Error::Failed {
                     stage: stage.to_string(),
-                    item: rec.seq,
+                    item: seq,
                     worker,
                     message,
                 }),

@@ -41,7 +41,9 @@ pub struct Results<Out> {
     ring: Ring<Out>,
     ready: VecDeque<Result<Out, Error>>,
     /// The batch being read (see [`Results::take`]).
-    batch: std::vec::IntoIter<Rec<Out>>,
+    batch: crate::caller::batch::IntoRecs<Out>,
+    /// Values next in order, already counted (see [`Results::read`]).
+    direct: std::vec::IntoIter<Out>,
     release: usize,
     ended: bool,
 }
@@ -79,7 +81,8 @@ impl<Out: Send + 'static> Results<Out> {
                 reach,
             },
             ready: VecDeque::new(),
-            batch: Vec::new().into_iter(),
+            batch: Batch::default().into_iter(),
+            direct: Vec::new().into_iter(),
             release: 0,
             ended: false,
         }
@@ -146,6 +149,9 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
             if let Some(r) = self.ready.pop_front() {
                 return Some(r);
             }
+            if let Some(v) = self.direct.next() {
+                return Some(Ok(v));
+            }
             if let Some(rec) = self.batch.next() {
                 if let Some(r) = self.take(rec) {
                     return Some(r);
@@ -157,7 +163,7 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
             }
             self.give_back();
             match self.rx.recv() {
-                Ok(batch) => self.batch = batch.into_iter(),
+                Ok(batch) => self.read(batch),
                 Err(_) => self.end_of_results(),
             }
         }
@@ -165,6 +171,23 @@ impl<Out: Send + 'static> Iterator for Results<Out> {
 }
 
 impl<Out: Send + 'static> Results<Out> {
+    /// Starts reading `batch`. A dense batch that is next in order, with nothing waiting in
+    /// the ring, is taken whole: its values are returned as they are, one check each.
+    fn read(&mut self, batch: Batch<Out>) {
+        match batch {
+            Batch::Dense { first, items }
+                if self.ordered && first == self.ring.base && self.ring.slots.is_empty() =>
+            {
+                self.ring.base += items.len() as u64;
+                if self.stream_first.is_none() {
+                    self.release += items.len();
+                }
+                self.direct = items.into_iter();
+            }
+            batch => self.batch = batch.into_iter(),
+        }
+    }
+
     /// One record of the batch being read. The next output in order, with nothing waiting
     /// in the ring, is returned as it is (the common case, and the cheap one); anything
     /// else goes through the ring or `ready`.

@@ -27,7 +27,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::Worker;
+use crate::caller::batch::Batch;
 use crate::guard::{self, Who};
 use crate::item::{Body, Emit, Rec};
 use crate::process::runs::{self, RunCx, RunPos};
@@ -54,6 +54,17 @@ pub(crate) trait StageFn<In, Out> {
         who: Who<'_>,
         seq: &mut u64,
     );
+
+    /// The values left in `items` into `out` while each gives one output
+    /// (`guard::dense_loop`): the body of the first that does not, if any.
+    fn dense(
+        &mut self,
+        items: &mut std::vec::IntoIter<In>,
+        out: &mut Vec<Out>,
+        emit: &mut Emit<Out>,
+        who: Who<'_>,
+        first: u64,
+    ) -> Option<Body<Out>>;
 
     /// The entries of a run (`process::runs::apply`).
     fn run(&mut self, cx: &mut RunCx<'_, Out>, payload: &[u8], pos: &mut RunPos, out: &mut Vec<u8>)
@@ -85,12 +96,78 @@ where
         guard::batch_loop(&mut self.0, recs, out, emit, who, seq);
     }
 
+    fn dense(
+        &mut self,
+        items: &mut std::vec::IntoIter<In>,
+        out: &mut Vec<Out>,
+        emit: &mut Emit<Out>,
+        who: Who<'_>,
+        first: u64,
+    ) -> Option<Body<Out>> {
+        guard::dense_loop(&mut self.0, items, out, emit, who, first)
+    }
+
     fn run(&mut self, cx: &mut RunCx<'_, Out>, payload: &[u8], pos: &mut RunPos, out: &mut Vec<u8>)
     where
         In: DeserializeOwned,
         Out: Serialize,
     {
         runs::apply(&mut self.0, cx, payload, pos, out);
+    }
+}
+
+/// A stage function that maps each item to one output (`Stage::map`): its dense loop is
+/// a plain `extend` over the batch, with no `Emit` between the function and the output.
+pub(crate) struct MapStage<F>(pub F);
+
+/// A map function in the general form.
+#[inline(always)]
+fn emitting<In, Out>(
+    f: &mut impl FnMut(In) -> Out,
+) -> impl FnMut(In, &mut Emit<Out>) -> Result<(), String> + '_ {
+    |x, e| {
+        e.emit(f(x));
+        Ok(())
+    }
+}
+
+impl<In, Out, F: FnMut(In) -> Out> StageFn<In, Out> for MapStage<F> {
+    #[inline]
+    fn call(&mut self, x: In, emit: &mut Emit<Out>) -> Result<(), String> {
+        emit.emit((self.0)(x));
+        Ok(())
+    }
+
+    fn batch(
+        &mut self,
+        recs: &mut std::vec::IntoIter<Rec<In>>,
+        out: &mut Vec<Rec<Out>>,
+        emit: &mut Emit<Out>,
+        who: Who<'_>,
+        seq: &mut u64,
+    ) {
+        guard::batch_loop(&mut emitting(&mut self.0), recs, out, emit, who, seq);
+    }
+
+    fn dense(
+        &mut self,
+        items: &mut std::vec::IntoIter<In>,
+        out: &mut Vec<Out>,
+        _: &mut Emit<Out>,
+        _: Who<'_>,
+        _: u64,
+    ) -> Option<Body<Out>> {
+        // (If `f` panics, `out` keeps the outputs before it: `guard::dense_loop`'s rule.)
+        out.extend(items.by_ref().map(&mut self.0));
+        None
+    }
+
+    fn run(&mut self, cx: &mut RunCx<'_, Out>, payload: &[u8], pos: &mut RunPos, out: &mut Vec<u8>)
+    where
+        In: DeserializeOwned,
+        Out: Serialize,
+    {
+        runs::apply(&mut emitting(&mut self.0), cx, payload, pos, out);
     }
 }
 
@@ -112,28 +189,70 @@ pub(crate) fn run_via<In: DeserializeOwned, Out: Serialize>(
     f.run(cx, payload, pos, out);
 }
 
-/// Applies `f` to every record of `batch`, appending one record per input record to
-/// `out`, under one `catch_unwind` for the batch: a panic fails its item, `on_panic` is
-/// called (a stateful stage makes its function afresh), and the loop resumes at the next
-/// record — no item runs twice. The thread stages' counterpart of `process::runs`.
+/// Applies `f` to every item of `batch` under one `catch_unwind` (two if the batch
+/// changes form): a panic fails its item, `on_panic` is called (a stateful stage makes its
+/// function afresh), and the loop resumes at the next item — no item runs twice. A dense
+/// batch stays dense while every item gives one output; from the first that does not,
+/// the rest is applied as records. The thread stages' counterpart of `process::runs`.
 pub(crate) fn apply_batch<In, Out>(
     f: &mut WorkerFn<In, Out>,
-    (stage_idx, stage, worker): (u32, &str, Worker),
+    who: Who<'_>,
+    batch: Batch<In>,
+    emit: &mut Emit<Out>,
+    mut on_panic: impl FnMut(&mut WorkerFn<In, Out>),
+) -> Batch<Out> {
+    let (first, items) = match batch {
+        Batch::Recs(recs) => {
+            let out = Vec::with_capacity(recs.len());
+            return Batch::Recs(apply_recs(f, who, recs, emit, out, on_panic));
+        }
+        Batch::Dense { first, items } => (first, items),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        f.dense(&mut items, &mut out, emit, who, first)
+    }));
+    // (The item that did not give one output is numbered after those that did.)
+    let at = first + out.len() as u64;
+    let odd = match ran {
+        Ok(None) => return Batch::Dense { first, items: out },
+        Ok(Some(body)) => body,
+        Err(p) => {
+            emit.clear();
+            let e = guard::panic_error(who.1, who.2, at, p.as_ref());
+            on_panic(f);
+            Body::Failed(who.0, Box::new(e))
+        }
+    };
+    let mut recs = Vec::with_capacity(out.len() + 1 + items.len());
+    recs.extend(Batch::Dense { first, items: out });
+    recs.push(Rec { seq: at, body: odd });
+    let rest = Batch::Dense {
+        first: at + 1,
+        items: items.collect(),
+    };
+    Batch::Recs(apply_recs(f, who, rest.into_recs(), emit, recs, on_panic))
+}
+
+/// [`apply_batch`] over records, appending one record per input record to `out`.
+fn apply_recs<In, Out>(
+    f: &mut WorkerFn<In, Out>,
+    (stage_idx, stage, worker): Who<'_>,
     batch: Vec<Rec<In>>,
     emit: &mut Emit<Out>,
-    out: &mut Vec<Rec<Out>>,
+    mut out: Vec<Rec<Out>>,
     mut on_panic: impl FnMut(&mut WorkerFn<In, Out>),
-) {
-    out.reserve(batch.len());
+) -> Vec<Rec<Out>> {
     let mut recs = batch.into_iter();
     let mut seq = 0u64;
     loop {
         let who = (stage_idx, stage, worker);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            f.batch(&mut recs, out, emit, who, &mut seq);
+            f.batch(&mut recs, &mut out, emit, who, &mut seq);
         }));
         let Err(p) = r else {
-            return;
+            return out;
         };
         emit.clear();
         let e = guard::panic_error(stage, worker, seq, p.as_ref());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::caller::fan_in;
 use crate::caller::fan_out::{Branch, FanOut};
-use crate::caller::feeder::{self, Feed};
+use crate::caller::feeder::{self, Feed, fill_from};
 use crate::caller::launch::{FeederFn, launch};
 #[cfg(feature = "nats")]
 use crate::caller::output::Batch;
@@ -365,7 +365,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         {
             progress.expected = progress.expected.or(Some(lower as u64));
         }
-        let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(Box::new(input)));
+        let feed: Box<dyn Any + Send> = Box::new(Feed::Iter(fill_from(input)));
         let shape = self.shape();
         let (engine, rx) = launch(self.stages, self.feeder, Some(feed), true)?;
         Ok(Results::new(engine, rx, shape, progress))

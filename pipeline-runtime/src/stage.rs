@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::DeterminerPanic;
 use crate::error::panic_message;
-use crate::kernel::{RunFn, worker_fn};
+use crate::kernel::{MapStage, RunFn, worker_fn};
 use crate::os::image;
 use crate::recipe::{self, Make, MaybeRecipe, Recipe};
 use crate::transport::codec::{self, Wire};
@@ -349,10 +349,17 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         G: Fn(In, &mut Emit<Out>) -> Result<(), String> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        let make = move || {
+        Self::from_make(name, move || {
             let f = Arc::clone(&f);
             Ok(worker_fn(move |x: In, e: &mut Emit<Out>| f(x, e)))
-        };
+        })
+    }
+
+    /// A stage whose workers' functions `make` makes.
+    fn from_make<M>(name: impl Into<Cow<'static, str>>, make: M) -> Self
+    where
+        M: Fn() -> Result<WorkerFn<In, Out>, String> + Send + Sync + 'static,
+    {
         Stage {
             name: name.into(),
             make: Arc::new(make),
@@ -375,9 +382,10 @@ impl<In: Send + 'static, Out: Send + 'static> Stage<In, Out> {
         {
             Ok(Stage::map("", recipe::remake::<F>()))
         }
-        let stage = Self::from_fn(name, move |x, e: &mut Emit<Out>| {
-            e.emit(f(x));
-            Ok(())
+        let f = Arc::new(f);
+        let stage = Self::from_make(name, move || {
+            let f = Arc::clone(&f);
+            Ok(Box::new(MapStage(move |x: In| f(x))) as WorkerFn<In, Out>)
         });
         stage.with_recipe(recipe::of_fn::<F, Stage<In, Out>>(make::<In, Out, F>))
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
+use crate::caller::batch::Batch;
 use crate::caller::fan_in::{self, Iter, Pulled};
 use crate::caller::output::{IDLE_SERVICE, Output};
 use crate::caller::shared::Shared;
@@ -21,7 +22,7 @@ const MAX_CHUNK: usize = 4096;
 
 /// Pulls items from the input and feeds them to the first stage, within the window.
 pub(crate) enum Feed<In> {
-    Iter(Box<dyn Iterator<Item = In> + Send>),
+    Iter(Fill<In>),
     /// A source: the iterator is made on the feeding thread.
     Lazy(
         String,
@@ -32,6 +33,15 @@ pub(crate) enum Feed<In> {
     Merge(Vec<fan_in::Made<In>>),
     /// What a `Merge` becomes once its sources' threads run.
     Merged(Receiver<Pulled<In>>),
+}
+
+/// Pulls up to `n` items of an input into a batch: made where the iterator's type is
+/// known (see [`fill_from`]), so a chunk costs one indirect call, not one per item.
+pub(crate) type Fill<In> = Box<dyn FnMut(&mut Vec<In>, usize) + Send>;
+
+/// The [`Fill`] of iterator `it`.
+pub(crate) fn fill_from<I: Iterator + Send + 'static>(mut it: I) -> Fill<I::Item> {
+    Box::new(move |items, n| items.extend(it.by_ref().take(n)))
 }
 
 /// Starts the feeding thread: it pulls `feed` (in user code: flagged, so a stop does not
@@ -59,7 +69,7 @@ pub(crate) fn spawn_feeder<In: Send + 'static>(
                 &stop,
             ),
             Feed::Lazy(name, make) => {
-                let mut it = make_source(make, user);
+                let mut it = fill_from(make_source(make, user));
                 let name = Some(name);
                 feed_iter(
                     |n, seq| pull_chunk(&mut it, n, seq, &name, user),
@@ -105,7 +115,7 @@ fn make_source<In: 'static>(
 /// input ended), taking room in the window chunk by chunk (chunks grow while the input is
 /// quick, shrink when it is slow). False if the pipeline stopped.
 fn feed_iter<In>(
-    mut pull: impl FnMut(usize, &mut u64) -> (Vec<Rec<In>>, bool),
+    mut pull: impl FnMut(usize, &mut u64) -> (Batch<In>, bool),
     out: &mut Output<In>,
     shared: &Shared,
     stop: &Receiver<()>,
@@ -156,44 +166,37 @@ fn take_room<In>(window: &Window, chunk: usize, out: &mut Output<In>) -> Option<
 }
 
 /// Pulls up to `n` items, numbering them from `seq`; a panic of the iterator fails that item
-/// and ends the input. Returns the records and whether the input ended.
+/// and ends the input. Returns the batch (dense unless a panic failed an item) and whether
+/// the input ended.
 fn pull_chunk<In>(
-    it: &mut Iter<In>,
+    fill: &mut Fill<In>,
     n: usize,
     seq: &mut u64,
     source: &Option<String>,
     user: User<'_>,
-) -> (Vec<Rec<In>>, bool) {
-    let mut batch = Vec::with_capacity(n);
-    let mut ended = false;
+) -> (Batch<In>, bool) {
+    let first = *seq;
+    let mut items = Vec::with_capacity(n);
     // One guard for the chunk: a panic ends the input anyway.
-    let pulled = user.run(|| {
-        while batch.len() < n {
-            let Some(x) = it.next() else {
-                ended = true;
-                return;
-            };
-            batch.push(Rec {
-                seq: *seq,
-                body: Body::One(x),
-            });
-            *seq += 1;
-        }
+    let pulled = user.run(|| fill(&mut items, n));
+    *seq += items.len() as u64;
+    let ended = items.len() < n;
+    let batch = Batch::Dense { first, items };
+    let Err(p) = pulled else {
+        return (batch, ended);
+    };
+    let e = Error::Input {
+        stage: source.clone(),
+        item: *seq,
+        message: crate::error::panic_message(p.as_ref()),
+    };
+    let mut recs = batch.into_recs();
+    recs.push(Rec {
+        seq: *seq,
+        body: Body::Failed(u32::MAX, Box::new(e)),
     });
-    if let Err(p) = pulled {
-        let e = Error::Input {
-            stage: source.clone(),
-            item: *seq,
-            message: crate::error::panic_message(p.as_ref()),
-        };
-        batch.push(Rec {
-            seq: *seq,
-            body: Body::Failed(u32::MAX, Box::new(e)),
-        });
-        *seq += 1;
-        return (batch, true);
-    }
-    (batch, ended)
+    *seq += 1;
+    (Batch::Recs(recs), true)
 }
 
 /// Pulls up to `n` items of a fan-in (waiting for the first only), numbering them from
@@ -204,14 +207,14 @@ fn pull_merged<In>(
     n: usize,
     seq: &mut u64,
     stop: &Receiver<()>,
-) -> (Vec<Rec<In>>, bool) {
+) -> (Batch<In>, bool) {
     let mut batch = Vec::with_capacity(n.min(1024));
     let first = select! {
         recv(rx) -> r => r.ok(),
         recv(stop) -> _ => None,
     };
     let Some(first) = first else {
-        return (batch, true);
+        return (Batch::Recs(batch), true);
     };
     let mut next = Some(first);
     while let Some(pulled) = next {
@@ -233,7 +236,7 @@ fn pull_merged<In>(
         }
         next = rx.try_recv().ok();
     }
-    (batch, false)
+    (Batch::Recs(batch), false)
 }
 
 /// Feeds submitted work items (credit was taken per item by `Running::submit`), up to 512
@@ -262,7 +265,7 @@ fn feed_chan<In>(rx: &Receiver<(u64, In)>, out: &mut Output<In>, stop: &Receiver
                 Err(_) => break,
             }
         }
-        let batch = batch
+        let batch: Vec<Rec<In>> = batch
             .into_iter()
             .map(|(seq, x)| Rec {
                 seq,

@@ -11,7 +11,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::os::fds::RtFd;
-use crate::stage::Rec;
 use crate::transport::link::{Commit, LinkSender, NO_TAG};
 use crate::transport::record::{self, Enc, RunEnc};
 use crate::transport::run::RUN_MIN;
@@ -19,8 +18,7 @@ use crate::transport::run::RUN_MIN;
 /// How often an idle sender reads death notices (see [`Output::service`]).
 pub(crate) const IDLE_SERVICE: Duration = Duration::from_millis(20);
 
-/// A batch of records between two pieces in the caller.
-pub(crate) type Batch<T> = Vec<Rec<T>>;
+pub(crate) use crate::caller::batch::Batch;
 
 /// The pipeline is stopping: the piece that got this should end quietly.
 #[derive(Debug)]
@@ -62,7 +60,12 @@ impl<T> Output<T> {
         }
     }
 
-    pub(crate) fn send(&mut self, batch: Batch<T>, stop: &Receiver<()>) -> Result<(), Stopped> {
+    pub(crate) fn send(
+        &mut self,
+        batch: impl Into<Batch<T>>,
+        stop: &Receiver<()>,
+    ) -> Result<(), Stopped> {
+        let batch = batch.into();
         if let Output::Links { runs: true, tx, .. } = self
             && batch.len() >= RUN_MIN * tx.width()
         {
@@ -76,9 +79,10 @@ impl<T> Output<T> {
     /// one by one).
     pub(crate) fn send_records(
         &mut self,
-        mut batch: Batch<T>,
+        batch: impl Into<Batch<T>>,
         stop: &Receiver<()>,
     ) -> Result<(), Stopped> {
+        let mut batch = batch.into();
         match self {
             Output::Chan { tx, split } => {
                 let parts = (*split).min(batch.len()).max(1);
@@ -113,6 +117,7 @@ impl<T> Output<T> {
     /// Sends `batch` to a process stage as runs of consecutive items, each as long as the
     /// chosen link's credit and [`RUN_BYTES`](crate::transport::run::RUN_BYTES) allow; a large item goes in a run of its own.
     fn send_runs(&mut self, batch: Batch<T>) -> Result<(), Stopped> {
+        let batch = batch.into_recs();
         let Output::Links {
             tx,
             enc,

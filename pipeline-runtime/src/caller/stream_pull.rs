@@ -20,7 +20,7 @@ pub(crate) struct ChanPort<In, Out> {
     buf: VecDeque<Rec<In>>,
     out: Output<Out>,
     /// Outputs not sent yet.
-    out_batch: Batch<Out>,
+    out_batch: Vec<Rec<Out>>,
     /// The pipeline is stopping: nothing more is read or sent.
     stopped: bool,
 }

@@ -78,9 +78,8 @@ pub(crate) fn spawn_workers<In: Send + 'static, Out: Send + 'static>(
                 let n = batch.len() as u64;
                 meter.sample_queue(rx.len() as u64 * n, &last_sample);
                 meter.begin(n, None);
-                let mut out_batch: Batch<Out> = Vec::new();
                 let cx = (idx, &*me.name, worker);
-                apply_batch(&mut f, cx, batch, &mut emit, &mut out_batch, |f| {
+                let out_batch = apply_batch(&mut f, cx, batch, &mut emit, |f| {
                     if me.opts.stateful {
                         // Its state may be half-updated: start afresh.
                         *f = afresh(&me);
