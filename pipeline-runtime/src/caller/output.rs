@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, select};
+use crossbeam_utils::Backoff;
 
 use crate::os::fds::RtFd;
 use crate::transport::link::{Commit, LinkSender, NO_TAG};
@@ -196,18 +197,41 @@ fn ready(tx: &mut LinkSender<RtFd>) -> Result<(), Stopped> {
     }
 }
 
+/// Sends `batch` on `tx`, or `Stopped` once the pipeline stops. Like a channel's own
+/// `send`, it retries a full channel a few times (spinning, then yielding) before it
+/// sleeps: a stage that waits microseconds for its neighbour should not pay a futex
+/// wait and wake for it (a `select!` alone sleeps at once).
 pub(crate) fn send_chan<T>(
     tx: &Sender<Batch<T>>,
-    batch: Batch<T>,
+    mut batch: Batch<T>,
     stop: &Receiver<()>,
 ) -> Result<(), Stopped> {
+    let backoff = Backoff::new();
+    while !backoff.is_completed() {
+        match tx.try_send(batch) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(Stopped),
+            Err(TrySendError::Full(b)) => batch = b,
+        }
+        backoff.snooze();
+    }
     select! {
         send(tx, batch) -> r => r.map_err(|_| Stopped),
         recv(stop) -> _ => Err(Stopped),
     }
 }
 
+/// The next batch from `rx`, or `None` at its end or once the pipeline stops (retrying an
+/// empty channel before it sleeps, as [`send_chan`]).
 pub(crate) fn recv_chan<T>(rx: &Receiver<Batch<T>>, stop: &Receiver<()>) -> Option<Batch<T>> {
+    let backoff = Backoff::new();
+    while !backoff.is_completed() {
+        match rx.try_recv() {
+            Ok(b) => return Some(b),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => backoff.snooze(),
+        }
+    }
     select! {
         recv(rx) -> r => r.ok(),
         recv(stop) -> _ => None,
