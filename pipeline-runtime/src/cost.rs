@@ -16,9 +16,10 @@
 //! `bare_collect` are the same steps of W1's bare chain (bincode values back to back in a
 //! frame, as `benches/bare` sends them), for the same tool's count of the bare mechanism.
 
+use crate::batch::Batch;
 use crate::error::Worker;
-use crate::item::{Body, Emit, Rec};
-use crate::kernel::{WorkerFn, run_via, worker_fn};
+use crate::item::{Body, Emit};
+use crate::kernel::{MapStage, WorkerFn, run_via};
 use crate::os::sys::SlotState;
 use crate::process::runs::{RunCx, RunPos};
 use crate::transport::codec;
@@ -34,13 +35,10 @@ const RUN: u64 = 4096;
 
 #[inline(never)]
 fn feed(first: u64, out: &mut Vec<u8>) {
-    let recs: Vec<Rec<u64>> = (first..first + RUN)
-        .map(|seq| Rec {
-            seq,
-            body: Body::One(seq),
-        })
-        .collect();
-    let n = record::encode_run::<u64>(out, &recs, RUN as usize, (0, "inc"));
+    // (As the feeder pulls them: a dense batch.)
+    let values: Vec<u64> = (first..first + RUN).collect();
+    let items = record::Items::Values(first, &values);
+    let n = record::encode_run::<u64>(out, items, RUN as usize, (0, "inc"));
     assert_eq!(n as u64, RUN);
 }
 
@@ -64,7 +62,7 @@ fn work(f: &mut WorkerFn<u64, u64>, slot: &'static SlotState, rec: &[u8], out: &
 }
 
 #[inline(never)]
-fn collect(rec: &[u8], out: &mut Vec<Rec<u64>>) {
+fn collect(rec: &[u8], out: &mut Batch<u64>) {
     crate::transport::run::check(&rec[REC_HEADER..]).expect("a run");
     let first = seq_of(rec);
     record::decode_run::<u64>(&rec[REC_HEADER..], first, out, &|_, m| panic!("{m}"));
@@ -106,12 +104,10 @@ fn seq_of(rec: &[u8]) -> u64 {
 #[test]
 #[ignore = "a harness for callgrind (see the module docs)"]
 fn cost() {
-    let mut f: WorkerFn<u64, u64> = worker_fn(|x: u64, e: &mut Emit<u64>| {
-        e.emit(x + 1);
-        Ok(())
-    });
+    // (As `Stage::map` makes it.)
+    let mut f: WorkerFn<u64, u64> = Box::new(MapStage(|x: u64| x + 1));
     let slot: &'static SlotState = Box::leak(Box::default());
-    let (mut a, mut b, mut got) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut sum = 0u64;
     for first in (0..ITEMS).step_by(RUN as usize) {
         a.clear();
@@ -121,10 +117,10 @@ fn cost() {
             work(&mut f, slot, &a, &mut b);
             std::mem::swap(&mut a, &mut b);
         }
-        got.clear();
+        let mut got = Batch::default();
         collect(&a, &mut got);
         sum += got
-            .iter()
+            .into_iter()
             .map(|r| match r.body {
                 Body::One(v) => v,
                 _ => unreachable!(),

@@ -41,7 +41,7 @@ pub struct Results<Out> {
     ring: Ring<Out>,
     ready: VecDeque<Result<Out, Error>>,
     /// The batch being read (see [`Results::take`]).
-    batch: crate::caller::batch::IntoRecs<Out>,
+    batch: crate::batch::IntoRecs<Out>,
     /// Values next in order, already counted (see [`Results::read`]).
     direct: std::vec::IntoIter<Out>,
     release: usize,

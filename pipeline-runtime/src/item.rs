@@ -52,6 +52,17 @@ impl<T> Emit<T> {
     }
 }
 
+/// Map function `f` (one output per item) in the general form of a stage function.
+#[inline(always)]
+pub(crate) fn emitting<In, Out>(
+    f: &mut impl FnMut(In) -> Out,
+) -> impl FnMut(In, &mut Emit<Out>) -> Result<(), String> + '_ {
+    |x, e| {
+        e.emit(f(x));
+        Ok(())
+    }
+}
+
 /// The body of a record: what one item is at one point of the pipeline.
 #[derive(Debug)]
 pub(crate) enum Body<T> {

@@ -27,9 +27,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::caller::batch::Batch;
+use crate::batch::Batch;
 use crate::guard::{self, Who};
-use crate::item::{Body, Emit, Rec};
+use crate::item::{self, Body, Emit, Rec};
 use crate::process::runs::{self, RunCx, RunPos};
 
 /// A stage function as a worker holds it (it may own per-worker state made by `init`).
@@ -120,17 +120,6 @@ where
 /// a plain `extend` over the batch, with no `Emit` between the function and the output.
 pub(crate) struct MapStage<F>(pub F);
 
-/// A map function in the general form.
-#[inline(always)]
-fn emitting<In, Out>(
-    f: &mut impl FnMut(In) -> Out,
-) -> impl FnMut(In, &mut Emit<Out>) -> Result<(), String> + '_ {
-    |x, e| {
-        e.emit(f(x));
-        Ok(())
-    }
-}
-
 impl<In, Out, F: FnMut(In) -> Out> StageFn<In, Out> for MapStage<F> {
     #[inline]
     fn call(&mut self, x: In, emit: &mut Emit<Out>) -> Result<(), String> {
@@ -146,7 +135,7 @@ impl<In, Out, F: FnMut(In) -> Out> StageFn<In, Out> for MapStage<F> {
         who: Who<'_>,
         seq: &mut u64,
     ) {
-        guard::batch_loop(&mut emitting(&mut self.0), recs, out, emit, who, seq);
+        guard::batch_loop(&mut item::emitting(&mut self.0), recs, out, emit, who, seq);
     }
 
     fn dense(
@@ -167,7 +156,7 @@ impl<In, Out, F: FnMut(In) -> Out> StageFn<In, Out> for MapStage<F> {
         In: DeserializeOwned,
         Out: Serialize,
     {
-        runs::apply(&mut emitting(&mut self.0), cx, payload, pos, out);
+        runs::apply_map(&mut self.0, cx, payload, pos, out);
     }
 }
 

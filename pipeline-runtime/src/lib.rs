@@ -57,6 +57,7 @@
 //! back into errors with a cause.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod batch;
 mod caller;
 mod compose;
 #[cfg(test)]

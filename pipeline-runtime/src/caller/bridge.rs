@@ -140,7 +140,7 @@ pub(crate) fn spawn_merger<In: Send + 'static, Out: Send + 'static>(
             {
                 return;
             }
-            let mut batch = Vec::new();
+            let mut batch = Batch::default();
             loop {
                 let r = match rx.next() {
                     Ok(Some(r)) => r,
@@ -159,7 +159,7 @@ pub(crate) fn spawn_merger<In: Send + 'static, Out: Send + 'static>(
                 } else {
                     let body = record::decode(r.tag, payload, wire.decode_out)
                         .unwrap_or_else(|message| failed(r.seq, message));
-                    batch.push(Rec { seq: r.seq, body });
+                    batch.recs().push(Rec { seq: r.seq, body });
                 }
                 rx.done(r);
             }

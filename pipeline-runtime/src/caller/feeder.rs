@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::caller::batch::Batch;
+use crate::batch::Batch;
 use crate::caller::fan_in::{self, Iter, Pulled};
 use crate::caller::output::{IDLE_SERVICE, Output};
 use crate::caller::shared::Shared;

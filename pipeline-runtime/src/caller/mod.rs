@@ -1,7 +1,6 @@
 //! What runs in the caller's process: the feeder, thread stages, the bridges to and from
 //! process stages, and the bookkeeping they share.
 
-pub(crate) mod batch;
 pub(crate) mod bridge;
 pub(crate) mod collector;
 pub(crate) mod control;

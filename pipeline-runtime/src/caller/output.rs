@@ -13,13 +13,13 @@ use crossbeam_utils::Backoff;
 
 use crate::os::fds::RtFd;
 use crate::transport::link::{Commit, LinkSender, NO_TAG};
-use crate::transport::record::{self, Enc, RunEnc};
+use crate::transport::record::{self, Enc, Items, RunEnc};
 use crate::transport::run::RUN_MIN;
 
 /// How often an idle sender reads death notices (see [`Output::service`]).
 pub(crate) const IDLE_SERVICE: Duration = Duration::from_millis(20);
 
-pub(crate) use crate::caller::batch::Batch;
+pub(crate) use crate::batch::Batch;
 
 /// The pipeline is stopping: the piece that got this should end quietly.
 #[derive(Debug)]
@@ -118,7 +118,6 @@ impl<T> Output<T> {
     /// Sends `batch` to a process stage as runs of consecutive items, each as long as the
     /// chosen link's credit and [`RUN_BYTES`](crate::transport::run::RUN_BYTES) allow; a large item goes in a run of its own.
     fn send_runs(&mut self, batch: Batch<T>) -> Result<(), Stopped> {
-        let batch = batch.into_recs();
         let Output::Links {
             tx,
             enc,
@@ -130,22 +129,27 @@ impl<T> Output<T> {
         else {
             unreachable!("send_runs on links")
         };
+        let items = match &batch {
+            Batch::Recs(recs) => Items::Recs(recs),
+            Batch::Dense { first, items } => Items::Values(*first, items),
+        };
         // A batch is shared among the stage's workers (one run each, to the least loaded).
-        let share = batch.len().div_ceil(tx.width());
+        let share = items.len().div_ceil(tx.width());
         let mut i = 0;
-        while i < batch.len() {
+        while i < items.len() {
             ready(tx)?;
-            let recs = &batch[i..];
+            let rest = items.from(i);
             let mut took = 1;
-            if record::runnable(&recs[0].body) {
-                let room = tx.room().min(share);
-                let cx = (*stage_idx, &**stage);
-                tx.push(NO_TAG, |out| took = enc_run(out, recs, room, cx))
-            } else {
-                tx.push(NO_TAG, |out| {
+            match rest {
+                Items::Recs(recs) if !record::runnable(&recs[0].body) => tx.push(NO_TAG, |out| {
                     let (r, e) = (&recs[0], record::input_error(stage, recs[0].seq));
                     record::encode_or_fail(r.seq, &r.body, *enc, out, *stage_idx, e);
-                })
+                }),
+                _ => {
+                    let room = tx.room().min(share);
+                    let cx = (*stage_idx, &**stage);
+                    tx.push(NO_TAG, |out| took = enc_run(out, rest, room, cx))
+                }
             }
             .map_err(|_| Stopped)?;
             i += took;

@@ -213,10 +213,10 @@ impl<Out: Send + 'static> CollectEnd for Collect<Out> {
             let batch: Batch<Out> = match back {
                 Back::Recs(recs) => recs.into_iter().map(|r| self.rec(r)).collect(),
                 Back::Batch(b, recs) => recs.iter().map(|r| self.rec_at(&b, r)).collect(),
-                Back::Consumed(seq, i, n) => vec![Rec {
+                Back::Consumed(seq, i, n) => Batch::Recs(vec![Rec {
                     seq,
                     body: Body::Consumed(i, n),
-                }],
+                }]),
             };
             if out.send(batch, &stop).is_err() {
                 return;

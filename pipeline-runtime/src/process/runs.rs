@@ -42,7 +42,7 @@ use crate::process::budget::GiveUp;
 use crate::transport::codec;
 use crate::transport::link::{TAG_DROPPED, TAG_FAILED, TAG_MANY, TAG_ONE};
 use crate::transport::record;
-use crate::transport::run::{Entries, RUN_BYTES, RunWriter};
+use crate::transport::run::{Entries, RUN_BYTES, RUN_HEADER, RunWriter};
 
 /// What a worker lends [`apply`] for one run.
 pub(crate) struct RunCx<'a, Out> {
@@ -116,32 +116,83 @@ pub(crate) fn apply<In: DeserializeOwned, Out: Serialize>(
     pos: &mut RunPos,
     out: &mut Vec<u8>,
 ) {
+    answer(cx, payload, pos, out, |cx, at| each(f, cx, payload, at));
+}
+
+/// [`apply`] for a map function (one output per item, `Stage::map`): entries of one input
+/// go through [`each_map`], which encodes the function's output straight, with no `Emit`
+/// between them; from the first other entry on, the general loop answers.
+pub(crate) fn apply_map<In: DeserializeOwned, Out: Serialize>(
+    f: &mut impl FnMut(In) -> Out,
+    cx: &mut RunCx<'_, Out>,
+    payload: &[u8],
+    pos: &mut RunPos,
+    out: &mut Vec<u8>,
+) {
+    answer(cx, payload, pos, out, |cx, at| {
+        each_map(f, cx, payload, at);
+        each(&mut crate::item::emitting(f), cx, payload, at);
+    });
+}
+
+/// Where a loop over a run's entries is, as [`answer`] lends it.
+struct At<'a> {
+    pos: &'a mut RunPos,
+    w: &'a mut RunWriter,
+    out: &'a mut Vec<u8>,
+    /// What the loop is doing (for the error of a panic).
+    phase: Phase,
+    /// Where the answer of the item being applied starts.
+    mark: usize,
+    /// Where the run's entries start.
+    base: usize,
+}
+
+impl At<'_> {
+    /// True while the loop may answer another item in this piece.
+    #[inline(always)]
+    fn more(&self) -> bool {
+        self.pos.done < self.pos.stop && self.out.len() - self.base < RUN_BYTES
+    }
+}
+
+/// [`apply`]'s frame: the run's answer, and the loop `each` called under one
+/// `catch_unwind` — again after a panic, from the next item on.
+fn answer<Out>(
+    cx: &mut RunCx<'_, Out>,
+    payload: &[u8],
+    pos: &mut RunPos,
+    out: &mut Vec<u8>,
+    mut each: impl FnMut(&mut RunCx<'_, Out>, &mut At<'_>),
+) {
     let mut w = RunWriter::begin(out, pos.first + u64::from(pos.done));
     let base = out.len();
-    let mut phase = Phase::Run;
-    let mut mark = out.len();
-    while !pos.over() && pos.done < pos.stop && out.len() - base < RUN_BYTES {
-        let caught = catch_unwind(AssertUnwindSafe(|| {
-            each(
-                f, cx, payload, pos, &mut w, out, &mut phase, &mut mark, base,
-            );
-        }));
+    let mut at = At {
+        pos,
+        w: &mut w,
+        out,
+        phase: Phase::Run,
+        mark: base,
+        base,
+    };
+    while !at.pos.over() && at.more() {
+        let caught = catch_unwind(AssertUnwindSafe(|| each(&mut *cx, &mut at)));
         let Err(p) = caught else {
             break;
         };
-        out.truncate(mark);
+        at.out.truncate(at.mark);
         cx.emit.clear();
-        let seq = pos.first + u64::from(pos.done);
-        let e = match phase {
+        let seq = at.pos.first + u64::from(at.pos.done);
+        let e = match at.phase {
             Phase::Decode => codec_error(cx, seq, "decode", panicked(p.as_ref())),
             Phase::Encode => codec_error(cx, seq, "encode the output of", panicked(p.as_ref())),
             Phase::Run => guard::panic_error(cx.stage, cx.me, seq, p.as_ref()),
         };
-        failed(&mut w, out, cx.idx, &e);
-        skip_entry(payload, pos);
+        failed(at.w, at.out, cx.idx, &e);
+        skip_entry(payload, at.pos);
         cx.slot.panic_len.store(0, Ordering::Relaxed);
-        pos.restart = cx.stateful && matches!(phase, Phase::Run);
-        phase = Phase::Run;
+        at.pos.restart = cx.stateful && matches!(at.phase, Phase::Run);
+        at.phase = Phase::Run;
     }
     cx.slot.running.store(0, Ordering::Release);
     w.end(out);
@@ -159,64 +210,110 @@ fn skip_entry(payload: &[u8], pos: &mut RunPos) {
     pos.done += 1;
 }
 
-/// The loop over the entries (under [`apply`]'s `catch_unwind`): `pos` moves past an
+/// The loop over the entries (under [`answer`]'s `catch_unwind`): `pos` moves past an
 /// entry only once its answer is written; `mark` is where that answer starts.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn each<In: DeserializeOwned, Out: Serialize>(
     f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
     cx: &mut RunCx<'_, Out>,
     payload: &[u8],
-    pos: &mut RunPos,
-    w: &mut RunWriter,
-    out: &mut Vec<u8>,
-    phase: &mut Phase,
-    mark: &mut usize,
-    base: usize,
+    at: &mut At<'_>,
 ) {
-    let mut entries = Entries::at(payload, pos.off, pos.count - pos.done);
-    while pos.done < pos.stop && out.len() - base < RUN_BYTES {
+    let mut entries = Entries::at(payload, at.pos.off, at.pos.count - at.pos.done);
+    while at.more() {
         let Some((kind, bytes)) = entries.next() else {
             return;
         };
-        let seq = pos.first + u64::from(pos.done);
-        *mark = out.len();
-        cx.slot.running.store(seq + 1, Ordering::Release);
-        if cx.timed {
-            cx.slot.since.store(sys::now_ns(), Ordering::Relaxed);
-        }
+        let seq = begin_item(cx, at);
         match kind {
-            TAG_ONE | TAG_MANY => item(f, cx, (kind, bytes), seq, w, out, phase, pos),
-            _ => w.copy_entry(out, kind, bytes),
+            TAG_ONE | TAG_MANY => item(f, cx, (kind, bytes), seq, at),
+            _ => at.w.copy_entry(at.out, kind, bytes),
         }
-        pos.off = entries.offset();
-        pos.done += 1;
-        if pos.restart {
+        at.pos.off = entries.offset();
+        at.pos.done += 1;
+        if at.pos.restart {
             return;
         }
     }
 }
 
+/// The next item's number; marks where its answer starts, and the slot says it runs (a
+/// crash, a kill or a timeout blames it).
+#[inline(always)]
+fn begin_item<Out>(cx: &RunCx<'_, Out>, at: &mut At<'_>) -> u64 {
+    let seq = at.pos.first + u64::from(at.pos.done);
+    at.mark = at.out.len();
+    cx.slot.running.store(seq + 1, Ordering::Release);
+    if cx.timed {
+        cx.slot.since.store(sys::now_ns(), Ordering::Relaxed);
+    }
+    seq
+}
+
+/// [`each`] for a map function, while the entries are of one input with a one-byte length
+/// that decodes (at the first other one it returns, and the general loop answers it):
+/// decode, call, encode, with nothing between.
+#[inline(always)]
+fn each_map<In: DeserializeOwned, Out: Serialize>(
+    f: &mut impl FnMut(In) -> Out,
+    cx: &mut RunCx<'_, Out>,
+    payload: &[u8],
+    at: &mut At<'_>,
+) {
+    let area = payload.get(RUN_HEADER..).unwrap_or(&[]);
+    while at.more() && cx.give_up.is_none() {
+        let off = at.pos.off;
+        let Some(&[TAG_ONE, len]) = area.get(off..off + 2) else {
+            return;
+        };
+        let end = off + 2 + usize::from(len);
+        let Some(bytes) = area.get(off + 2..end).filter(|_| len < 0x80) else {
+            return;
+        };
+        let seq = begin_item(cx, at);
+        at.phase = Phase::Decode;
+        let Ok(x) = codec::decode::<In>(bytes) else {
+            at.phase = Phase::Run;
+            return;
+        };
+        at.phase = Phase::Run;
+        let y = f(x);
+        at.phase = Phase::Encode;
+        let m = RunWriter::begin_entry(at.out, TAG_ONE);
+        match codec::encode_into(&y, at.out) {
+            Ok(()) => {
+                at.w.end_entry(at.out, m);
+                at.pos.ran_ok += 1;
+            }
+            Err(message) => {
+                at.out.truncate(m);
+                let e = codec_error(cx, seq, "encode the output of", message);
+                failed(at.w, at.out, cx.idx, &e);
+            }
+        }
+        at.phase = Phase::Run;
+        at.pos.off = end;
+        at.pos.done += 1;
+    }
+}
+
 /// One item's entry: decoded, run through the stage function, its outputs encoded.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn item<In: DeserializeOwned, Out: Serialize>(
     f: &mut impl FnMut(In, &mut Emit<Out>) -> Result<(), String>,
     cx: &mut RunCx<'_, Out>,
     (kind, bytes): (u8, &[u8]),
     seq: u64,
-    w: &mut RunWriter,
-    out: &mut Vec<u8>,
-    phase: &mut Phase,
-    pos: &mut RunPos,
+    at: &mut At<'_>,
 ) {
-    *phase = Phase::Decode;
+    at.phase = Phase::Decode;
     let body = if kind == TAG_ONE {
         codec::decode::<In>(bytes).map(Body::One)
     } else {
         decode_many(kind, bytes)
     };
-    *phase = Phase::Run;
+    at.phase = Phase::Run;
+    let (w, out) = (&mut *at.w, &mut *at.out);
     let inputs = match body {
         Err(message) => return failed(w, out, cx.idx, &codec_error(cx, seq, "decode", message)),
         Ok(body) => body,
@@ -239,15 +336,15 @@ fn item<In: DeserializeOwned, Out: Serialize>(
         };
         return failed(w, out, cx.idx, &e);
     }
-    *phase = Phase::Encode;
+    at.phase = Phase::Encode;
     match outputs(cx, w, out) {
-        Ok(()) => pos.ran_ok += 1,
+        Ok(()) => at.pos.ran_ok += 1,
         Err(message) => {
             let e = codec_error(cx, seq, "encode the output of", message);
             failed(w, out, cx.idx, &e);
         }
     }
-    *phase = Phase::Run;
+    at.phase = Phase::Run;
 }
 
 /// The inputs of a `MANY` entry (out of line: the loop keeps to one input per item).

@@ -8,6 +8,7 @@
 //! | `FAILED` | index `u32` of the failing stage, then the [`Error`]'s bincode bytes |
 //! | `CONSUMED` | index `u32` of a `stream` stage, `n u64`: it consumed `n` more items |
 
+use crate::batch::Batch;
 use crate::error::{Error, Worker};
 use crate::item::{Body, Rec};
 use crate::transport::codec;
@@ -123,35 +124,31 @@ pub(crate) fn encode_or_fail<T>(
     }
 }
 
-/// Appends the entry of `body` to run `w` (see [`crate::transport::run`]), or — if it
-/// cannot be encoded, or is too large for a frame — a failure entry for the item made by
-/// `error` from the codec's message (stage index `stage`).
+/// Appends the entry of one item to run `w` (see [`crate::transport::run`]): its `kind`
+/// and what `payload` writes; or — if that fails, or is too large for a frame — a failure
+/// entry for the item made by `error` from the codec's message (stage index `stage`).
 ///
 /// `GUARDED`: a panic of the item's `Serialize` is caught and fails the item; without, it
 /// unwinds to the caller (who catches it around a whole run, see `Output::send_runs`).
 #[inline]
-pub(crate) fn encode_entry<T, const GUARDED: bool>(
+pub(crate) fn encode_entry<const GUARDED: bool>(
     w: &mut RunWriter,
     out: &mut Vec<u8>,
-    body: &Body<T>,
-    enc: impl Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
+    kind: u8,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     (stage, error): (u32, impl FnOnce(String) -> Error),
 ) {
-    let mark = RunWriter::begin_entry(out, tag_of(body));
+    let mark = RunWriter::begin_entry(out, kind);
     let r = if GUARDED {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            encode_payload(body, enc, &mut *out)
-        }))
-        .unwrap_or_else(|p| {
-            Err(format!(
-                "panicked: {}",
-                crate::error::panic_message(p.as_ref())
-            ))
-        })
-    } else if let Body::One(v) = body {
-        enc(v, &mut *out) // (the common case, inline)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| payload(&mut *out)))
+            .unwrap_or_else(|p| {
+                Err(format!(
+                    "panicked: {}",
+                    crate::error::panic_message(p.as_ref())
+                ))
+            })
     } else {
-        encode_payload(body, enc, &mut *out)
+        payload(&mut *out)
     };
     let r = r.and_then(|()| {
         let len = out.len() - mark - 2;
@@ -222,27 +219,72 @@ pub(crate) fn runnable<T>(body: &Body<T>) -> bool {
     !matches!(body, Body::Consumed(..))
 }
 
+/// What a run is written from: a batch's records, or the values of a dense batch (the
+/// items numbered from the first).
+#[derive(Debug)]
+pub(crate) enum Items<'a, T> {
+    Recs(&'a [Rec<T>]),
+    Values(u64, &'a [T]),
+}
+
+impl<T> Clone for Items<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Items<'_, T> {}
+
+impl<'a, T> Items<'a, T> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Items::Recs(r) => r.len(),
+            Items::Values(_, v) => v.len(),
+        }
+    }
+
+    /// The items from index `i` on.
+    pub(crate) fn from(self, i: usize) -> Items<'a, T> {
+        match self {
+            Items::Recs(r) => Items::Recs(&r[i..]),
+            Items::Values(first, v) => Items::Values(first + i as u64, &v[i..]),
+        }
+    }
+
+    /// The first item's number.
+    pub(crate) fn first_seq(&self) -> u64 {
+        match self {
+            Items::Recs(r) => r[0].seq,
+            Items::Values(first, _) => *first,
+        }
+    }
+}
+
 /// [`write_run`] of one item type with its codec inlined, for the caller's output to a
-/// process stage (kept in the stage's `WireOps`): `(out, recs, room, (stage_idx, stage))`.
-pub(crate) type RunEnc<T> = fn(&mut Vec<u8>, &[Rec<T>], usize, (u32, &str)) -> usize;
+/// process stage (kept in the stage's `WireOps`): `(out, items, room, (stage_idx, stage))`.
+pub(crate) type RunEnc<T> = fn(&mut Vec<u8>, Items<'_, T>, usize, (u32, &str)) -> usize;
 
 /// See [`RunEnc`].
 pub(crate) fn encode_run<T: Serialize>(
     out: &mut Vec<u8>,
-    recs: &[Rec<T>],
+    items: Items<'_, T>,
     room: usize,
     (stage_idx, stage): (u32, &str),
 ) -> usize {
-    write_run(out, recs, room, (codec::encode_into::<T>, stage_idx, stage))
+    write_run(
+        out,
+        items,
+        room,
+        (codec::encode_into::<T>, stage_idx, stage),
+    )
 }
 
-/// Writes a run of the first items of `recs` (as many as are consecutive, up to `room`
+/// Writes a run of the first items of `items` (as many as are consecutive, up to `room`
 /// and [`RUN_BYTES`]; a large item only alone) at the end of `out`; returns how many. The
 /// items are encoded under one `catch_unwind`; if a `Serialize` panics, the run is written
 /// again with a guard per item, so that the panic fails its item only.
 pub(crate) fn write_run<T, E>(
     out: &mut Vec<u8>,
-    recs: &[Rec<T>],
+    items: Items<'_, T>,
     room: usize,
     cx: (E, u32, &str),
 ) -> usize
@@ -251,38 +293,58 @@ where
 {
     let start = out.len();
     let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        fill_run::<T, E, false>(&mut *out, recs, room, cx)
+        fill_run::<T, E, false>(&mut *out, items, room, cx)
     }));
     fast.unwrap_or_else(|_| {
         out.truncate(start);
-        fill_run::<T, E, true>(out, recs, room, cx)
+        fill_run::<T, E, true>(out, items, room, cx)
     })
 }
 
 /// [`write_run`]'s loop; `GUARDED`: each item's encoding under its own `catch_unwind`.
 fn fill_run<T, E, const GUARDED: bool>(
     out: &mut Vec<u8>,
-    recs: &[Rec<T>],
+    items: Items<'_, T>,
     room: usize,
     (enc, stage_idx, stage): (E, u32, &str),
 ) -> usize
 where
     E: Fn(&T, &mut Vec<u8>) -> Result<(), String> + Copy,
 {
-    let mut w = RunWriter::begin(out, recs[0].seq);
-    for (k, rec) in recs.iter().enumerate() {
-        if k > 0 && (rec.seq != recs[k - 1].seq + 1 || !runnable(&rec.body)) {
-            break;
-        }
-        let mark = out.len();
-        let e = (stage_idx, input_error(stage, rec.seq));
-        encode_entry::<T, GUARDED>(&mut w, out, &rec.body, enc, e);
+    let mut w = RunWriter::begin(out, items.first_seq());
+    // Whether the entry just written (from `mark`) ends the run.
+    let full = |w: &mut RunWriter, out: &mut Vec<u8>, mark: usize| {
         if out.len() - mark > ENTRY_ALONE && w.count() > 1 {
             w.undo(out, mark);
-            break;
+            return true;
         }
-        if w.count() as usize >= room || w.bytes(out) >= RUN_BYTES {
-            break;
+        w.count() as usize >= room || w.bytes(out) >= RUN_BYTES
+    };
+    match items {
+        Items::Values(first, values) => {
+            for (k, v) in values.iter().enumerate() {
+                let (mark, e) = (out.len(), input_error(stage, first + k as u64));
+                encode_entry::<GUARDED>(&mut w, out, TAG_ONE, |o| enc(v, o), (stage_idx, e));
+                if full(&mut w, out, mark) {
+                    break;
+                }
+            }
+        }
+        Items::Recs(recs) => {
+            for (k, rec) in recs.iter().enumerate() {
+                if k > 0 && (rec.seq != recs[k - 1].seq + 1 || !runnable(&rec.body)) {
+                    break;
+                }
+                let (mark, e) = (out.len(), input_error(stage, rec.seq));
+                let payload = |o: &mut Vec<u8>| match &rec.body {
+                    Body::One(v) => enc(v, o), // (the common case, inline)
+                    body => encode_payload(body, enc, o),
+                };
+                encode_entry::<GUARDED>(&mut w, out, tag_of(&rec.body), payload, (stage_idx, e));
+                if full(&mut w, out, mark) {
+                    break;
+                }
+            }
         }
     }
     let n = w.count() as usize;
@@ -302,21 +364,72 @@ pub(crate) fn input_error(stage: &str, item: u64) -> impl FnOnce(String) -> Erro
 }
 
 /// A run decoder of one item type (see [`decode_run`]).
-pub(crate) type RunDec<T> = fn(&[u8], u64, &mut Vec<Rec<T>>, &dyn Fn(u64, String) -> Body<T>);
+pub(crate) type RunDec<T> = fn(&[u8], u64, &mut Batch<T>, &dyn Fn(u64, String) -> Body<T>);
 
 /// Decodes every entry of run payload `payload` (items numbered from `first`) into `out`,
-/// with the codec inlined and one `catch_unwind` for the run. `failed(seq, message)` makes
-/// the outcome of an item that cannot be decoded (or whose `Deserialize` panicked); the
-/// items after it are decoded still.
+/// with the codec inlined and one `catch_unwind` for the run. Values go into `out` as a
+/// dense batch while they can (see [`crate::batch`]); from the first entry that is not one
+/// value, records. `failed(seq, message)` makes the outcome of an item that cannot be
+/// decoded (or whose `Deserialize` panicked); the items after it are decoded still.
 pub(crate) fn decode_run<T: DeserializeOwned>(
     payload: &[u8],
     first: u64,
-    out: &mut Vec<Rec<T>>,
+    out: &mut Batch<T>,
     failed: &dyn Fn(u64, String) -> Body<T>,
 ) {
     let mut entries = Entries::of(payload);
-    out.reserve(entries.left() as usize);
     let mut seq = first;
+    if let Some(values) = out.values_from(first) {
+        values.reserve(entries.left() as usize);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode_values(&mut entries, values, &mut seq);
+        }));
+        if let Err(p) = r {
+            let message = format!("panicked: {}", crate::error::panic_message(p.as_ref()));
+            let body = failed(seq, message);
+            out.recs().push(Rec { seq, body });
+            seq += 1;
+        }
+    }
+    if entries.left() > 0 {
+        decode_recs(entries, seq, out.recs(), failed);
+    }
+}
+
+/// The entries of one value each, from `entries` into `values` (numbered from `seq`, which
+/// follows them); stops before the first other entry, or one that does not decode.
+#[inline(always)]
+fn decode_values<T: DeserializeOwned>(
+    entries: &mut Entries<'_>,
+    values: &mut Vec<T>,
+    seq: &mut u64,
+) {
+    loop {
+        let this = entries.clone();
+        match entries.next() {
+            Some((TAG_ONE, p)) => {
+                if let Ok(v) = codec::decode::<T>(p) {
+                    values.push(v);
+                    *seq += 1;
+                    continue;
+                }
+            }
+            None => return,
+            Some(_) => {}
+        }
+        *entries = this; // (for the records' loop)
+        return;
+    }
+}
+
+/// [`decode_run`]'s loop over any entries, into records.
+fn decode_recs<T: DeserializeOwned>(
+    mut entries: Entries<'_>,
+    mut seq: u64,
+    out: &mut Vec<Rec<T>>,
+    failed: &dyn Fn(u64, String) -> Body<T>,
+) {
+    out.reserve(entries.left() as usize);
     loop {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for (kind, p) in entries.by_ref() {

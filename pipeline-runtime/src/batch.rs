@@ -53,6 +53,33 @@ impl<T> Batch<T> {
         }
     }
 
+    /// The values of this batch if it can take the items numbered from `seq` on as values
+    /// (it is dense and they come next; an empty batch becomes dense).
+    pub(crate) fn values_from(&mut self, seq: u64) -> Option<&mut Vec<T>> {
+        if self.is_empty() && !matches!(self, Batch::Dense { first, .. } if *first == seq) {
+            *self = Batch::Dense {
+                first: seq,
+                items: Vec::new(),
+            };
+        }
+        match self {
+            Batch::Dense { first, items } if *first + items.len() as u64 == seq => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The batch's records, to add to (a dense batch becomes records).
+    pub(crate) fn recs(&mut self) -> &mut Vec<Rec<T>> {
+        if let Batch::Dense { .. } = self {
+            let dense = std::mem::take(self);
+            *self = Batch::Recs(dense.into_recs());
+        }
+        match self {
+            Batch::Recs(r) => r,
+            Batch::Dense { .. } => unreachable!("made records above"),
+        }
+    }
+
     /// The batch as records.
     pub(crate) fn into_recs(self) -> Vec<Rec<T>> {
         match self {
@@ -155,6 +182,22 @@ mod tests {
         };
         assert_eq!(b.len(), 3);
         assert_eq!(seqs_and_values(b), vec![(7, 10), (8, 11), (9, 12)]);
+    }
+
+    #[test]
+    fn values_join_a_dense_batch_only_where_they_follow() {
+        let mut b = Batch::<u32>::default();
+        b.values_from(5)
+            .expect("an empty batch takes values")
+            .push(50);
+        b.values_from(6).expect("the next item").push(60);
+        assert!(b.values_from(8).is_none(), "a gap");
+        b.recs().push(Rec {
+            seq: 8,
+            body: Body::One(80),
+        });
+        assert!(b.values_from(9).is_none(), "records stay records");
+        assert_eq!(seqs_and_values(b), vec![(5, 50), (6, 60), (8, 80)]);
     }
 
     #[test]
