@@ -63,6 +63,11 @@ pub fn trials(t: &mut Vec<Trial>) {
     ));
     t.push(fault("d13_item_over_the_frame_limit", 60, d13_over_limit));
     t.push(fault("d14_empty_and_sentinel_like_items", 30, d14_empty));
+    t.push(fault(
+        "d15_codec_faults_inside_runs_fail_exactly_their_item",
+        60,
+        d15_inside_runs,
+    ));
 }
 
 fn d01_encode_err() {
@@ -576,4 +581,86 @@ fn d10_foreign_item() {
         }
         assert_eq!(stats.stages[0].restarts, 0, "{stats:?}");
     }
+}
+
+/// D15: the codec faults of D1–D5 inside runs (the dense paths: the feeder encoding a
+/// batch's values, a map stage's worker loop, the collector decoding into a dense batch).
+/// Of 10,000 items, item [`AT`] carries the value that misbehaves (13, which item 13
+/// carries in its place), so every fault lands inside the feeder's 13th chunk (items
+/// 4095..=8190, one run): exactly that item fails, saying what and why, and every other
+/// item comes out in its place.
+fn d15_inside_runs() {
+    let enc_in = "encode the input of item 6000";
+    let dec_in = "could not decode item 6000";
+    let enc_out = "encode the output of item 6000";
+    let dec_out = "decode the output of item 6000";
+    let refuse_enc = "refusing to encode 13";
+    let refuse_dec = "refusing to decode 13";
+    let panic_enc = "Serialize panicked on 13";
+    let panic_dec = "Deserialize panicked on 13";
+    fn from_marked<const E: u8, const D: u8>(m: Marked<E, D>) -> u64 {
+        m.0
+    }
+    let p = |n| Pipeline::new(Stage::map(n, from_marked::<ERR, FINE>).subprocess());
+    only_at_fails(p("d15_in_enc"), Marked, |v| *v, enc_in, refuse_enc);
+    let p = |n| Pipeline::new(Stage::map(n, from_marked::<PANIC, FINE>).subprocess());
+    only_at_fails(p("d15_in_enc_panic"), Marked, |v| *v, enc_in, panic_enc);
+    let p = |n| Pipeline::new(Stage::map(n, from_marked::<FINE, ERR>).subprocess());
+    only_at_fails(p("d15_in_dec"), Marked, |v| *v, dec_in, refuse_dec);
+    let p = |n| Pipeline::new(Stage::map(n, from_marked::<FINE, PANIC>).subprocess());
+    only_at_fails(p("d15_in_dec_panic"), Marked, |v| *v, dec_in, panic_dec);
+    let p = |n| Pipeline::new(Stage::map(n, Marked::<ERR, FINE>).subprocess());
+    only_at_fails(p("d15_out_enc"), |x| x, |m| m.0, enc_out, refuse_enc);
+    let p = |n| Pipeline::new(Stage::map(n, Marked::<PANIC, FINE>).subprocess());
+    only_at_fails(p("d15_out_enc_panic"), |x| x, |m| m.0, enc_out, panic_enc);
+    let p = |n| Pipeline::new(Stage::map(n, Marked::<FINE, ERR>).subprocess());
+    only_at_fails(p("d15_out_dec"), |x| x, |m| m.0, dec_out, refuse_dec);
+    let p = |n| Pipeline::new(Stage::map(n, Marked::<FINE, PANIC>).subprocess());
+    only_at_fails(p("d15_out_dec_panic"), |x| x, |m| m.0, dec_out, panic_dec);
+}
+
+/// The item of D15 whose value misbehaves.
+const AT: u64 = 6000;
+
+/// Item `i`'s value in D15: its own number, but items [`AT`] and [`BAD`] swapped.
+fn value_of(i: u64) -> u64 {
+    match i {
+        AT => BAD,
+        BAD => AT,
+        i => i,
+    }
+}
+
+/// Runs `p` over the D15 values (made into inputs by `input`): only item [`AT`] fails, with
+/// an error whose text holds `what` and `why`; every other output's `value` is its item's.
+fn only_at_fails<In: Send + 'static, Out: Send + 'static>(
+    p: Pipeline<In, Out>,
+    input: fn(u64) -> In,
+    value: fn(&Out) -> u64,
+    what: &str,
+    why: &str,
+) {
+    let n = 10_000u64;
+    let mut failed = false;
+    let mut count = 0u64;
+    for (i, r) in p
+        .run((0..n).map(move |i| input(value_of(i))))
+        .expect("start")
+        .enumerate()
+    {
+        let i = i as u64;
+        count += 1;
+        match r {
+            Ok(v) => assert_eq!(value(&v), value_of(i), "item {i} came out in its place"),
+            Err(e) => {
+                assert_eq!(i, AT, "only item {AT} fails, not {i}: {e}");
+                assert_eq!(e.item(), Some(AT), "{e}");
+                let text = e.to_string();
+                assert!(text.contains(what) && text.contains(why), "{e}");
+                failed = true;
+            }
+        }
+    }
+    assert_eq!(count, n, "one outcome per item");
+    assert!(failed, "item {AT} failed ({what})");
 }
