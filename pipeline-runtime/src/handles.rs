@@ -307,6 +307,9 @@ type TicketMap<Out> = Mutex<(bool, HashMap<u64, Sender<Body<Out>>>)>;
 /// flight first.
 pub struct Running<In, Out> {
     submit: Mutex<Option<Sender<(u64, In)>>>,
+    /// Calls of [`Running::submit`] under way (counted under `submit`'s lock, so that a
+    /// shutdown that took the sender sees every submit that had it).
+    submitting: std::sync::atomic::AtomicUsize,
     next_seq: AtomicU64,
     tickets: Arc<TicketMap<Out>>,
     engine: Mutex<Engine>,
@@ -419,6 +422,7 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
         Ok(Running {
             progress: Mutex::new(Display::start(progress, &engine)),
             submit: Mutex::new(Some(tx)),
+            submitting: std::sync::atomic::AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
             tickets,
             engine: Mutex::new(engine),
@@ -429,12 +433,19 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
     /// Submits one item. Blocks while the pipeline is full (backpressure). `Err` only if
     /// the pipeline has shut down; otherwise the ticket will get exactly one outcome.
     pub fn submit(&self, item: In) -> Result<Ticket<Out>, Error> {
-        let tx = self
-            .submit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Error::Closed)?;
+        let tx = {
+            let tx = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = tx.clone().ok_or(Error::Closed)?;
+            self.submitting.fetch_add(1, Ordering::AcqRel);
+            tx
+        };
+        let r = self.submit_with(&tx, item);
+        self.submitting.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    /// [`Running::submit`] once it has the sender.
+    fn submit_with(&self, tx: &Sender<(u64, In)>, item: In) -> Result<Ticket<Out>, Error> {
         if self.shared.window.take(1) == 0 {
             return Err(Error::Closed);
         }
@@ -496,7 +507,12 @@ impl<In: Send + 'static, Out: Send + 'static> Running<In, Out> {
     pub(crate) fn finish(&self, deadline: Duration) -> Report {
         self.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        let graceful = engine.wait(Instant::now() + deadline);
+        // With every submitted item finished (and no more to come), nothing is in the
+        // pipeline: stopping it now loses nothing, and takes its workers down at once
+        // rather than passing the end of input through every stage in turn.
+        let idle =
+            self.submitting.load(Ordering::Acquire) == 0 && stats_of(&self.shared).in_flight == 0;
+        let graceful = idle || engine.wait(Instant::now() + deadline);
         engine.kill();
         self.shared.end();
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = None; // its last frame
