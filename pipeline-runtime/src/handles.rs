@@ -144,11 +144,11 @@ impl<Out: Send + 'static> Results<Out> {
 impl<Out: Send + 'static> Iterator for Results<Out> {
     type Item = Result<Out, Error>;
 
-    /// The values of an in-order dense batch are returned here, inline in the caller's
-    /// loop; everything else in [`Results::next_slow`]. (While `direct` holds values,
-    /// `ready` is empty: `direct` is filled only when everything before it was returned.)
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        // The values of an in-order dense batch are returned here, inline in the caller's
+        // loop; everything else in `next_slow`. (While `direct` holds values, `ready` is
+        // empty: `direct` is filled only when everything before it was returned.)
         match self.direct.next() {
             Some(v) => Some(Ok(v)),
             None => self.next_slow(),
