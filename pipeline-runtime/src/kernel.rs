@@ -8,10 +8,12 @@
 //!
 //! # The approach
 //! The box holds a [`StageFn`], whose loops over a run or a batch are methods: each is
-//! instantiated for the concrete function ([`FnStage`]) when the stage is made, so the
-//! function inlines into them and a whole run or batch costs one indirect call. The loops
-//! themselves live with their mechanisms (`process::runs::apply`, `guard::batch_loop`),
-//! generic over any `FnMut`; this module only ties them to the box.
+//! instantiated for the concrete function ([`FnStage`]; [`MapStage`] for `Stage::map`,
+//! whose loops need no `Emit`) when the stage is made, so the function inlines into them
+//! and a whole run or batch costs one indirect call. The loops themselves live with their
+//! mechanisms (`process::runs::apply`, `guard::batch_loop`, `guard::dense_loop`), generic
+//! over any `FnMut`; this module only ties them to the box, and [`apply_batch`] guards a
+//! thread stage's batch (dense or records, see [`crate::batch`]).
 //!
 //! A process worker's run loop needs the item types' codec, which the stage function
 //! does not have where it is made (`Stage::map` has no serde bounds): [`StageFn::run`]
@@ -19,8 +21,8 @@
 //! bounds hold), calls it.
 //!
 //! # Invariants
-//! - `call`, `batch` and `run` apply the same function; the loops are the only place a
-//!   batch or run of items meets it.
+//! - `call`, `batch`, `dense` and `run` apply the same function; the loops are the only
+//!   place a batch or run of items meets it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

@@ -16,6 +16,10 @@
 //! resumes at the next item — no item runs twice. A stage that keeps `init` state stops
 //! there instead: its worker is replaced, and the items after the panic are sent again.
 //!
+//! A map function (`Stage::map`: one output per item) goes through [`apply_map`]: while
+//! the entries are of one input each, [`each_map`] decodes, calls and encodes with no
+//! `Emit` between them; from the first other entry on, the general loop answers.
+//!
 //! The slot still says, item by item, which item runs (a store per item), so a crash, a
 //! kill or a timeout blames exactly the item that was running.
 //!
