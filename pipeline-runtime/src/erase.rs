@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::caller::output::{Batch, LinkPlan, Output};
+use crate::batch::Batch;
+use crate::caller::output::{LinkPlan, Output};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::caller::{bridge, thread_stage};

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
+use crate::batch::Batch;
 use crate::caller::collector::{Ring, Slot};
 use crate::caller::engine::Engine;
-use crate::caller::output::Batch;
 use crate::caller::shared::Shared;
 use crate::error::Error;
 use crate::progress::{self, Display};

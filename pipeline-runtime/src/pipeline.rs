@@ -6,12 +6,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+#[cfg(feature = "nats")]
+use crate::batch::Batch;
 use crate::caller::fan_in;
 use crate::caller::fan_out::{Branch, FanOut};
 use crate::caller::feeder::{self, Feed, fill_from};
 use crate::caller::launch::{FeederFn, launch};
-#[cfg(feature = "nats")]
-use crate::caller::output::Batch;
 use crate::caller::output::Output;
 use crate::erase::AnyStage;
 use crate::error::Error;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::caller::output::{Batch, IDLE_SERVICE, LinkPlan, Output};
+use crate::batch::Batch;
+use crate::caller::output::{IDLE_SERVICE, LinkPlan, Output};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
 use crate::os::fds::RtFd;

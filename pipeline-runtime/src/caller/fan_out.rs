@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::caller::output::{Batch, Output, recv_chan};
+use crate::batch::Batch;
+use crate::caller::output::{Output, recv_chan};
 use crate::caller::shared::Shared;
 use crate::caller::threads::Rt;
 use crate::erase::AnyStage;

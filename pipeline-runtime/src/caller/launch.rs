@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
+use crate::batch::Batch;
 use crate::caller::control::{self, Supervisor};
 use crate::caller::engine::Engine;
-use crate::caller::output::{Batch, LinkPlan, Output};
+use crate::caller::output::{LinkPlan, Output};
 use crate::caller::shared::Shared;
 use crate::caller::thread_stage::THREAD_SLOT;
 use crate::caller::threads::{Rt, Threads};

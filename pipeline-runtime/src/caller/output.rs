@@ -19,7 +19,7 @@ use crate::transport::run::RUN_MIN;
 /// How often an idle sender reads death notices (see [`Output::service`]).
 pub(crate) const IDLE_SERVICE: Duration = Duration::from_millis(20);
 
-pub(crate) use crate::batch::Batch;
+use crate::batch::Batch;
 
 /// The pipeline is stopping: the piece that got this should end quietly.
 #[derive(Debug)]

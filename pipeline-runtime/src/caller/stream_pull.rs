@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 
 use crossbeam_channel::Receiver;
 
-use crate::caller::output::{Batch, Output, recv_chan};
+use crate::batch::Batch;
+use crate::caller::output::{Output, recv_chan};
 use crate::stage::{Body, Rec};
 use crate::stream::{Next, Port};
 

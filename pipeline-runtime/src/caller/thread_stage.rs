@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::caller::output::{Batch, Output, recv_chan};
+use crate::batch::Batch;
+use crate::caller::output::{Output, recv_chan};
 use crate::caller::threads::Rt;
 use crate::error::{Error, Worker};
 use crate::kernel::{apply_batch, worker_fn};

@@ -8,7 +8,8 @@ use std::any::Any;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::wire::{BatchWriter, RECORD_OVERHEAD, RecAt, TAG_ONE, WBody, WRec};
-use crate::caller::output::{Batch, Output, recv_chan};
+use crate::batch::Batch;
+use crate::caller::output::{Output, recv_chan};
 use crate::error::{Error, Worker};
 use crate::stage::{Body, Rec};
 

@@ -17,9 +17,10 @@ use crossbeam_channel::{Receiver, select};
 
 use super::book::{Book, Job, Outcomes, Owner, ValueOutcome};
 use super::wire::{Spans, StageSpec};
+use crate::batch::Batch;
 use crate::caller::engine::Engine;
 use crate::caller::launch::FeederFn;
-use crate::caller::output::{Batch, IDLE_SERVICE, Output};
+use crate::caller::output::{IDLE_SERVICE, Output};
 use crate::caller::shared::Shared;
 use crate::error::{Error, Worker};
 use crate::pipeline::Pipeline;
