@@ -56,7 +56,7 @@ impl<T> Batch<T> {
     /// The values of this batch if it can take the items numbered from `seq` on as values
     /// (it is dense and they come next; an empty batch becomes dense).
     pub(crate) fn values_from(&mut self, seq: u64) -> Option<&mut Vec<T>> {
-        if self.is_empty() && !matches!(self, Batch::Dense { first, .. } if *first == seq) {
+        if self.is_empty() {
             *self = Batch::Dense {
                 first: seq,
                 items: Vec::new(),
